@@ -1,0 +1,169 @@
+"""Result rows of a parity run and how they are stored without ever being lost.
+
+``results.json`` / ``results.csv`` are contracts other tools read: the column names and
+their meaning below do not change.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+#: Columns of results.csv, in order.
+CSV_COLUMNS: tuple[str, ...] = (
+    "job",
+    "step",
+    "index",
+    "preview",
+    "render",
+    "width_preview",
+    "height_preview",
+    "width_render",
+    "height_render",
+    "ssim",
+    "psnr",
+    "ms_ssim",
+    "latent_distance",
+    "lpips",
+    "verdict",
+    "causes",
+    "explained",
+    "detail",
+)
+
+VERDICTS = ("match", "mismatch", "error")
+
+
+@dataclass
+class ResultRow:
+    """One preview's outcome.
+
+    Metric fields are None when they could not be computed (``error`` rows, LPIPS without
+    local weights). ``causes`` is the sorted list of confirmed causes; ``explained`` is
+    True when the all-causes-switched render reproduces the preview.
+    """
+
+    job: str
+    step: int
+    index: int
+    preview: str | None = None
+    render: str | None = None
+    width_preview: int | None = None
+    height_preview: int | None = None
+    width_render: int | None = None
+    height_render: int | None = None
+    ssim: float | None = None
+    psnr: float | None = None
+    ms_ssim: float | None = None
+    latent_distance: float | None = None
+    lpips: float | None = None
+    verdict: str = "error"
+    causes: list[str] = field(default_factory=list)
+    explained: bool = False
+    detail: str = ""
+    # Extra detail kept in results.json only.
+    counterfactual_renders: int = 0
+    candidate_causes: list[str] = field(default_factory=list)
+    counterfactuals: list[dict[str, Any]] = field(default_factory=list)
+    jpeg_floor: dict[str, float] | None = None
+    resized_for_comparison: bool = False
+    prompt: str = ""
+    unexplained_residual: dict[str, float] | None = None
+    best_counterfactual: str | None = None
+    corrected_request_note: str = ""
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.job, self.step, self.index)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_csv_row(self) -> dict[str, Any]:
+        d = asdict(self)
+        out = {k: d[k] for k in CSV_COLUMNS}
+        out["causes"] = ";".join(sorted(self.causes))
+        out["explained"] = "true" if self.explained else "false"
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ResultRow:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old or the new file, never half.
+
+    The text goes to a temporary file in the same folder, is flushed to disk, then
+    renamed over ``path`` (atomic on POSIX and Windows).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Binary twin of :func:`atomic_write_text`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def rows_to_csv(rows: list[ResultRow]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row.to_csv_row())
+    return buf.getvalue()
+
+
+def write_results(out_dir: str | os.PathLike[str], rows: list[ResultRow]) -> None:
+    """Write ``results.json`` and ``results.csv`` atomically, rows sorted by key."""
+    rows = sorted(rows, key=lambda r: r.key)
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / "results.json", json.dumps([r.to_json() for r in rows], indent=2))
+    atomic_write_text(out_dir / "results.csv", rows_to_csv(rows))
+
+
+def read_results(out_dir: str | os.PathLike[str]) -> list[ResultRow]:
+    """Rows of ``results.json`` in ``out_dir``; an empty list when there is none yet."""
+    path = Path(out_dir) / "results.json"
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of result rows")
+    return [ResultRow.from_json(d) for d in data]

@@ -1,0 +1,149 @@
+"""The one record of what a render does.
+
+Every render, preview-side or reference-side or any mix of the two, is described by
+a single :class:`RenderSettings`. Renderers are thin functions from a sample to such a
+record; counterfactuals are one-field changes of it (:func:`dataclasses.replace`).
+Nothing else influences the pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+GeneratorKind = Literal["cpu", "global"]
+Dtype = Literal["float32", "float16", "bfloat16"]
+
+#: The causes parity can name, in the order a report lists them.
+CAUSES: tuple[str, ...] = (
+    "snapping",
+    "cfg",
+    "scheduler",
+    "steps",
+    "seed",
+    "lora_scale",
+    "lora_not_applied",
+    "precision",
+    "prompt",
+    "library",
+)
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """A LoRA as a render applies it.
+
+    Attributes
+    ----------
+    path:
+        Absolute path of the safetensors file.
+    scale:
+        Multiplier on the LoRA delta (ai-toolkit's ``network_multiplier``; the server's
+        adapter weight).
+    merged:
+        True when the delta is merged into the base weights before rendering
+        (ai-toolkit does this when every sample item shares one multiplier); False for
+        an unfused PEFT adapter scaled at run time (the server's way).
+    """
+
+    path: str
+    scale: float = 1.0
+    merged: bool = False
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """Weight quantization of the preview side (ai-toolkit ``model.quantize``).
+
+    ``qtype`` is ai-toolkit's name (``qfloat8``, ``qint8``, ``qint4``, ...) or None for
+    full precision; ``qtype_te`` likewise for the text encoder.
+    """
+
+    qtype: str | None = None
+    qtype_te: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.qtype is not None or self.qtype_te is not None
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Everything that decides the pixels of one render.
+
+    Attributes
+    ----------
+    prompt, negative_prompt:
+        Text given to the text encoder (trigger already substituted).
+    width, height:
+        Pixel size handed to the pipeline (already snapped by the side's rule).
+    pipeline_guidance:
+        ``guidance_scale`` given to the installed diffusers ``ZImagePipeline``, whose CFG
+        is ``pos + g * (pos - neg)`` and runs when ``g > 0``.
+    steps:
+        ``num_inference_steps``.
+    sigmas:
+        Explicit sigma schedule (before the scheduler's shift) or None for the
+        pipeline's default ``linspace(1, 1/N, N)``. Old ai-toolkit eras used
+        ``linspace(1, 0, N)``, whose last step has zero length.
+    scheduler_shift:
+        ``shift`` of the FlowMatchEulerDiscreteScheduler (no dynamic shifting).
+    seed, generator:
+        Seed and how it was applied: ``"cpu"`` a fresh ``torch.Generator("cpu")`` (the
+        server), ``"global"`` ``torch.manual_seed`` (ai-toolkit). Both draw the same
+        numbers on CPU; the field records provenance.
+    lora:
+        The LoRA, or None for the base model alone.
+    dtype:
+        Compute dtype of the pipeline.
+    quantization:
+        Weight quantization (preview side only; the server never quantizes).
+    """
+
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    pipeline_guidance: float
+    steps: int
+    seed: int
+    scheduler_shift: float = 3.0
+    sigmas: tuple[float, ...] | None = None
+    generator: GeneratorKind = "cpu"
+    lora: LoraSettings | None = None
+    dtype: Dtype = "float32"
+    quantization: Quantization = field(default_factory=Quantization)
+
+    def replace(self, **changes: Any) -> RenderSettings:
+        """Return a copy with ``changes`` applied (a counterfactual)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        if d["sigmas"] is not None:
+            d["sigmas"] = list(d["sigmas"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RenderSettings:
+        d = dict(d)
+        if d.get("lora") is not None:
+            d["lora"] = LoraSettings(**d["lora"])
+        d["quantization"] = Quantization(**(d.get("quantization") or {}))
+        if d.get("sigmas") is not None:
+            d["sigmas"] = tuple(float(s) for s in d["sigmas"])
+        return cls(**d)
+
+
+def legacy_sigmas(steps: int) -> tuple[float, ...]:
+    """Sigma schedule of diffusers before 0.39 for ``steps`` steps: ``linspace(1, 0, N)``.
+
+    Its last step goes from sigma 0 to the terminal 0, so N steps make N-1 updates.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if steps == 1:
+        return (1.0,)
+    return tuple(1.0 - i / (steps - 1) for i in range(steps))
