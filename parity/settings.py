@@ -43,13 +43,18 @@ class LoraSettings:
         adapter weight).
     merged:
         True when the delta is merged into the base weights before rendering
-        (ai-toolkit does this when every sample item shares one multiplier); False for
-        an unfused PEFT adapter scaled at run time (the server's way).
+        (ai-toolkit does this when every sample item shares one multiplier and the model
+        is not quantized); False when it runs beside the base weights.
+    applier:
+        ``"peft"``: diffusers ``load_lora_weights`` and a PEFT adapter scaled at run
+        time (the server's way; unrecognised keys are silently skipped).
+        ``"aitk"``: ai-toolkit's own network, which matches module names itself.
     """
 
     path: str
     scale: float = 1.0
     merged: bool = False
+    applier: Literal["peft", "aitk"] = "peft"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,650 @@
+"""Read an ai-toolkit job folder the way ai-toolkit itself reads it.
+
+A job folder ``<training_folder>/<name>/`` holds ``config.yaml`` (or a ``.json`` job
+file), LoRA checkpoints ``<name>_<9-digit step>.safetensors`` plus the final
+``<name>.safetensors``, and previews ``samples/<ms>__<9-digit step>_<i>.<ext>``.
+
+Sample semantics follow ai-toolkit's SampleConfig / SampleItem / GenerateImageConfig:
+sample-level defaults, per-item fallbacks, the running seed with ``walk_seed``,
+``[trigger]`` replacement, prompt flags after ``--``, and the floor to a multiple of 8
+with a minimum of 64. The model's own floor (16, or 32 in old eras) is applied by the
+preview side (:mod:`parity.sides`), not here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from parity.errors import JobError, SampleError
+from parity.settings import Quantization
+
+log = logging.getLogger(__name__)
+
+# ai-toolkit's SampleConfig defaults.
+SAMPLE_DEFAULTS: dict[str, Any] = {
+    "sampler": "ddpm",
+    "width": 512,
+    "height": 512,
+    "neg": False,
+    "seed": 0,
+    "walk_seed": False,
+    "guidance_scale": 7,
+    "sample_steps": 20,
+    "network_multiplier": 1,
+    "format": "jpg",
+}
+
+CHECKPOINT_RE = re.compile(r"^(?P<name>.+)_(?P<step>\d{9})\.safetensors$")
+PREVIEW_RE = re.compile(r"^(?P<ms>\d+)__(?P<step>\d{9})_(?P<index>\d+)\.(?P<ext>[A-Za-z0-9]+)$")
+IMAGE_EXTS = {"jpg", "jpeg", "png", "webp"}
+REFERENCE_MODELS = ("zimage", "zimage_turbo", "zimage_deturbo")
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class Era:
+    """Preview semantics of one range of ai-toolkit releases (DOMAIN table, section 5).
+
+    Attributes
+    ----------
+    guidance:
+        ``"minus_one"``: the pipeline got ``max(0, g - 1)`` (0.10.21 and later);
+        ``"raw"``: it got ``g`` and CFG ran for ``g > 0`` (0.7.25 to 0.10.20);
+        ``"raw_gt1"``: it got ``g`` and CFG ran only for ``g > 1`` (before 0.7.25).
+    size_multiple:
+        The model's size floor (16, or 32 before 0.9.15).
+    legacy_sigmas:
+        True when N steps made N-1 updates (diffusers before 0.39).
+    """
+
+    version: str | None
+    guidance: str
+    size_multiple: int
+    legacy_sigmas: bool
+    label: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """One sample item as ai-toolkit resolved it (before the model's size floor).
+
+    ``prompt`` is the text ai-toolkit encoded (trigger substituted, flags removed);
+    ``prompt_template`` is the text before trigger substitution with flags removed (what
+    a request carries so the server substitutes the trigger itself). ``error`` is set
+    when the item cannot be used; its other fields are then best effort.
+    """
+
+    index: int
+    prompt_raw: str
+    prompt: str
+    prompt_template: str
+    negative_prompt: str
+    width: int
+    height: int
+    seed: int
+    guidance_scale: float
+    steps: int
+    network_multiplier: float
+    explicit_seed: bool
+    flags: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    step: int
+    is_final: bool
+    metadata: dict[str, str]
+    aitk_version: str | None
+
+
+@dataclass(frozen=True)
+class Preview:
+    path: Path
+    step: int
+    index: int
+    ext: str
+
+
+@dataclass(frozen=True)
+class Job:
+    """An ai-toolkit job folder, read."""
+
+    root: Path
+    config_path: Path
+    name: str
+    arch: str
+    arch_tag: str | None
+    reference_model: str
+    name_or_path: str
+    extras_name_or_path: str | None
+    trigger_word: str | None
+    train_dtype: str
+    quantization: Quantization
+    sample_config: dict[str, Any]
+    samples: tuple[SampleSpec, ...]
+    merged_lora: bool
+    checkpoints: tuple[Checkpoint, ...]
+    previews: tuple[Preview, ...]
+    problems: tuple[str, ...] = ()
+
+    @property
+    def steps(self) -> list[int]:
+        """Steps that have previews, ascending."""
+        return sorted({p.step for p in self.previews})
+
+    @property
+    def aitk_version(self) -> str | None:
+        for ckpt in reversed(self.checkpoints):
+            if ckpt.aitk_version:
+                return ckpt.aitk_version
+        return None
+
+    def checkpoint_for_step(self, step: int) -> Checkpoint | None:
+        """The LoRA the previews of ``step`` were rendered with (None: no LoRA file).
+
+        Step 0 previews come before training (LoRA B = 0), so the base model alone
+        reproduces them exactly.
+        """
+        for ckpt in self.checkpoints:
+            if ckpt.step == step:
+                return ckpt
+        return None
+
+
+# ------------------------------------------------------------------------- loading
+
+
+class _AitkLoader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-4`` as a float, as ai-toolkit's patched loader does."""
+
+
+_AitkLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_job_file(path: Path) -> dict[str, Any]:
+    """Parse a YAML or JSON job file safely; raise JobError naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise JobError(f"{path}: job config not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise JobError(f"{path}: cannot read job config ({e})") from None
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.load(text, Loader=_AitkLoader)  # noqa: S506 - a SafeLoader subclass
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise JobError(
+            f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}"
+        ) from None
+    if not isinstance(data, dict):
+        raise JobError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _find_config(path: Path) -> tuple[Path, Path]:
+    """Return (job folder, config file) for a job folder or a job file."""
+    if path.is_file():
+        return path.parent, path
+    if not path.exists():
+        raise JobError(f"{path}: no such job folder or job file")
+    for name in ("config.yaml", "config.yml", "config.json"):
+        if (path / name).is_file():
+            return path, path / name
+    raise JobError(f"{path}: no config.yaml (or config.json) in the job folder")
+
+
+def _process(config: dict[str, Any], config_path: Path) -> tuple[str, dict[str, Any]]:
+    cfg = config.get("config")
+    if not isinstance(cfg, dict):
+        raise JobError(f"{config_path}: missing 'config' section (expected job: extension)")
+    processes = cfg.get("process")
+    if not isinstance(processes, list) or not processes or not isinstance(processes[0], dict):
+        raise JobError(f"{config_path}: 'config.process' must be a non-empty list of mappings")
+    name = cfg.get("name")
+    if not isinstance(name, str) or not name:
+        raise JobError(f"{config_path}: 'config.name' is missing")
+    return name, processes[0]
+
+
+# ----------------------------------------------------------------------- versions
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = re.findall(r"\d+", version)
+    return tuple(int(p) for p in parts[:3])
+
+
+def era_for_version(version: str | None) -> Era:
+    """The preview semantics of the ai-toolkit release that wrote a LoRA.
+
+    Unknown or unparsable versions get the current semantics.
+    """
+    if not version or not re.match(r"^\d+\.\d+", version):
+        return Era(version, "minus_one", 16, False, "current (version unknown)")
+    v = _version_tuple(version)
+    if v < (0, 7, 25):
+        return Era(version, "raw_gt1", 32, True, "<0.7.25: cfg g (runs for g>1), 32, N-1 updates")
+    if v < (0, 9, 15):
+        note = (
+            "0.9.14 switched to 16 late in the release; 32 assumed" if v[:3] == (0, 9, 14) else ""
+        )
+        return Era(version, "raw", 32, True, "0.7.25-0.9.14: cfg g, 32, N-1 updates", note)
+    if v < (0, 10, 21):
+        return Era(version, "raw", 16, True, "0.9.15-0.10.20: cfg g, 16, N-1 updates")
+    if v < (0, 10, 24):
+        return Era(version, "minus_one", 16, True, "0.10.21-0.10.23: cfg g-1, 16, N-1 updates")
+    if v == (0, 10, 24):
+        return Era(
+            version,
+            "minus_one",
+            16,
+            False,
+            "0.10.24: cfg g-1, 16, N updates",
+            "0.10.24 shipped with both diffusers pins; N updates assumed",
+        )
+    return Era(version, "minus_one", 16, False, ">=0.10.25: cfg g-1, 16, N updates")
+
+
+def aitk_version_from_metadata(metadata: dict[str, str]) -> str | None:
+    software = metadata.get("software")
+    if not software:
+        return None
+    try:
+        info = json.loads(software)
+    except (json.JSONDecodeError, TypeError):
+        return None
+    if isinstance(info, dict) and isinstance(info.get("version"), str):
+        return info["version"]
+    return None
+
+
+# ----------------------------------------------------------------------- models
+
+
+def reference_model_for(arch: str, name_or_path: str, override: str | None = None) -> str:
+    """Reference model id (``zimage``, ``zimage_turbo``, ``zimage_deturbo``) of a job."""
+    if override:
+        if override not in REFERENCE_MODELS:
+            raise JobError(
+                f"unknown reference model {override!r}; choose one of {REFERENCE_MODELS}"
+            )
+        return override
+    tag = arch.split(":", 1)[1].lower() if ":" in arch else None
+    if tag == "deturbo":
+        return "zimage_deturbo"
+    if tag == "turbo":
+        return "zimage_turbo"
+    lowered = name_or_path.lower().replace("_", "-")
+    if "de-turbo" in lowered or "deturbo" in lowered:
+        return "zimage_deturbo"
+    if "turbo" in lowered:
+        return "zimage_turbo"
+    return "zimage"
+
+
+# ------------------------------------------------------------------------ samples
+
+
+def parse_prompt_flags(prompt: str) -> tuple[str, dict[str, str]]:
+    """Split a prompt into its text and ``--flag value`` pairs, as ai-toolkit does.
+
+    The prompt is stripped and split on ``--``; the first piece is the text, each other
+    piece starts with the flag name. A literal ``--`` in prompt text is therefore a
+    flag boundary. Later flags win.
+    """
+    pieces = prompt.strip().split("--")
+    flags: dict[str, str] = {}
+    for piece in pieces[1:]:
+        flag = piece.split(" ")[0].strip()
+        flags[flag] = piece[len(flag) :].strip()
+    return pieces[0].strip(), flags
+
+
+def replace_trigger(prompt: str, trigger_word: str | None) -> str:
+    """ai-toolkit's sampling-time substitution: ``[name]`` and ``[trigger]`` → trigger."""
+    trigger = trigger_word or ""
+    return prompt.replace("[name]", trigger).replace("[trigger]", trigger)
+
+
+def floor8(value: int) -> int:
+    """GenerateImageConfig's size rule: floor to a multiple of 8, at least 64 (pixels)."""
+    return max(64, value - value % 8)
+
+
+_INT_FLAGS = {
+    "w": "width",
+    "h": "height",
+    "d": "seed",
+    "seed": "seed",
+    "s": "steps",
+    "steps": "steps",
+}
+_FLOAT_FLAGS = {
+    "l": "guidance_scale",
+    "cfg": "guidance_scale",
+    "m": "network_multiplier",
+    "network_multiplier": "network_multiplier",
+}
+
+
+def _as_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise SampleError(f"{what} must be an integer, got {value!r}")
+    try:
+        f = float(value)
+    except ValueError:
+        raise SampleError(f"{what} must be an integer, got {value!r}") from None
+    if not math.isfinite(f) or f != int(f):
+        raise SampleError(f"{what} must be an integer, got {value!r}")
+    return int(f)
+
+
+def _as_float(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise SampleError(f"{what} must be a number, got {value!r}")
+    try:
+        f = float(value)
+    except ValueError:
+        raise SampleError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(f):
+        raise SampleError(f"{what} must be finite, got {value!r}")
+    return f
+
+
+def resolve_samples(
+    sample_cfg: dict[str, Any], *, trigger_word: str | None, job_name: str
+) -> tuple[SampleSpec, ...]:
+    """Resolve every sample item exactly as ai-toolkit's sampler does."""
+    raw_items = sample_cfg.get("samples")
+    if raw_items is None:
+        prompts = sample_cfg.get("prompts") or []
+        if not isinstance(prompts, list):
+            raise SampleError("'sample.prompts' must be a list of strings")
+        raw_items = [{"prompt": p} for p in prompts]
+    if not isinstance(raw_items, list):
+        raise SampleError("'sample.samples' must be a list")
+
+    def default(key: str) -> Any:
+        return sample_cfg.get(key, SAMPLE_DEFAULTS.get(key))
+
+    start_seed = default("seed")
+    walk_seed = bool(default("walk_seed"))
+    current_seed: Any = start_seed
+    specs: list[SampleSpec] = []
+    for i, item in enumerate(raw_items):
+        if not isinstance(item, dict):
+            item = {"prompt": item}
+        if walk_seed:
+            current_seed = (start_seed if isinstance(start_seed, int) else 0) + i
+        if item.get("seed") is not None:
+            # An item's own seed also becomes the running seed for later items.
+            current_seed = item["seed"]
+        raw_prompt = item.get("prompt")
+        try:
+            specs.append(
+                _resolve_item(
+                    i, item, default, current_seed, trigger_word=trigger_word, job_name=job_name
+                )
+            )
+        except SampleError as e:
+            specs.append(
+                SampleSpec(
+                    index=i,
+                    prompt_raw=str(raw_prompt),
+                    prompt=str(raw_prompt),
+                    prompt_template=str(raw_prompt),
+                    negative_prompt="",
+                    width=0,
+                    height=0,
+                    seed=0,
+                    guidance_scale=0.0,
+                    steps=0,
+                    network_multiplier=1.0,
+                    explicit_seed=False,
+                    error=f"sample {i}: {e}",
+                )
+            )
+    return tuple(specs)
+
+
+def _resolve_item(
+    i: int,
+    item: dict[str, Any],
+    default: Any,
+    running_seed: Any,
+    *,
+    trigger_word: str | None,
+    job_name: str,
+) -> SampleSpec:
+    raw_prompt = item.get("prompt")
+    if not isinstance(raw_prompt, str):
+        raise SampleError(f"prompt must be a string, got {raw_prompt!r}")
+    # [name] is substituted when ai-toolkit loads the config (a no-op on a saved config).
+    template_full = raw_prompt.replace("[name]", job_name)
+    text, flags = parse_prompt_flags(replace_trigger(template_full, trigger_word))
+    template_text, _ = parse_prompt_flags(template_full)
+
+    width = _as_int(item.get("width", default("width")), "width")
+    height = _as_int(item.get("height", default("height")), "height")
+    neg = item.get("neg", default("neg"))
+    neg = "" if neg is None or neg is False else str(neg)
+    seed = _as_int(running_seed, "seed")
+    explicit_seed = item.get("seed") is not None
+    cfg = _as_float(item.get("guidance_scale", default("guidance_scale")), "guidance_scale")
+    steps = _as_int(item.get("sample_steps", default("sample_steps")), "sample_steps")
+    mult_raw = item.get("network_multiplier", default("network_multiplier"))
+    try:
+        mult = _as_float(mult_raw, "network_multiplier")
+    except SampleError:
+        mult = 1.0  # ai-toolkit falls back to 1.0 for an unparsable multiplier
+    values: dict[str, Any] = {
+        "width": width,
+        "height": height,
+        "seed": seed,
+        "steps": steps,
+        "guidance_scale": cfg,
+        "network_multiplier": mult,
+    }
+    for flag, content in flags.items():
+        if flag == "n":
+            neg = content
+        elif flag in _INT_FLAGS:
+            values[_INT_FLAGS[flag]] = _as_int(content, f"prompt flag --{flag}")
+            if _INT_FLAGS[flag] == "seed":
+                explicit_seed = True
+        elif flag in _FLOAT_FLAGS:
+            values[_FLOAT_FLAGS[flag]] = _as_float(content, f"prompt flag --{flag}")
+    if values["steps"] < 1:
+        raise SampleError(f"sample_steps must be >= 1, got {values['steps']}")
+    return SampleSpec(
+        index=i,
+        prompt_raw=raw_prompt,
+        prompt=text,
+        prompt_template=template_text,
+        negative_prompt=neg,
+        width=floor8(values["width"]),
+        height=floor8(values["height"]),
+        seed=values["seed"],
+        guidance_scale=values["guidance_scale"],
+        steps=values["steps"],
+        network_multiplier=values["network_multiplier"],
+        explicit_seed=explicit_seed,
+        flags=flags,
+    )
+
+
+# --------------------------------------------------------------------- job folder
+
+
+def read_checkpoint_metadata(path: Path) -> dict[str, str]:
+    """Safetensors metadata of a LoRA file (header only; never unpickles)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def _scan_checkpoints(root: Path, name: str, problems: list[str]) -> tuple[Checkpoint, ...]:
+    found: list[Checkpoint] = []
+    for path in sorted(root.glob("*.safetensors")):
+        match = CHECKPOINT_RE.match(path.name)
+        is_final = path.name == f"{name}.safetensors"
+        if not match and not is_final:
+            continue
+        if match and match.group("name") != name:
+            continue
+        metadata: dict[str, str] = {}
+        try:
+            metadata = read_checkpoint_metadata(path)
+        except Exception as e:  # a half-written file must not stop the others
+            problems.append(f"{path}: unreadable safetensors header ({e})")
+        step: int | None = int(match.group("step")) if match else None
+        try:
+            info = json.loads(metadata.get("training_info", "{}"))
+            if step is None and isinstance(info, dict) and isinstance(info.get("step"), int):
+                step = info["step"]
+        except json.JSONDecodeError:
+            pass
+        if step is None:
+            problems.append(f"{path}: final checkpoint without training_info step; skipped")
+            continue
+        found.append(
+            Checkpoint(path, step, is_final, metadata, aitk_version_from_metadata(metadata))
+        )
+    # Final file and a step file of the same step: prefer the step file.
+    by_step: dict[int, Checkpoint] = {}
+    for ckpt in found:
+        if ckpt.step not in by_step or by_step[ckpt.step].is_final:
+            by_step[ckpt.step] = ckpt
+    return tuple(by_step[s] for s in sorted(by_step))
+
+
+def _scan_previews(root: Path) -> tuple[Preview, ...]:
+    folder = root / "samples"
+    if not folder.is_dir():
+        return ()
+    previews: list[Preview] = []
+    # Only the folder itself: ai-toolkit's .tmp/ and .thumbs/ are never previews.
+    for path in sorted(folder.iterdir()):
+        if not path.is_file():
+            continue
+        match = PREVIEW_RE.match(path.name)
+        if not match:
+            continue
+        previews.append(
+            Preview(
+                path=path,
+                step=int(match.group("step")),
+                index=int(match.group("index")),
+                ext=match.group("ext").lower(),
+            )
+        )
+    return tuple(previews)
+
+
+def read_job(path: str | Path, *, reference_model: str | None = None) -> Job:
+    """Read an ai-toolkit job folder (or a job file given directly).
+
+    Raises
+    ------
+    JobError
+        When the job as a whole is unusable: config missing or unparsable, no
+        ``process``, no ``sample`` section, an arch other than Z-Image.
+    """
+    root, config_path = _find_config(Path(path).resolve())
+    config = load_job_file(config_path)
+    name, process = _process(config, config_path)
+
+    model = process.get("model") or {}
+    if not isinstance(model, dict):
+        raise JobError(f"{config_path}: 'model' must be a mapping")
+    arch = str(model.get("arch") or "")
+    base_arch = arch.split(":", 1)[0]
+    if base_arch != "zimage":
+        raise JobError(
+            f"{config_path}: model.arch is {arch!r}; parity handles Z-Image jobs "
+            "(zimage, zimage:turbo, zimage:deturbo)"
+        )
+    name_or_path = model.get("name_or_path")
+    if not isinstance(name_or_path, str) or not name_or_path:
+        raise JobError(f"{config_path}: model.name_or_path is missing")
+    extras = model.get("extras_name_or_path")
+
+    sample_cfg = process.get("sample")
+    if not isinstance(sample_cfg, dict):
+        raise JobError(f"{config_path}: no 'sample' section, so the job has no previews to check")
+
+    trigger_word = process.get("trigger_word")
+    trigger_word = str(trigger_word) if trigger_word is not None else None
+    train = process.get("train") or {}
+    train_dtype = str(train.get("dtype", "bf16")) if isinstance(train, dict) else "bf16"
+
+    quantization = Quantization(
+        qtype=(str(model.get("qtype", "qfloat8")) if model.get("quantize") else None),
+        qtype_te=(
+            str(model.get("qtype_te", model.get("qtype", "qfloat8")))
+            if model.get("quantize_te")
+            else None
+        ),
+    )
+
+    try:
+        samples = resolve_samples(sample_cfg, trigger_word=trigger_word, job_name=name)
+    except SampleError as e:
+        raise JobError(f"{config_path}: {e}") from None
+    if not samples:
+        raise JobError(f"{config_path}: the sample section lists no prompts")
+
+    multipliers = {s.network_multiplier for s in samples if s.error is None}
+    problems: list[str] = []
+    checkpoints = _scan_checkpoints(root, name, problems)
+    previews = _scan_previews(root)
+    return Job(
+        root=root,
+        config_path=config_path,
+        name=name,
+        arch=arch,
+        arch_tag=arch.split(":", 1)[1] if ":" in arch else None,
+        reference_model=reference_model_for(arch, name_or_path, reference_model),
+        name_or_path=name_or_path,
+        extras_name_or_path=str(extras) if extras else None,
+        trigger_word=trigger_word,
+        train_dtype=train_dtype,
+        quantization=quantization,
+        sample_config=sample_cfg,
+        samples=samples,
+        # ai-toolkit merges the LoRA for sampling only when every item shares one
+        # multiplier and the base is neither quantized nor layer-offloaded.
+        merged_lora=len(multipliers) == 1
+        and not model.get("quantize")
+        and not model.get("layer_offloading"),
+        checkpoints=checkpoints,
+        previews=previews,
+        problems=tuple(problems),
+    )

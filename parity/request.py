@@ -1,0 +1,199 @@
+"""The reference inference server's API request and what the server does with it.
+
+The schema mirrors the server's validation rules (field names and bounds); the
+functions below give the server's effective settings for each prompt: per-model
+defaults, the floor to 32, seed ``42 + i`` when absent, and one LoRA scale per request
+(the first ``network_multiplier`` given).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from parity.errors import RequestError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerModel:
+    """Defaults of one reference pipeline."""
+
+    model_id: str
+    hub_id: str
+    transformer_hub_id: str
+    default_steps: int
+    default_guidance: float
+    replaces_scheduler: bool  # True: FlowMatch shift 3.0; False: the checkpoint's own
+    resolution_divisor: int = 32
+    default_width: int = 1024
+    default_height: int = 1024
+    default_seed: int = 42
+    default_network_multiplier: float = 1.0
+
+
+SERVER_MODELS: dict[str, ServerModel] = {
+    "zimage": ServerModel(
+        "zimage", "Tongyi-MAI/Z-Image", "Tongyi-MAI/Z-Image", 30, 4.0, replaces_scheduler=True
+    ),
+    "zimage_turbo": ServerModel(
+        "zimage_turbo",
+        "Tongyi-MAI/Z-Image-Turbo",
+        "Tongyi-MAI/Z-Image-Turbo",
+        8,
+        1.0,
+        replaces_scheduler=False,
+    ),
+    "zimage_deturbo": ServerModel(
+        "zimage_deturbo",
+        "Tongyi-MAI/Z-Image-Turbo",
+        "ostris/Z-Image-De-Turbo",
+        25,
+        3.0,
+        replaces_scheduler=True,
+    ),
+}
+
+#: Scheduler shift the server uses when it replaces the checkpoint's scheduler.
+SERVER_SCHEDULER_SHIFT = 3.0
+
+
+class LoraItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    transformer: str | None = None
+    network_multiplier: float | None = Field(default=None, ge=-2.0, le=2.0)
+
+
+class PromptItem(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str
+    trigger_word: str | None = None
+    width: int | None = Field(default=None, ge=64, le=4096)
+    height: int | None = Field(default=None, ge=64, le=4096)
+    guidance_scale: float | None = Field(default=None, ge=0, le=20)
+    sample_steps: int | None = Field(default=None, ge=1, le=150)
+    neg: str | None = None
+    seed: int | None = Field(default=None, ge=-1)
+    sampler: str | None = None
+
+
+class InferenceRequest(BaseModel):
+    """A request to the reference server (``POST /v1/inference`` body ``inputs``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    loras: list[LoraItem] = Field(default_factory=list)
+    trigger_word: str | None = None
+    prompts: list[PromptItem]
+
+    @model_validator(mode="after")
+    def _check(self) -> InferenceRequest:
+        if not self.prompts:
+            raise ValueError("At least one prompt must be provided in 'prompts'")
+        if self.model not in SERVER_MODELS:
+            raise ValueError(
+                f"model {self.model!r} is not a Z-Image model; parity renders "
+                f"{', '.join(SERVER_MODELS)}"
+            )
+        return self
+
+    def to_json_dict(self) -> dict:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def load_request(path: str | Path) -> InferenceRequest:
+    """Read and validate a request JSON file; RequestError names the file and field."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RequestError(f"{path}: request file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RequestError(f"{path}: not a JSON request ({e})") from None
+    # The server's task envelope wraps the body in "inputs"; accept both.
+    if isinstance(data, dict) and "inputs" in data and isinstance(data["inputs"], dict):
+        data = data["inputs"]
+    return validate_request(data, source=str(path))
+
+
+def validate_request(data: object, *, source: str = "request") -> InferenceRequest:
+    try:
+        return InferenceRequest.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+            for err in e.errors()
+        )
+        raise RequestError(f"{source}: breaks the server's request schema: {problems}") from None
+
+
+@dataclass(frozen=True)
+class ServerPrompt:
+    """The server's effective settings for one prompt of a request."""
+
+    index: int
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    requested_width: int
+    requested_height: int
+    steps: int
+    guidance_scale: float
+    seed: int
+    lora_scale: float
+    random_seed: bool
+
+
+def server_lora_scale(request: InferenceRequest) -> float:
+    """One LoRA scale per request: the first ``network_multiplier`` given, else 1.0."""
+    given = [lo.network_multiplier for lo in request.loras if lo.network_multiplier is not None]
+    if len(set(given)) > 1:
+        log.warning(
+            "request gives several LoRA scales %s; the server applies only the first", given
+        )
+    return given[0] if given else SERVER_MODELS[request.model].default_network_multiplier
+
+
+def server_prompts(request: InferenceRequest) -> list[ServerPrompt]:
+    """Effective settings of each prompt, as the server computes them."""
+    model = SERVER_MODELS[request.model]
+    scale = server_lora_scale(request)
+    out = []
+    for i, item in enumerate(request.prompts):
+        trigger = item.trigger_word or request.trigger_word
+        prompt = item.prompt.replace("[trigger]", trigger) if trigger else item.prompt
+        width = item.width if item.width is not None else model.default_width
+        height = item.height if item.height is not None else model.default_height
+        div = model.resolution_divisor
+        seed = item.seed if item.seed is not None else model.default_seed + i
+        out.append(
+            ServerPrompt(
+                index=i,
+                prompt=prompt,
+                negative_prompt=item.neg if item.neg is not None else "",
+                width=(width // div) * div,
+                height=(height // div) * div,
+                requested_width=width,
+                requested_height=height,
+                steps=item.sample_steps if item.sample_steps is not None else model.default_steps,
+                guidance_scale=(
+                    item.guidance_scale
+                    if item.guidance_scale is not None
+                    else model.default_guidance
+                ),
+                seed=seed,
+                lora_scale=scale,
+                random_seed=seed < 0,
+            )
+        )
+    return out
