@@ -1,0 +1,171 @@
+"""The run report as a browser shows it: headless Chromium runs the page's script."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from parity.report import write_report
+from parity.results import ResultRow
+
+CHROMIUM = shutil.which("chromium")
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="headless browser checks need `chromium` on PATH (Debian package chromium)",
+)
+
+# Would rename the page if the browser ever ran it.
+EVIL_PROMPT = "<script>document.title='pwned'</script><script>alert(1)</script>"
+TITLE = "parity report: nightly job"
+
+
+def _image(path: Path, seed: int, size: tuple[int, int] = (96, 96)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0 : size[1], 0 : size[0]]
+    base = np.stack([x * 255 // size[0], y * 255 // size[1], np.full_like(x, 128)], axis=2)
+    noise = rng.integers(0, 40, size=(size[1], size[0], 3))
+    Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(path)
+
+
+@pytest.fixture()
+def run_dir(tmp_path):
+    job = tmp_path / "job"
+    run = tmp_path / "reports" / "nightly job" / "20250101T000000Z"
+    run.mkdir(parents=True)
+    _image(job / "samples" / "a.png", 1)
+    _image(job / "samples" / "b.png", 2)
+    _image(run / "renders" / "100" / "0.png", 1)
+    _image(run / "renders" / "100" / "1.png", 3)
+    _image(run / "counterfactuals" / "100" / "1" / "seed.png", 2)
+    rows = [
+        ResultRow(
+            job="nightly job",
+            step=100,
+            index=0,
+            preview=str(job / "samples" / "a.png"),
+            render="renders/100/0.png",
+            ssim=0.998,
+            psnr=48.2,
+            ms_ssim=0.999,
+            latent_distance=0.004,
+            verdict="match",
+            prompt="a red bicycle",
+        ),
+        ResultRow(
+            job="nightly job",
+            step=100,
+            index=1,
+            preview=str(job / "samples" / "b.png"),
+            render="renders/100/1.png",
+            ssim=0.42,
+            psnr=14.1,
+            ms_ssim=0.51,
+            latent_distance=0.71,
+            lpips=0.38,
+            verdict="mismatch",
+            causes=["seed"],
+            explained=True,
+            prompt=EVIL_PROMPT,
+            best_counterfactual="counterfactuals/100/1/seed.png",
+            corrected_request_note="send seed 42 instead of the random default",
+        ),
+        ResultRow(
+            job="nightly job",
+            step=200,
+            index=0,
+            verdict="error",
+            detail="preview file unreadable",
+            prompt="a blue car",
+        ),
+    ]
+    run_info = {
+        "job_path": str(job),
+        "started": "2025-01-01T00:00:00Z",
+        "finished": "2025-01-01T00:04:00Z",
+        "device": "cpu",
+        "parity_version": "0.1.0",
+        "thresholds": {"ssim_match": 0.95},
+    }
+    write_report(
+        run,
+        rows,
+        job_name="nightly job",
+        run_info=run_info,
+        corrected_requests={100: {"prompt": "a red bicycle", "seed": 42, "cfg": 1.0}},
+    )
+    return run
+
+
+def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    profile = tmp_path / "chromium-profile"
+    cmd = [
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", f"--user-data-dir={profile}", *args,
+    ]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+
+
+def _dom(tmp_path: Path, url: str) -> str:
+    proc = _chromium(tmp_path, "--dump-dom", url)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "<html" in proc.stdout, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def _article(dom: str, ident: str) -> str:
+    m = re.search(rf'<article[^>]*id="{ident}"[^>]*>', dom)
+    assert m, ident
+    return m.group(0)
+
+
+def test_page_after_script_ran(run_dir, tmp_path):
+    dom = _dom(tmp_path, (run_dir / "report.html").as_uri())
+    # the page script ran: the filter bar is shown and counts the rows
+    assert 'class="js"' in dom
+    assert re.search(r'id="filters"(?![^>]*hidden)', dom)
+    assert "3 of 3 shown" in dom
+    # summary counts as displayed
+    for verdict in ("match", "mismatch", "error"):
+        assert re.search(rf'data-count="{verdict}">1<', dom)
+    # the prompt is text, and no injected script ran
+    assert f"<title>{TITLE}</title>" in dom
+    assert "pwned" not in dom.split("<body", 1)[0]
+    assert "&lt;script&gt;document.title='pwned'&lt;/script&gt;" in dom
+    assert len(re.findall(r"<script\b", dom)) == 1
+
+
+def test_filters_from_address(run_dir, tmp_path):
+    url = (run_dir / "report.html").as_uri() + "#failures&cause=seed"
+    dom = _dom(tmp_path, url)
+    assert "1 of 3 shown" in dom
+    assert "hidden" in _article(dom, "s100-i0")
+    assert "hidden" in _article(dom, "s200-i0")  # an error, but without cause seed
+    assert "hidden" not in _article(dom, "s100-i1")
+    dom = _dom(tmp_path, (run_dir / "report.html").as_uri() + "#failures")
+    assert "2 of 3 shown" in dom
+    assert "hidden" not in _article(dom, "s200-i0")
+
+
+def test_screenshot_kept_with_run(run_dir, tmp_path):
+    shot = run_dir / "report.png"
+    proc = _chromium(
+        tmp_path, f"--screenshot={shot}", "--window-size=1280,2000",
+        "--virtual-time-budget=3000", (run_dir / "report.html").as_uri(),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert shot.is_file()
+    with Image.open(shot) as im:
+        assert im.size == (1280, 2000)
+        pixels = np.asarray(im.convert("RGB"))
+    # a rendered page, not a blank one: many colours, including the verdict colours
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500
+    assert pixels.std() > 10
