@@ -1,5 +1,709 @@
-"""Command line interface (placeholder until the commands land)."""
+"""``parity`` command line: inspect, preview, render, run, explain, report.
+
+Exit status: 0 everything matched (or the command succeeded), 1 a mismatch or a
+per-preview error, 2 bad usage or an unusable job/request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from parity import __version__
+from parity.errors import ParityError
+
+log = logging.getLogger("parity")
+
+EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
+
+
+# ------------------------------------------------------------------ shared options
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--base-model",
+        metavar="PATH",
+        help="local diffusers folder to load in place of the job's model.name_or_path "
+        "(for 'parity render': the request model's checkpoint)",
+    )
+    p.add_argument(
+        "--model-map",
+        metavar="ID=PATH",
+        action="append",
+        default=[],
+        help="map a hub id to a local folder (repeatable); also PARITY_MODEL_MAP and "
+        "[tool.parity.models] in pyproject.toml, with lower precedence",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument(
+        "--dtype",
+        choices=["fp32", "fp16", "bf16"],
+        default=None,
+        help="reference-side dtype (default: the server's rule, bf16 on CUDA, fp32 on CPU)",
+    )
+
+
+def _add_job_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        dest="reference_model",
+        choices=["zimage", "zimage_turbo", "zimage_deturbo"],
+        default=None,
+        help="reference model id when the job's arch/name_or_path do not say it",
+    )
+
+
+def _add_threshold_options(p: argparse.ArgumentParser) -> None:
+    from parity.compare import Thresholds
+
+    t = Thresholds()
+    p.add_argument(
+        "--ssim-min",
+        type=float,
+        default=t.ssim_min,
+        help=f"match: SSIM >= this (default {t.ssim_min})",
+    )
+    p.add_argument(
+        "--psnr-min",
+        type=float,
+        default=t.psnr_min,
+        help=f"match: PSNR >= this, dB (default {t.psnr_min})",
+    )
+    p.add_argument(
+        "--latent-max",
+        type=float,
+        default=t.latent_distance_max,
+        help=f"match: VAE latent cosine distance <= this (default {t.latent_distance_max})",
+    )
+    p.add_argument(
+        "--confirm-margin",
+        type=float,
+        default=0.02,
+        help="a cause is confirmed when reverting it alone raises 1-SSIM by more than this (default 0.02)",
+    )
+
+
+def _thresholds(args: argparse.Namespace) -> Any:
+    from parity.compare import Thresholds
+
+    return Thresholds(
+        ssim_min=args.ssim_min, psnr_min=args.psnr_min, latent_distance_max=args.latent_max
+    )
+
+
+def _model_map(args: argparse.Namespace, base_id: str | None) -> Any:
+    from parity.models import ModelMap
+
+    base = (base_id, args.base_model) if args.base_model and base_id else None
+    return ModelMap.load(args.model_map, base_model=base)
+
+
+def _job_source(job: Any, args: argparse.Namespace) -> Any:
+    from parity.models import resolve_job_model, validate_checkpoint
+
+    source = resolve_job_model(
+        job.name_or_path, job.extras_name_or_path, _model_map(args, job.name_or_path)
+    )
+    validate_checkpoint(source)
+    return source
+
+
+def _device(args: argparse.Namespace) -> str:
+    if args.device:
+        return args.device
+    from parity.engine import default_device
+
+    return default_device()
+
+
+def _dtype(args: argparse.Namespace) -> Any:
+    from parity.sides import normalize_dtype
+
+    return normalize_dtype(args.dtype) if args.dtype else None
+
+
+# --------------------------------------------------------------------- inspect
+
+
+def inspect_rows(
+    job: Any,
+    *,
+    device: str = "cpu",
+    checkpoint_shift: float | None = None,
+    reference_dtype: Any = None,
+) -> list[dict]:
+    """One JSON-ready dict per preview: both sides' settings and the static differences."""
+    from parity.run import plan_cases
+    from parity.sides import era_of
+
+    cases = plan_cases(
+        job,
+        job.steps,
+        device=device,
+        checkpoint_shift=checkpoint_shift,
+        reference_dtype=reference_dtype,
+    )
+    rows = []
+    for case in cases:
+        row: dict[str, Any] = {
+            "step": case.step,
+            "index": case.index,
+            "preview": os.path.relpath(case.preview.path, job.root) if case.preview else None,
+            "prompt": case.sample.prompt if case.sample else None,
+            "negative_prompt": case.sample.negative_prompt if case.sample else None,
+            "aitk": None,
+            "reference": None,
+            "differences": [],
+            "aitk_version": job.aitk_version,
+            "error": case.error,
+        }
+        if case.pair is not None and case.sample is not None:
+            p, r, sp = case.pair.preview, case.pair.reference, case.pair.server_prompt
+            checkpoint = job.checkpoint_for_step(case.step)
+            era = era_of(job, checkpoint)
+            row["aitk_version"] = (
+                checkpoint.aitk_version if checkpoint else None
+            ) or job.aitk_version
+            row["era"] = era.label + (f" ({era.note})" if era.note else "")
+            row["aitk"] = {
+                "width": p.width,
+                "height": p.height,
+                "guidance_scale": case.sample.guidance_scale,
+                "pipeline_guidance": p.pipeline_guidance,
+                "steps": p.steps,
+                "seed": p.seed,
+                "network_multiplier": p.lora.scale if p.lora else None,
+                "lora_merged": p.lora.merged if p.lora else None,
+                "scheduler_shift": p.scheduler_shift,
+                "legacy_sigmas": p.sigmas is not None,
+                "dtype": p.dtype,
+                "quantization": {
+                    "qtype": p.quantization.qtype,
+                    "qtype_te": p.quantization.qtype_te,
+                },
+            }
+            row["reference"] = {
+                "model": job.reference_model,
+                "width": r.width,
+                "height": r.height,
+                "guidance_scale": sp.guidance_scale,
+                "pipeline_guidance": r.pipeline_guidance,
+                "steps": r.steps,
+                "seed": r.seed,
+                "network_multiplier": r.lora.scale if r.lora else None,
+                "scheduler_shift": r.scheduler_shift,
+                "dtype": r.dtype,
+            }
+            row["differences"] = list(case.pair.differences)
+        rows.append(row)
+    return rows
+
+
+def _format_table(rows: list[dict]) -> str:
+    fields = [
+        ("size", lambda s: f"{s['width']}x{s['height']}"),
+        ("cfg", lambda s: f"{s['pipeline_guidance']:g}"),
+        ("steps", lambda s: str(s["steps"])),
+        ("seed", lambda s: str(s["seed"])),
+        (
+            "lora",
+            lambda s: "-" if s["network_multiplier"] is None else f"{s['network_multiplier']:g}",
+        ),
+        ("shift", lambda s: f"{s['scheduler_shift']:g}"),
+    ]
+    header = (
+        f"{'step':>6} {'idx':>3}  "
+        + "  ".join(f"{name:>15}" for name, _ in fields)
+        + "  differences"
+    )
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        if row["aitk"] is None:
+            lines.append(f"{row['step']:>6} {row['index']:>3}  error: {row['error']}")
+            continue
+        cells = []
+        for _name, fmt in fields:
+            a, r = fmt(row["aitk"]), fmt(row["reference"])
+            cells.append(f"{a if a == r else a + '|' + r:>15}")
+        lines.append(
+            f"{row['step']:>6} {row['index']:>3}  "
+            + "  ".join(cells)
+            + "  "
+            + (",".join(row["differences"]) or "-")
+        )
+    lines.append(
+        "cells show 'preview|server' where the two sides differ; cfg is the value diffusers receives"
+    )
+    return "\n".join(lines)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from parity.job import read_job
+    from parity.models import checkpoint_scheduler_shift, resolve_job_model
+
+    job = read_job(args.job, reference_model=args.reference_model)
+    shift = None
+    try:
+        shift = checkpoint_scheduler_shift(
+            resolve_job_model(
+                job.name_or_path, job.extras_name_or_path, _model_map(args, job.name_or_path)
+            )
+        )
+    except Exception as e:  # inspect works without the weights
+        log.info("checkpoint scheduler unknown: %s", e)
+    device = args.device or "cpu"
+    rows = inspect_rows(job, device=device, checkpoint_shift=shift, reference_dtype=_dtype(args))
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"job {job.name}  ({job.root})")
+        print(
+            f"ai-toolkit {job.aitk_version or 'unknown'}  arch {job.arch}  reference model {job.reference_model}  "
+            f"LoRA {'merged' if job.merged_lora else 'unmerged'} in previews  train dtype {job.train_dtype}"
+        )
+        for problem in job.problems:
+            print(f"warning: {problem}")
+        print(_format_table(rows))
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------- rendering
+
+
+def _save_png(image: Any, path: Path) -> None:
+    import io
+
+    from parity.results import atomic_write_bytes
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _progress(items: list, desc: str) -> Any:
+    from parity.run import _progress as progress
+
+    return progress(items, None, desc=desc)
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from parity.engine import RenderEngine
+    from parity.job import read_job
+    from parity.results import atomic_write_text
+    from parity.run import parse_steps, select_steps
+    from parity.sides import preview_settings
+
+    job = read_job(args.job, reference_model=args.reference_model)
+    steps = select_steps(job, parse_steps(args.step))
+    engine = RenderEngine(_job_source(job, args), device=_device(args))
+    out = Path(args.out)
+    effective: list[dict] = []
+    failures = 0
+    todo = [p for p in job.previews if p.step in steps and p.index < len(job.samples)]
+    keys = sorted({(p.step, p.index) for p in todo})
+    for step, index in _progress(keys, "preview"):
+        sample = job.samples[index]
+        entry: dict[str, Any] = {"step": step, "index": index}
+        try:
+            if sample.error:
+                raise ParityError(sample.error)
+            checkpoint = job.checkpoint_for_step(step)
+            if checkpoint is None and step != 0:
+                raise ParityError(f"no LoRA checkpoint for step {step}")
+            settings = preview_settings(job, sample, checkpoint)
+            result = engine.render(settings)
+            _save_png(result.image, out / str(step) / f"{index}.png")
+            entry.update(image=f"{step}/{index}.png", settings=settings.to_dict())
+        except ParityError as e:
+            failures += 1
+            entry["error"] = str(e)
+            print(f"error: step {step} index {index}: {e}", file=sys.stderr)
+        effective.append(entry)
+    atomic_write_text(out / "effective.json", json.dumps(effective, indent=2))
+    print(f"{len(effective) - failures} previews rendered into {out}")
+    return EXIT_MISMATCH if failures else EXIT_OK
+
+
+def _confined(path: Path, root: Path, allow_outside: bool, what: str) -> Path:
+    resolved = path.resolve()
+    if not allow_outside and not resolved.is_relative_to(root.resolve()):
+        raise ParityError(
+            f"{what} {path} resolves outside {root}; pass --allow-outside-paths to allow it"
+        )
+    return resolved
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from parity.engine import RenderEngine
+    from parity.models import (
+        checkpoint_scheduler_shift,
+        resolve_reference_model,
+        validate_checkpoint,
+    )
+    from parity.request import SERVER_MODELS, load_request
+    from parity.results import atomic_write_text
+    from parity.sides import reference_settings
+
+    request_path = Path(args.request)
+    request = load_request(request_path)
+    server = SERVER_MODELS[request.model]
+    model_map = _model_map(args, server.hub_id)
+    if args.base_model and server.transformer_hub_id != server.hub_id:
+        model_map = _model_map(args, server.transformer_hub_id)
+    source = resolve_reference_model(request.model, model_map)
+    validate_checkpoint(source)
+    lora_paths = []
+    for lora in request.loras:
+        candidate = Path(lora.path)
+        if not candidate.is_absolute():
+            candidate = request_path.parent / candidate
+        lora_paths.append(
+            str(_confined(candidate, request_path.parent, args.allow_outside_paths, "LoRA path"))
+        )
+    device = _device(args)
+    engine = RenderEngine(source, device=device)
+    shift = checkpoint_scheduler_shift(source)
+    out = Path(args.out)
+    effective = []
+    failures = 0
+    for i in _progress(list(range(len(request.prompts))), "render"):
+        settings, server_prompt = reference_settings(
+            request,
+            i,
+            lora_paths=lora_paths,
+            device=device,
+            checkpoint_shift=shift,
+            dtype=_dtype(args),
+        )
+        entry: dict[str, Any] = {"index": i, "settings": settings.to_dict()}
+        if (
+            server_prompt.width != server_prompt.requested_width
+            or server_prompt.height != server_prompt.requested_height
+        ):
+            entry["warning"] = (
+                f"{server_prompt.requested_width}x{server_prompt.requested_height} floored to "
+                f"{server_prompt.width}x{server_prompt.height} (multiple of 32)"
+            )
+        try:
+            result = engine.render(settings)
+            if result.lora_not_applied:
+                entry["warning"] = (
+                    f"LoRA not applied: no key of {settings.lora.path} matches the transformer"
+                )
+                print(f"warning: prompt {i}: {entry['warning']}", file=sys.stderr)
+            _save_png(result.image, out / f"{i}.png")
+            entry["image"] = f"{i}.png"
+        except ParityError as e:
+            failures += 1
+            entry["error"] = str(e)
+            print(f"error: prompt {i}: {e}", file=sys.stderr)
+        effective.append(entry)
+    atomic_write_text(out / "effective.json", json.dumps(effective, indent=2))
+    print(f"{len(effective) - failures} images rendered into {out}")
+    return EXIT_MISMATCH if failures else EXIT_OK
+
+
+# ------------------------------------------------------------------------- run
+
+
+def _engine_for_job(job: Any, args: argparse.Namespace) -> tuple[Any, str]:
+    from parity.engine import RenderEngine
+
+    device = _device(args)
+    return RenderEngine(_job_source(job, args), device=device), device
+
+
+def _run_options(args: argparse.Namespace, **overrides: Any) -> Any:
+    from parity.run import RunOptions, parse_steps
+
+    values = dict(
+        steps=parse_steps(args.steps),
+        attribute=not getattr(args, "no_attribution", False),
+        thresholds=_thresholds(args),
+        confirm_margin=args.confirm_margin,
+        reference_dtype=_dtype(args),
+    )
+    values.update(overrides)
+    return RunOptions(**values)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from parity.job import read_job
+    from parity.run import default_out_dir, run_job
+
+    resume = args.resume is not None
+    if resume:
+        out_dir = Path(args.resume)
+        info_path = out_dir / "run.json"
+        job_path = args.job
+        if job_path is None:
+            if not info_path.exists():
+                raise ParityError(f"{out_dir}: no run.json to resume from; give the JOB too")
+            job_path = json.loads(info_path.read_text(encoding="utf-8"))["job_path"]
+    else:
+        if args.job is None:
+            raise ParityError("give a JOB folder (or --resume DIR)")
+        job_path = args.job
+    job = read_job(job_path, reference_model=args.reference_model)
+    if not resume:
+        out_dir = Path(args.out) if args.out else default_out_dir(job)
+    engine, device = _engine_for_job(job, args)
+    summary = run_job(job, engine, out_dir, _run_options(args), resume=resume, device=device)
+    if args.history and not args.no_history:
+        try:
+            from parity.history import append_history
+
+            run_id = out_dir.name
+            append_history(
+                args.history,
+                summary.rows,
+                run_time=_run_time(out_dir),
+                run_id=f"{job.name}/{run_id}",
+            )
+        except Exception as e:
+            print(f"warning: history not updated: {e}", file=sys.stderr)
+    _print_summary(summary)
+    return summary.exit_code
+
+
+def _run_time(out_dir: Path) -> str:
+    info = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))
+    return info.get("started")
+
+
+def _print_summary(summary: Any) -> None:
+    counts = summary.counts
+    print(
+        f"{counts['match']} match, {counts['mismatch']} mismatch, {counts['error']} error  ->  {summary.out_dir}"
+    )
+    for row in summary.rows:
+        if row.verdict == "match":
+            continue
+        what = ",".join(row.causes) or ("-" if row.verdict == "error" else "no cause confirmed")
+        state = (
+            "explained" if row.explained else ("unexplained" if row.verdict == "mismatch" else "")
+        )
+        ssim = f"ssim {row.ssim:.3f}" if row.ssim is not None else ""
+        print(
+            f"  step {row.step} #{row.index}: {row.verdict} {ssim} causes={what} {state}".rstrip()
+        )
+        if row.detail:
+            print(f"      {row.detail}")
+    print(f"report: {summary.out_dir / 'report.html'}")
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from parity.job import read_job
+    from parity.run import Runner, plan_cases, utc_now
+    from parity.sides import era_of
+
+    job = read_job(args.job, reference_model=args.reference_model)
+    engine, device = _engine_for_job(job, args)
+    out_dir = (
+        Path(args.out)
+        if args.out
+        else Path("reports") / job.name / f"explain-{utc_now().replace(':', '')}"
+    )
+    cases = plan_cases(
+        job,
+        [args.step],
+        device=device,
+        checkpoint_shift=engine.checkpoint_scheduler_shift or _shift_of(engine),
+        reference_dtype=_dtype(args),
+    )
+    case = next((c for c in cases if c.index == args.index), None)
+    if case is None:
+        raise ParityError(f"{job.root}: no preview for step {args.step} index {args.index}")
+    row = Runner(job, engine, out_dir, _run_options(args, steps=(args.step,))).evaluate(case)
+    print(f"{job.name} step {row.step} index {row.index}: {row.verdict.upper()}")
+    if row.prompt:
+        print(f"prompt: {row.prompt}")
+    if case.pair is not None:
+        era = era_of(job, job.checkpoint_for_step(args.step))
+        print(f"ai-toolkit {job.aitk_version or 'unknown'}: {era.label}")
+        print(f"\n{'setting':<20}{'preview (ai-toolkit)':<32}{'reference (server)':<32}")
+        p, r = case.pair.preview.to_dict(), case.pair.reference.to_dict()
+        for key in p:
+            pv, rv = _short(p[key]), _short(r[key])
+            mark = "" if pv == rv else "  <-"
+            print(f"{key:<20}{pv:<32}{rv:<32}{mark}")
+        print(f"\nstatic differences: {', '.join(case.pair.differences) or 'none'}")
+    if row.ssim is not None:
+        print(
+            f"reference render vs preview: SSIM {row.ssim:.4f}  PSNR {row.psnr:.2f} dB  MS-SSIM {row.ms_ssim:.4f}  "
+            f"latent {_fmt(row.latent_distance)}  LPIPS {_fmt(row.lpips)}"
+        )
+    if row.jpeg_floor:
+        print(
+            f"JPEG floor (a perfect reproduction): SSIM {row.jpeg_floor.get('ssim', float('nan')):.4f}"
+        )
+    for cf in row.counterfactuals:
+        flag = "CONFIRMED" if cf["confirmed"] else ""
+        print(
+            f"  counterfactual {cf['cause']:<18} ({cf['kind']}): SSIM {cf['ssim']:.4f}  "
+            f"{'match' if cf['match'] else 'mismatch':<8} {flag}  {out_dir / cf['image']}"
+        )
+    if row.verdict == "mismatch":
+        print(
+            f"causes: {', '.join(row.causes) or 'none confirmed'}; explanation {'complete' if row.explained else 'INCOMPLETE (unexplained residual)'}"
+        )
+    if row.detail:
+        print(f"detail: {row.detail}")
+    if case.pair is not None:
+        from parity.correct import corrected_requests
+
+        corrected = corrected_requests(
+            job,
+            args.step,
+            {args.index: case.pair.preview},
+            checkpoint_shift=engine.checkpoint_scheduler_shift,
+            lora_not_applied="lora_not_applied" in row.candidate_causes,
+        )
+        print("\ncorrected request:")
+        print(json.dumps(corrected.requests[0].to_json_dict(), indent=2))
+        for reason in corrected.cannot.get(args.index, []):
+            print(f"  the server cannot reproduce this preview exactly: {reason}")
+    if row.preview:
+        print(f"\npreview: {(out_dir / row.preview).resolve()}")
+    if row.render:
+        print(f"reference render: {(out_dir / row.render).resolve()}")
+    return EXIT_OK if row.verdict == "match" else EXIT_MISMATCH
+
+
+def _shift_of(engine: Any) -> float | None:
+    engine.variant("float32")
+    return engine.checkpoint_scheduler_shift
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if v is not None}
+        if "path" in value:
+            value["path"] = Path(value["path"]).name
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 30 else text[:27] + "..."
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+# ---------------------------------------------------------------------- report
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from parity.history import render_trends
+
+    index = render_trends(args.history, args.out)
+    print(f"trend report: {index}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------ main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="parity",
+        description="Check that the reference inference server reproduces the training previews "
+        "of an ai-toolkit Z-Image LoRA job, and explain every mismatch.",
+    )
+    parser.add_argument("--version", action="version", version=f"parity {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("inspect", help="both sides' settings per preview, without rendering")
+    p.add_argument("job", help="ai-toolkit job folder or job file (YAML/JSON)")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    _add_model_options(p)
+    _add_job_options(p)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("preview", help="render the job's samples the way ai-toolkit did")
+    p.add_argument("job")
+    p.add_argument("--step", default="all", help="N, last or all (default all)")
+    p.add_argument(
+        "--out", required=True, help="output folder: <step>/<index>.png and effective.json"
+    )
+    _add_model_options(p)
+    _add_job_options(p)
+    p.set_defaults(func=cmd_preview)
+
+    p = sub.add_parser("render", help="render an API request the way the reference server does")
+    p.add_argument("request", help="request JSON (the server's schema)")
+    p.add_argument("--out", required=True, help="output folder: <i>.png and effective.json")
+    p.add_argument(
+        "--allow-outside-paths",
+        action="store_true",
+        help="allow LoRA paths outside the request's folder",
+    )
+    _add_model_options(p)
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("run", help="render, compare and explain every preview of a job")
+    p.add_argument("job", nargs="?", help="ai-toolkit job folder (optional with --resume)")
+    p.add_argument("--steps", default="all", help="all, last or N,N,... (default all)")
+    p.add_argument("--out", help="output folder (default reports/<job>/<UTC timestamp>)")
+    p.add_argument("--resume", metavar="DIR", help="continue an interrupted run in DIR")
+    p.add_argument(
+        "--no-attribution", action="store_true", help="verdicts only, no counterfactual renders"
+    )
+    p.add_argument(
+        "--history",
+        default="reports/history.parquet",
+        help="history table to append to (.parquet or .csv)",
+    )
+    p.add_argument("--no-history", action="store_true", help="do not append to the history table")
+    _add_model_options(p)
+    _add_job_options(p)
+    _add_threshold_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("explain", help="one preview in depth, with every counterfactual")
+    p.add_argument("job")
+    p.add_argument("--step", type=int, required=True)
+    p.add_argument("--index", type=int, required=True)
+    p.add_argument("--out", help="where the renders go (default reports/<job>/explain-<time>)")
+    p.add_argument("--steps", default="all", help=argparse.SUPPRESS)
+    _add_model_options(p)
+    _add_job_options(p)
+    _add_threshold_options(p)
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("report", help="trend report over the run history")
+    p.add_argument("--history", default="reports/history.parquet")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_report)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    return 0
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("diffusers", "transformers", "peft"):
+        logging.getLogger(noisy).setLevel(max(level, logging.ERROR))
+    try:
+        return args.func(args)
+    except (ParityError, ValueError, FileNotFoundError) as e:
+        print(f"parity: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(
+            "parity: interrupted; finished results are saved (resume with --resume DIR)",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -22,7 +22,6 @@ LoRA application comes in two kinds, matching the two sides:
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -443,5 +442,3 @@ def _load_folder(folder: str, dtype: Dtype) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return ZImagePipeline.from_pretrained(folder, torch_dtype=torch_dtype(dtype))
-
-
