@@ -1,0 +1,527 @@
+"""Where the Z-Image weights of a render come from.
+
+Jobs and the reference pipelines name their checkpoints by hub id
+(``Tongyi-MAI/Z-Image-Turbo``); parity runs offline, so a :class:`ModelMap` maps those
+ids to local diffusers folders. :func:`resolve_job_model` applies ai-toolkit's rules for
+split checkpoints (``name_or_path`` + ``extras_name_or_path``) and
+:func:`resolve_reference_model` the reference server's, both returning a
+:class:`ModelSource`; :func:`load_zimage_pipeline` builds a diffusers ``ZImagePipeline``
+from one.
+
+A *hub id* here is any string that is neither a mapped id nor an existing local folder;
+it is handed to diffusers unchanged (which then downloads it, or fails when offline).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import ZImagePipeline
+
+logger = logging.getLogger(__name__)
+
+#: Hub checkpoints of the reference models.
+ZIMAGE_HUB_ID = "Tongyi-MAI/Z-Image"
+ZIMAGE_TURBO_HUB_ID = "Tongyi-MAI/Z-Image-Turbo"
+ZIMAGE_DETURBO_HUB_ID = "ostris/Z-Image-De-Turbo"
+
+#: Reference model id -> (hub id of the transformer, hub id of vae/text encoder/tokenizer).
+REFERENCE_MODELS: dict[str, tuple[str, str]] = {
+    "zimage": (ZIMAGE_HUB_ID, ZIMAGE_HUB_ID),
+    "zimage_turbo": (ZIMAGE_TURBO_HUB_ID, ZIMAGE_TURBO_HUB_ID),
+    "zimage_deturbo": (ZIMAGE_DETURBO_HUB_ID, ZIMAGE_TURBO_HUB_ID),
+}
+
+#: ``shift`` of the scheduler config shipped with hub checkpoints, used when no local
+#: folder is mapped. De-Turbo has no entry: its users replace the scheduler (shift 3.0).
+KNOWN_HUB_SCHEDULER_SHIFTS: dict[str, float] = {
+    ZIMAGE_TURBO_HUB_ID: 3.0,
+    ZIMAGE_HUB_ID: 6.0,
+}
+
+#: Environment variable holding ``ID=PATH[,ID=PATH...]``.
+MODEL_MAP_ENV = "PARITY_MODEL_MAP"
+
+TRANSFORMER_CLASS = "ZImageTransformer2DModel"
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class ModelError(Exception):
+    """Base class of model resolution errors."""
+
+
+class ModelMapError(ModelError, ValueError):
+    """A model map entry is malformed; the message names its source."""
+
+
+class ModelNotFoundError(ModelError, FileNotFoundError):
+    """A checkpoint folder or a part of it is missing."""
+
+
+class NotZImageCheckpointError(ModelError, ValueError):
+    """A folder exists but does not hold a Z-Image checkpoint."""
+
+
+class _FromEnvironment:
+    """Default marker: read the value when :meth:`ModelMap.load` runs, not at import."""
+
+    def __repr__(self) -> str:
+        return "<from environment>"
+
+
+_FROM_ENV: Any = _FromEnvironment()
+
+
+@dataclass(frozen=True)
+class ModelMap:
+    """Hub id -> local diffusers folder.
+
+    Attributes
+    ----------
+    entries:
+        Absolute folder per hub id.
+    origins:
+        Where each entry came from (for error messages), e.g.
+        ``"--model-map flag"`` or ``"/repo/pyproject.toml [tool.parity.models]"``.
+    """
+
+    entries: Mapping[str, Path] = field(default_factory=dict)
+    origins: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(
+        cls,
+        cli: Sequence[str] = (),
+        *,
+        env: str | None = _FROM_ENV,
+        pyproject: Path | None = _FROM_ENV,
+        base_model: tuple[str, str] | None = None,
+    ) -> ModelMap:
+        """Collect the map from all its sources.
+
+        Precedence, highest first (a higher source overrides the same id below it):
+
+        1. ``base_model``: the ``--base-model`` shortcut, ``(hub id, folder)``.
+        2. ``cli``: ``--model-map ID=PATH`` flag values, later flags winning.
+        3. ``env``: the ``PARITY_MODEL_MAP`` environment variable,
+           ``ID=PATH[,ID=PATH...]`` (comma separated).
+        4. ``pyproject``: the ``[tool.parity.models]`` table of a pyproject.toml,
+           ``"ID" = "PATH"``; relative paths are resolved against the pyproject's folder.
+
+        Relative paths of the other sources are resolved against the current working
+        directory. Folders are not checked here; :meth:`resolve` checks the ones used.
+
+        Parameters
+        ----------
+        cli:
+            ``ID=PATH`` strings.
+        env:
+            Value of the environment variable; by default read from ``PARITY_MODEL_MAP``
+            at call time. None ignores the environment.
+        pyproject:
+            pyproject.toml to read; by default ``./pyproject.toml`` when it exists.
+            None reads none.
+        base_model:
+            ``(hub id, folder)`` or None.
+
+        Raises
+        ------
+        ModelMapError
+            An entry is malformed (no ``=``, empty id or path, a non-string value, an
+            unreadable pyproject.toml); the message names the source.
+        """
+        if env is _FROM_ENV:
+            env = os.environ.get(MODEL_MAP_ENV)
+        if pyproject is _FROM_ENV:
+            candidate = Path.cwd() / "pyproject.toml"
+            pyproject = candidate if candidate.is_file() else None
+
+        entries: dict[str, Path] = {}
+        origins: dict[str, str] = {}
+
+        def put(items: list[tuple[str, Path]], origin: str) -> None:
+            for key, path in items:
+                entries[key] = path
+                origins[key] = origin
+
+        if pyproject is not None:
+            put(_read_pyproject(Path(pyproject)), f"{pyproject} [tool.parity.models]")
+        if env:
+            origin = f"{MODEL_MAP_ENV} environment variable"
+            put([_parse_pair(p, origin) for p in env.split(",") if p.strip()], origin)
+        for value in cli:
+            put([_parse_pair(value, "--model-map flag")], "--model-map flag")
+        if base_model is not None:
+            key, path = base_model
+            put([_parse_pair(f"{key}={path}", "--base-model")], "--base-model")
+        return cls(entries=entries, origins=origins)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.entries
+
+    def resolve(self, id_or_path: str) -> str:
+        """Return the folder or hub id to load ``id_or_path`` from.
+
+        A mapped id gives its folder (which must exist); an existing local folder gives
+        its absolute path; anything that looks like a hub id is returned unchanged.
+
+        Raises
+        ------
+        ModelNotFoundError
+            The mapped folder does not exist (the message names the id, the folder and
+            the source of the mapping), or ``id_or_path`` looks like a local path that
+            does not exist.
+        """
+        if id_or_path in self.entries:
+            folder = self.entries[id_or_path]
+            if not folder.is_dir():
+                raise ModelNotFoundError(
+                    f"model {id_or_path!r} is mapped to {folder}, which is not a folder "
+                    f"(mapping from {self.origins.get(id_or_path, 'unknown source')})"
+                )
+            return str(folder)
+        local = Path(id_or_path).expanduser()
+        if local.is_dir():
+            return str(local.resolve())
+        if id_or_path.endswith(".safetensors"):
+            raise NotZImageCheckpointError(
+                f"{id_or_path}: single-file checkpoints are not supported; give a diffusers "
+                "folder (transformer/, vae/, text_encoder/, tokenizer/) or map the id to one"
+            )
+        if not _HUB_ID.match(id_or_path):
+            raise ModelNotFoundError(
+                f"model folder {id_or_path} does not exist (and it is not a hub id); "
+                f"map it with --model-map ID=PATH"
+            )
+        return id_or_path
+
+
+def _parse_pair(text: str, origin: str) -> tuple[str, Path]:
+    key, sep, path = text.partition("=")
+    key, path = key.strip(), path.strip()
+    if not sep or not key or not path:
+        raise ModelMapError(f"{origin}: malformed entry {text!r}, expected ID=PATH")
+    return key, Path(path).expanduser().absolute()
+
+
+def _read_pyproject(path: Path) -> list[tuple[str, Path]]:
+    origin = f"{path} [tool.parity.models]"
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ModelMapError(f"{path}: cannot read model map: {exc}") from exc
+    table = data.get("tool", {}).get("parity", {}).get("models", {})
+    if not isinstance(table, dict):
+        raise ModelMapError(f"{origin}: expected a table of ID = PATH strings")
+    items = []
+    for key, value in table.items():
+        if not isinstance(value, str) or not value.strip() or not key.strip():
+            raise ModelMapError(f"{origin}: malformed entry {key!r} = {value!r}, expected a path")
+        folder = Path(value).expanduser()
+        if not folder.is_absolute():
+            folder = path.parent.absolute() / folder
+        items.append((key.strip(), folder))
+    return items
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where each part of a Z-Image pipeline is loaded from.
+
+    Attributes
+    ----------
+    transformer:
+        Folder or hub id holding ``transformer/``.
+    components:
+        Folder or hub id providing ``vae/``, ``text_encoder/`` and ``tokenizer/``.
+    scheduler:
+        Folder or hub id holding ``scheduler/``: the transformer's when it has one,
+        else the components'; None when neither is known to have one.
+    label:
+        Human-readable name for reports, e.g. ``"Tongyi-MAI/Z-Image"``.
+    """
+
+    transformer: str
+    components: str
+    scheduler: str | None
+    label: str
+
+    @property
+    def is_split(self) -> bool:
+        """True when the transformer and the other components come from different places."""
+        return self.transformer != self.components
+
+
+def _is_local(ref: str) -> bool:
+    return os.path.isdir(ref)
+
+
+def _scheduler_of(transformer: str, components: str) -> str | None:
+    if _is_local(transformer):
+        if os.path.isdir(os.path.join(transformer, "scheduler")):
+            return transformer
+    elif transformer == components:
+        return transformer
+    if _is_local(components):
+        return components if os.path.isdir(os.path.join(components, "scheduler")) else None
+    return components
+
+
+def resolve_job_model(
+    name_or_path: str, extras_name_or_path: str | None, model_map: ModelMap
+) -> ModelSource:
+    """Resolve an ai-toolkit job's model the way ai-toolkit loads it.
+
+    The transformer comes from ``name_or_path``. The VAE, text encoder and tokenizer come
+    from ``extras_name_or_path`` when it is given, except when the ``name_or_path``
+    folder itself has ``text_encoder/``: then it is a full checkpoint and the extras are
+    ignored. Without extras, ``name_or_path`` must be a full checkpoint.
+
+    Parameters
+    ----------
+    name_or_path:
+        ``model.name_or_path`` of the job config (hub id or folder).
+    extras_name_or_path:
+        ``model.extras_name_or_path`` or None.
+    model_map:
+        Maps hub ids to local folders.
+
+    Raises
+    ------
+    ModelNotFoundError
+        A mapped folder is missing, or a local transformer-only folder is given without
+        ``extras_name_or_path``.
+    """
+    transformer = model_map.resolve(name_or_path)
+    extras = model_map.resolve(extras_name_or_path) if extras_name_or_path else None
+    label = name_or_path
+    if _is_local(transformer) and os.path.isdir(os.path.join(transformer, "text_encoder")):
+        if extras is not None and extras != transformer:
+            logger.info(
+                "%s has text_encoder/; ignoring extras_name_or_path %s as ai-toolkit does",
+                transformer,
+                extras_name_or_path,
+            )
+        components = transformer
+    elif extras is not None:
+        components = extras
+        if extras_name_or_path != name_or_path:
+            label = f"{name_or_path} + {extras_name_or_path}"
+    else:
+        if _is_local(transformer):
+            raise ModelNotFoundError(
+                f"{transformer} has no vae/ or text_encoder/ (a transformer-only "
+                f"checkpoint); set model.extras_name_or_path to the checkpoint that "
+                f"provides the VAE, text encoder and tokenizer (e.g. {ZIMAGE_TURBO_HUB_ID})"
+            )
+        components = transformer
+    return ModelSource(
+        transformer=transformer,
+        components=components,
+        scheduler=_scheduler_of(transformer, components),
+        label=label,
+    )
+
+
+def resolve_reference_model(model_id: str, model_map: ModelMap) -> ModelSource:
+    """Resolve a reference server model id (``zimage``, ``zimage_turbo``,
+    ``zimage_deturbo``) to its checkpoints, each hub id going through ``model_map``.
+
+    Raises
+    ------
+    ModelNotFoundError
+        Unknown model id, or a mapped folder is missing.
+    """
+    if model_id not in REFERENCE_MODELS:
+        raise ModelNotFoundError(
+            f"unknown reference model {model_id!r}; known: {', '.join(REFERENCE_MODELS)}"
+        )
+    transformer_id, components_id = REFERENCE_MODELS[model_id]
+    transformer = model_map.resolve(transformer_id)
+    components = model_map.resolve(components_id)
+    return ModelSource(
+        transformer=transformer,
+        components=components,
+        scheduler=_scheduler_of(transformer, components),
+        label=model_id,
+    )
+
+
+def validate_checkpoint(source: ModelSource) -> None:
+    """Check the local folders of ``source`` hold what a Z-Image pipeline needs.
+
+    Hub ids are not checked (that would need the network).
+
+    Raises
+    ------
+    ModelNotFoundError
+        A needed file or folder is missing; the message names the folder and the part.
+    NotZImageCheckpointError
+        The transformer config is unreadable or not a ``ZImageTransformer2DModel``.
+    """
+    if _is_local(source.transformer):
+        config_path = Path(source.transformer, "transformer", "config.json")
+        if not config_path.is_file():
+            raise ModelNotFoundError(
+                f"{source.transformer}: missing transformer/config.json (not a diffusers "
+                "Z-Image checkpoint folder)"
+            )
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise NotZImageCheckpointError(f"{config_path}: unreadable config: {exc}") from exc
+        class_name = config.get("_class_name") if isinstance(config, dict) else None
+        if class_name != TRANSFORMER_CLASS:
+            raise NotZImageCheckpointError(
+                f"{config_path}: _class_name is {class_name!r}, expected {TRANSFORMER_CLASS!r}"
+            )
+    if _is_local(source.components):
+        for part, kind in (
+            ("vae/config.json", "file"),
+            ("text_encoder/config.json", "file"),
+            ("tokenizer", "dir"),
+        ):
+            path = Path(source.components, part)
+            ok = path.is_file() if kind == "file" else path.is_dir()
+            if not ok:
+                raise ModelNotFoundError(
+                    f"{source.components}: missing {part} (needed for the VAE, text encoder "
+                    "and tokenizer)"
+                )
+
+
+def checkpoint_scheduler_shift(source: ModelSource) -> float | None:
+    """``shift`` of the checkpoint's own scheduler config, or None when unknown.
+
+    Reads ``scheduler/scheduler_config.json`` of a local folder, else uses
+    :data:`KNOWN_HUB_SCHEDULER_SHIFTS` for a hub id.
+    """
+    ref = source.scheduler
+    if ref is None:
+        return None
+    if _is_local(ref):
+        path = Path(ref, "scheduler", "scheduler_config.json")
+        if not path.is_file():
+            return None
+        try:
+            shift = json.loads(path.read_text(encoding="utf-8")).get("shift")
+        except (OSError, ValueError, AttributeError):
+            logger.warning("%s: unreadable scheduler config", path)
+            return None
+        return float(shift) if isinstance(shift, int | float) else None
+    return KNOWN_HUB_SCHEDULER_SHIFTS.get(ref)
+
+
+def _text_encoder_class(components: str) -> Any:
+    import transformers
+
+    name = "Qwen3Model"
+    index = Path(components, "model_index.json")
+    if _is_local(components) and index.is_file():
+        try:
+            entry = json.loads(index.read_text(encoding="utf-8")).get("text_encoder")
+            if isinstance(entry, list) and len(entry) == 2 and entry[0] == "transformers":
+                name = entry[1]
+        except (OSError, ValueError, AttributeError):
+            logger.warning("%s: unreadable model_index.json; using %s", index, name)
+    cls = getattr(transformers, name, None)
+    if cls is None:
+        raise NotZImageCheckpointError(f"{index}: unknown text encoder class {name!r}")
+    return cls
+
+
+def load_zimage_pipeline(
+    source: ModelSource,
+    *,
+    dtype: torch.dtype | str = "float32",
+    device: torch.device | str = "cpu",
+) -> ZImagePipeline:
+    """Build a diffusers ``ZImagePipeline`` from ``source``, progress bar disabled.
+
+    A single checkpoint is loaded with ``ZImagePipeline.from_pretrained``. A split one
+    loads ``ZImageTransformer2DModel`` from ``source.transformer`` and the VAE
+    (``AutoencoderKL``), text encoder (the transformers class that the components'
+    ``model_index.json`` names, ``Qwen3Model`` by default, as ``from_pretrained`` does)
+    and tokenizer (``AutoTokenizer``) from ``source.components``; the
+    ``FlowMatchEulerDiscreteScheduler`` from ``source.scheduler``, or a default one
+    (shift 3.0, no dynamic shifting) when there is none. Both ways give the same
+    weights, so the same pixels.
+
+    Parameters
+    ----------
+    source:
+        Where to load from (see :func:`resolve_job_model`, :func:`resolve_reference_model`).
+    dtype:
+        Torch dtype or its name (``"float32"``, ``"bfloat16"``, ``"float16"``).
+    device:
+        Device to move the pipeline to.
+    """
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        ZImagePipeline,
+        ZImageTransformer2DModel,
+    )
+
+    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if not isinstance(torch_dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}")
+
+    if not source.is_split and source.scheduler in (None, source.components):
+        kwargs: dict[str, Any] = {}
+        if source.scheduler is None:
+            kwargs["scheduler"] = _default_scheduler()
+        pipe = ZImagePipeline.from_pretrained(source.components, dtype=torch_dtype, **kwargs)
+    else:
+        from transformers import AutoTokenizer
+
+        transformer = ZImageTransformer2DModel.from_pretrained(
+            source.transformer, subfolder="transformer", dtype=torch_dtype
+        )
+        vae = AutoencoderKL.from_pretrained(source.components, subfolder="vae", dtype=torch_dtype)
+        text_encoder = _text_encoder_class(source.components).from_pretrained(
+            source.components, subfolder="text_encoder", dtype=torch_dtype
+        )
+        tokenizer = AutoTokenizer.from_pretrained(source.components, subfolder="tokenizer")
+        if source.scheduler is None:
+            scheduler = _default_scheduler()
+        else:
+            scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(
+                source.scheduler, subfolder="scheduler"
+            )
+        pipe = ZImagePipeline(
+            scheduler=scheduler,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            transformer=transformer,
+        )
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _default_scheduler() -> Any:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    logger.info("no scheduler config; using FlowMatchEulerDiscreteScheduler(shift=3.0)")
+    return FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False
+    )
