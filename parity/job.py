@@ -99,6 +99,9 @@ class SampleSpec:
     explicit_seed: bool
     flags: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    #: Settings written in the config (sample level, item level or prompt flag), as
+    #: opposed to ai-toolkit defaults: a user copying the config copies only these.
+    written: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -345,6 +348,19 @@ _INT_FLAGS = {
     "s": "steps",
     "steps": "steps",
 }
+#: Prompt flag → the sample field it writes.
+_FLAG_FIELDS = {
+    "w": "width",
+    "h": "height",
+    "d": "seed",
+    "seed": "seed",
+    "s": "sample_steps",
+    "steps": "sample_steps",
+    "l": "guidance_scale",
+    "cfg": "guidance_scale",
+    "n": "neg",
+    "m": "network_multiplier",
+}
 _FLOAT_FLAGS = {
     "l": "guidance_scale",
     "cfg": "guidance_scale",
@@ -409,7 +425,13 @@ def resolve_samples(
         try:
             specs.append(
                 _resolve_item(
-                    i, item, default, current_seed, trigger_word=trigger_word, job_name=job_name
+                    i,
+                    item,
+                    sample_cfg,
+                    default,
+                    current_seed,
+                    trigger_word=trigger_word,
+                    job_name=job_name,
                 )
             )
         except SampleError as e:
@@ -436,6 +458,7 @@ def resolve_samples(
 def _resolve_item(
     i: int,
     item: dict[str, Any],
+    sample_cfg: dict[str, Any],
     default: Any,
     running_seed: Any,
     *,
@@ -480,6 +503,13 @@ def _resolve_item(
                 explicit_seed = True
         elif flag in _FLOAT_FLAGS:
             values[_FLOAT_FLAGS[flag]] = _as_float(content, f"prompt flag --{flag}")
+    written = {
+        key
+        for key in ("width", "height", "seed", "guidance_scale", "sample_steps", "neg")
+        if key in item or key in sample_cfg
+    }
+    for flag in flags:
+        written.add(_FLAG_FIELDS.get(flag, flag))
     if values["steps"] < 1:
         raise SampleError(f"sample_steps must be >= 1, got {values['steps']}")
     return SampleSpec(
@@ -496,6 +526,7 @@ def _resolve_item(
         network_multiplier=values["network_multiplier"],
         explicit_seed=explicit_seed,
         flags=flags,
+        written=frozenset(written),
     )
 
 
@@ -605,14 +636,10 @@ def read_job(path: str | Path, *, reference_model: str | None = None) -> Job:
     train = process.get("train") or {}
     train_dtype = str(train.get("dtype", "bf16")) if isinstance(train, dict) else "bf16"
 
-    quantization = Quantization(
-        qtype=(str(model.get("qtype", "qfloat8")) if model.get("quantize") else None),
-        qtype_te=(
-            str(model.get("qtype_te", model.get("qtype", "qfloat8")))
-            if model.get("quantize_te")
-            else None
-        ),
-    )
+    from parity.quantize import preview_qtypes  # light: no torch at import time
+
+    qtype, qtype_te = preview_qtypes(model)
+    quantization = Quantization(qtype=qtype, qtype_te=qtype_te)
 
     try:
         samples = resolve_samples(sample_cfg, trigger_word=trigger_word, job_name=name)

@@ -151,24 +151,34 @@ def _clean(value: float) -> float | int:
 def as_configured_request(job: Job, checkpoint: Checkpoint | None) -> InferenceRequest:
     """The request a user writes by copying the sample config.
 
-    Prompts carry the flags resolved into fields and ``[trigger]`` left for the server;
-    sizes, seeds, steps and guidance as written; one LoRA at the sample-level multiplier.
+    Only settings written in the config are copied (ai-toolkit's defaults are not, so
+    the server fills in its own): prompt flags resolved into fields, ``[trigger]`` left
+    for the server, sizes, seeds, steps and guidance as written, one LoRA at the
+    sample-level multiplier. A seed comes from the item (or its ``--seed`` flag), else
+    from the sample-level ``seed``.
     """
     cfg = job.sample_config
-    sample_seed = cfg.get("seed", 0)
     prompts = []
     for s in job.samples:
         if s.error:
             continue
+        w = s.written
+        seed = None
+        if s.explicit_seed:
+            seed = s.seed
+        elif "seed" in cfg:
+            seed = int(cfg["seed"])
         prompts.append(
             PromptItem(
                 prompt=s.prompt_template,
-                width=max(64, min(4096, s.width)),
-                height=max(64, min(4096, s.height)),
-                seed=s.seed if s.explicit_seed else int(sample_seed),
-                sample_steps=max(1, min(150, s.steps)),
-                guidance_scale=max(0.0, min(20.0, s.guidance_scale)),
-                neg=s.negative_prompt,
+                width=max(64, min(4096, s.width)) if "width" in w else None,
+                height=max(64, min(4096, s.height)) if "height" in w else None,
+                seed=seed,
+                sample_steps=max(1, min(150, s.steps)) if "sample_steps" in w else None,
+                guidance_scale=(
+                    max(0.0, min(20.0, s.guidance_scale)) if "guidance_scale" in w else None
+                ),
+                neg=s.negative_prompt if "neg" in w else None,
             )
         )
     loras = []
