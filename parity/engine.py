@@ -179,6 +179,12 @@ class RenderEngine:
     # ---- loading
 
     def _load(self, dtype: Dtype) -> Any:
+        import diffusers
+        import transformers
+
+        # Library progress bars would interleave with parity's own.
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
         if isinstance(self.source, (str, Path)):
             pipe = _load_folder(str(self.source), dtype)
             pipe.to(self.device)

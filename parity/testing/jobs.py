@@ -1,0 +1,158 @@
+"""Build ai-toolkit job folders on the tiny models, laid out the way ai-toolkit lays them out.
+
+``config.yaml`` is dumped with ``yaml.dump`` in ai-toolkit's job tree, LoRA checkpoints
+carry ai-toolkit's metadata, and previews are named ``<ms>__<9-digit step>_<i>.jpg`` and
+saved with Pillow's defaults (JPEG quality 75), as ai-toolkit saves them. The previews
+themselves come from parity's preview renderer, optionally with one setting changed
+(``preview_transform``) to inject a known difference.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "fixtures"
+TINY_BASE = FIXTURES / "models" / "tiny-zimage"
+TINY_TURBO = FIXTURES / "models" / "tiny-zimage-turbo"
+AITK_REAL_JOB = FIXTURES / "aitk_real" / "output" / "aitk_zimage"
+AITK_REAL_BASE = FIXTURES / "aitk_real" / "tiny_zimage"
+
+_ENGINES: dict[tuple[str, str], Any] = {}
+
+
+def shared_engine(base_model: str | Path, device: str = "cpu") -> Any:
+    """One RenderEngine per base folder for the whole process (tests share them)."""
+    from parity.engine import RenderEngine
+
+    key = (str(Path(base_model).resolve()), device)
+    if key not in _ENGINES:
+        _ENGINES[key] = RenderEngine(key[0], device=device)
+    return _ENGINES[key]
+
+
+def job_config(
+    *,
+    name: str,
+    sample: dict[str, Any],
+    trigger_word: str | None = "sks",
+    name_or_path: str = "Tongyi-MAI/Z-Image",
+    arch: str = "zimage",
+    train_dtype: str = "fp32",
+    model_extra: dict[str, Any] | None = None,
+    rank: int = 4,
+) -> dict[str, Any]:
+    """The job tree ai-toolkit saves as config.yaml."""
+    process: dict[str, Any] = {
+        "type": "sd_trainer",
+        "training_folder": "output",
+        "device": "cpu",
+        "network": {"type": "lora", "linear": rank, "linear_alpha": rank},
+        "save": {"dtype": "float32", "save_every": 10, "max_step_saves_to_keep": 4},
+        "datasets": [{"folder_path": "dataset", "caption_ext": "txt", "resolution": [64]}],
+        "train": {
+            "batch_size": 1,
+            "steps": 20,
+            "lr": 1e-4,
+            "dtype": train_dtype,
+            "optimizer": "adamw",
+        },
+        "model": {
+            "name_or_path": name_or_path,
+            "arch": arch,
+            "quantize": False,
+            **(model_extra or {}),
+        },
+        "sample": sample,
+    }
+    if trigger_word is not None:
+        process = {"trigger_word": trigger_word, **process}
+    return {
+        "job": "extension",
+        "config": {"name": name, "process": [process]},
+        "meta": {"name": name, "version": "1.0"},
+    }
+
+
+def write_job(
+    root: str | Path,
+    *,
+    name: str = "tiny_job",
+    sample: dict[str, Any],
+    checkpoints: dict[int, dict[str, Any]] | None = None,
+    preview_steps: tuple[int, ...] | None = None,
+    base_model: str | Path = TINY_BASE,
+    aitk_version: str = "0.12.26",
+    preview_transform: Callable[[Any, Any], Any] | None = None,
+    render: bool = True,
+    **config_kwargs: Any,
+) -> Path:
+    """Write a job folder ``root/name`` and render its previews; return the folder.
+
+    Parameters
+    ----------
+    checkpoints:
+        step → keyword arguments of :func:`parity.testing.lora.write_aitk_lora` (the
+        LoRA of that step; the largest step is also written as the final
+        ``<name>.safetensors``). Default: one checkpoint at step 10.
+    preview_steps:
+        Steps that get previews (default: every checkpoint step).
+    preview_transform:
+        ``f(settings, sample) -> settings`` applied before rendering each preview, to
+        inject a known difference.
+    """
+    from parity.testing.lora import write_aitk_lora
+
+    folder = Path(root) / name
+    (folder / "samples").mkdir(parents=True, exist_ok=True)
+    config = job_config(name=name, sample=copy.deepcopy(sample), **config_kwargs)
+    (folder / "config.yaml").write_text(yaml.dump(config), encoding="utf-8")
+    checkpoints = {10: {}} if checkpoints is None else checkpoints
+    for step, kwargs in checkpoints.items():
+        kwargs = {"step": step, "name": name, "aitk_version": aitk_version, **kwargs}
+        write_aitk_lora(folder / f"{name}_{step:09d}.safetensors", base_model, **kwargs)
+    if checkpoints:
+        last = max(checkpoints)
+        kwargs = {"step": last, "name": name, "aitk_version": aitk_version, **checkpoints[last]}
+        write_aitk_lora(folder / f"{name}.safetensors", base_model, **kwargs)
+    if render:
+        render_previews(
+            folder, base_model=base_model, steps=preview_steps, transform=preview_transform
+        )
+    return folder
+
+
+def render_previews(
+    folder: Path,
+    *,
+    base_model: str | Path,
+    steps: tuple[int, ...] | None = None,
+    transform: Callable[[Any, Any], Any] | None = None,
+) -> list[Path]:
+    """Render and save every sample of ``steps`` as ai-toolkit previews."""
+    from parity.job import read_job
+    from parity.sides import preview_settings
+
+    job = read_job(folder)
+    if steps is None:
+        steps = tuple(c.step for c in job.checkpoints) or (0,)
+    engine = shared_engine(base_model)
+    written = []
+    ms = 1_700_000_000_000
+    for step in steps:
+        checkpoint = job.checkpoint_for_step(step)
+        for sample in job.samples:
+            settings = preview_settings(job, sample, checkpoint)
+            if transform is not None:
+                settings = transform(settings, sample)
+            image = engine.render(settings).image
+            ms += 397
+            path = folder / "samples" / f"{ms}__{step:09d}_{sample.index}.jpg"
+            image.save(path)  # Pillow's defaults, as ai-toolkit saves previews
+            written.append(path)
+    return written
