@@ -447,4 +447,4 @@ def _load_folder(folder: str, dtype: Dtype) -> Any:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        return ZImagePipeline.from_pretrained(folder, torch_dtype=torch_dtype(dtype))
+        return ZImagePipeline.from_pretrained(folder, dtype=torch_dtype(dtype))
