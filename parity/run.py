@@ -481,6 +481,24 @@ def _checkpoint_shift(engine: Any) -> float | None:
     return shift
 
 
+def _closest_without_precision(row: ResultRow | None) -> str | None:
+    """How close the server's full-precision render gets with every other cause corrected.
+
+    Uses the "all but precision" counterfactual of ``row`` (with precision the only
+    candidate, that is the reference render itself). None when it was not rendered.
+    """
+    if row is None:
+        return None
+    for cf in row.counterfactuals:
+        if cf.get("cause") == "precision" and cf.get("ssim") is not None:
+            psnr = f", PSNR {cf['psnr']:.1f} dB" if cf.get("psnr") is not None else ""
+            return (
+                f"closest the server gets: with every other setting corrected, its unquantized "
+                f"render reaches SSIM {cf['ssim']:.4f}{psnr} against the preview"
+            )
+    return None
+
+
 def write_corrected_requests(
     job: Job,
     cases: list[Case],
@@ -494,6 +512,7 @@ def write_corrected_requests(
         if case.pair is not None:
             by_step.setdefault(case.step, {})[case.index] = case.pair.preview
     out = {}
+    row_of = {(r.step, r.index): r for r in rows}
     for step, previews in sorted(by_step.items()):
         corrected = corrected_requests(
             job,
@@ -503,6 +522,10 @@ def write_corrected_requests(
             checkpoint_shift=checkpoint_shift,
             server_dtype=next((c.pair.reference.dtype for c in cases if c.pair is not None), None),
         )
+        for index, reasons in corrected.cannot.items():
+            closest = _closest_without_precision(row_of.get((step, index)))
+            if closest is not None and previews[index].quantization.active:
+                reasons.append(closest)
         out[step] = corrected
         atomic_write_text(
             out_dir / "corrected_requests" / f"{step}.json",
