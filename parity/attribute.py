@@ -32,9 +32,11 @@ CAUSE_FIELDS: dict[str, tuple[str, ...]] = {
     "steps": ("steps",),
     "library": ("sigmas",),
     "seed": ("seed", "generator"),
-    "lora_scale": ("lora.scale", "lora.merged", "lora.presence"),
+    "lora_scale": ("lora.scale", "lora.presence"),
     "lora_not_applied": ("lora.applier",),
-    "precision": ("dtype", "quantization"),
+    # Merging the LoRA into the weights is a precision matter: W + m*BA is rounded to the
+    # weight dtype once, which in bf16 loses much of a small delta.
+    "precision": ("dtype", "quantization", "lora.merged"),
     "prompt": ("prompt", "negative_prompt"),
 }
 

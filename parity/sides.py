@@ -219,7 +219,16 @@ def differences(preview: RenderSettings, reference: RenderSettings) -> tuple[str
     r_scale = reference.lora.scale if reference.lora else None
     if (preview.lora is None) != (reference.lora is None) or p_scale != r_scale:
         found.add("lora_scale")
-    if preview.dtype != reference.dtype or preview.quantization != reference.quantization:
+    merged_differs = (
+        preview.lora is not None
+        and reference.lora is not None
+        and preview.lora.merged != reference.lora.merged
+    )
+    if (
+        preview.dtype != reference.dtype
+        or preview.quantization != reference.quantization
+        or (merged_differs and preview.dtype != "float32")
+    ):
         found.add("precision")
     cfg_active = preview.pipeline_guidance > 0 or reference.pipeline_guidance > 0
     if preview.prompt != reference.prompt or (
