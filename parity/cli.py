@@ -428,6 +428,7 @@ def _run_options(args: argparse.Namespace, **overrides: Any) -> Any:
         thresholds=_thresholds(args),
         confirm_margin=args.confirm_margin,
         reference_dtype=_dtype(args),
+        allow_outside_paths=getattr(args, "allow_outside_paths", False),
     )
     values.update(overrides)
     return RunOptions(**values)
@@ -453,6 +454,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = read_job(job_path, reference_model=args.reference_model)
     if not resume:
         out_dir = Path(args.out) if args.out else default_out_dir(job)
+    for problem in job.problems:
+        print(f"warning: {problem}", file=sys.stderr)
     engine, device = _engine_for_job(job, args)
     summary = run_job(job, engine, out_dir, _run_options(args), resume=resume, device=device)
     if args.history and not args.no_history:
@@ -531,7 +534,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         p, r = case.pair.preview.to_dict(), case.pair.reference.to_dict()
         for key in p:
             pv, rv = _short(p[key]), _short(r[key])
-            mark = "" if pv == rv else "  <-"
+            # The generator kind is provenance only: both draw the same numbers on CPU.
+            mark = "" if pv == rv or key == "generator" else "  <-"
             print(f"{key:<20}{pv:<32}{rv:<32}{mark}")
         print(f"\nstatic differences: {', '.join(case.pair.differences) or 'none'}")
     if row.ssim is not None:
@@ -582,6 +586,9 @@ def _shift_of(engine: Any) -> float | None:
 
 
 def _short(value: Any) -> str:
+    if isinstance(value, dict) and "applier" in value:  # a LoRA
+        how = "merged" if value["merged"] else value["applier"]
+        return f"{Path(value['path']).name[:16]} x{value['scale']:g} {how}"
     if isinstance(value, dict):
         value = {k: v for k, v in value.items() if v is not None}
         if "path" in value:
@@ -662,6 +669,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="history table to append to (.parquet or .csv)",
     )
     p.add_argument("--no-history", action="store_true", help="do not append to the history table")
+    p.add_argument(
+        "--allow-outside-paths",
+        action="store_true",
+        help="allow previews and checkpoints that resolve outside the job folder (symlinks)",
+    )
     _add_model_options(p)
     _add_job_options(p)
     _add_threshold_options(p)

@@ -45,6 +45,7 @@ SAMPLE_DEFAULTS: dict[str, Any] = {
 CHECKPOINT_RE = re.compile(r"^(?P<name>.+)_(?P<step>\d{9})\.safetensors$")
 PREVIEW_RE = re.compile(r"^(?P<ms>\d+)__(?P<step>\d{9})_(?P<index>\d+)\.(?P<ext>[A-Za-z0-9]+)$")
 IMAGE_EXTS = {"jpg", "jpeg", "png", "webp"}
+PICKLED_EXTS = {"pt", "pth", "ckpt", "bin", "pkl"}
 REFERENCE_MODELS = ("zimage", "zimage_turbo", "zimage_deturbo")
 
 
@@ -568,6 +569,14 @@ def _scan_checkpoints(root: Path, name: str, problems: list[str]) -> tuple[Check
         found.append(
             Checkpoint(path, step, is_final, metadata, aitk_version_from_metadata(metadata))
         )
+    # Pickled checkpoints (torch.save) are never read: name them so the step's error says why.
+    for path in sorted(root.iterdir()):
+        stem, dot, suffix = path.name.rpartition(".")
+        if dot and suffix.lower() in PICKLED_EXTS and CHECKPOINT_RE.match(f"{stem}.safetensors"):
+            problems.append(
+                f"{path}: pickled checkpoint format (.{suffix}) refused, never unpickled; "
+                "convert it to .safetensors"
+            )
     # Final file and a step file of the same step: prefer the step file.
     by_step: dict[int, Checkpoint] = {}
     for ckpt in found:

@@ -62,6 +62,7 @@ class RunOptions:
     reference_dtype: Dtype | None = None
     latent_metric: bool = True
     progress: bool | None = None  # None: only on a terminal outside CI
+    allow_outside_paths: bool = False  # previews/checkpoints resolving outside the job folder
 
 
 @dataclass
@@ -139,8 +140,13 @@ def plan_cases(
     device: str,
     checkpoint_shift: float | None,
     reference_dtype: Dtype | None,
+    allow_outside_paths: bool = False,
 ) -> list[Case]:
-    """One Case per (step, index) that has a preview, with per-preview problems set."""
+    """One Case per (step, index) that has a preview, with per-preview problems set.
+
+    A preview or checkpoint that resolves outside the job folder (a symlink out of it)
+    is refused unless ``allow_outside_paths``.
+    """
     by_key: dict[tuple[int, int], list[Preview]] = {}
     for p in job.previews:
         by_key.setdefault((p.step, p.index), []).append(p)
@@ -148,6 +154,9 @@ def plan_cases(
     cases: list[Case] = []
     for step in steps:
         checkpoint = job.checkpoint_for_step(step)
+        outside_checkpoint = None
+        if checkpoint is not None and not allow_outside_paths:
+            outside_checkpoint = _outside(checkpoint.path, job.root, "LoRA checkpoint")
         if step not in requests:
             requests[step] = as_configured_request(job, checkpoint)
         request = requests[step]
@@ -161,6 +170,9 @@ def plan_cases(
             if len(previews) > 1:
                 names = ", ".join(p.path.name for p in previews)
                 case.error = f"duplicate previews for step {step} index {index}: {names}"
+                continue
+            if not allow_outside_paths and (outside := _outside(preview.path, job.root, "preview")):
+                case.error = outside
                 continue
             if preview.ext not in IMAGE_EXTS:
                 case.error = f"{preview.path}: .{preview.ext} is not an image extension"
@@ -177,10 +189,16 @@ def plan_cases(
                 case.error = f"{job.config_path}: {sample.error}"
                 continue
             if checkpoint is None and step != 0:
+                refused = [p for p in job.problems if f"_{step:09d}." in p]
                 case.error = (
                     f"no LoRA checkpoint for step {step} in {job.root} (ai-toolkit keeps only the "
                     "last save.max_step_saves_to_keep checkpoints)"
                 )
+                if refused:
+                    case.error = "; ".join([*refused, case.error])
+                continue
+            if outside_checkpoint:
+                case.error = outside_checkpoint
                 continue
             case.pair = pair_for(
                 job,
@@ -193,6 +211,17 @@ def plan_cases(
                 reference_dtype=reference_dtype,
             )
     return cases
+
+
+def _outside(path: Path, root: Path, what: str) -> str | None:
+    """An error text when ``path`` resolves outside ``root`` (e.g. a symlink out of it)."""
+    resolved = path.resolve()
+    if resolved.is_relative_to(root.resolve()):
+        return None
+    return (
+        f"{path}: {what} resolves outside the job folder {root} (to {resolved}); refused, "
+        "pass --allow-outside-paths to allow it"
+    )
 
 
 # ----------------------------------------------------------------------- running
@@ -451,6 +480,7 @@ def run_job(
         device=device,
         checkpoint_shift=_checkpoint_shift(engine),
         reference_dtype=options.reference_dtype,
+        allow_outside_paths=options.allow_outside_paths,
     )
     rows = runner.run(cases, resume=resume)
     corrected = write_corrected_requests(job, cases, rows, out_dir, _checkpoint_shift(engine))
