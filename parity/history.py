@@ -9,16 +9,16 @@ nightly jobs appending at once lose no rows and readers never see half a file.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from parity.results import ResultRow, atomic_write_text
+from parity.results import ResultRow, atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -161,20 +161,9 @@ def _write(path: Path, df: pd.DataFrame) -> None:
     if _format_of(path) == "csv":
         atomic_write_text(path, df.to_csv(index=False))
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        df.to_parquet(tmp, index=False)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _none_to_nan(x: float | None) -> float:
