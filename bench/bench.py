@@ -1,0 +1,922 @@
+"""Benchmark: what parity costs beyond the renders themselves.
+
+Four ways of rendering the same ai-toolkit job through the reference semantics:
+
+a. ``bare``: a plain diffusers loop. One ``ZImagePipeline``, each checkpoint's LoRA loaded
+   once with ``load_lora_weights``, every prompt of the job's as-configured request
+   (:func:`parity.sides.as_configured_request`, :func:`parity.request.server_prompts`)
+   encoded once and rendered, PNGs saved. No comparison.
+b. ``parity``: ``parity run --no-attribution --no-history`` on the job.
+c. ``attribute``: ``parity run --no-history`` (counterfactual renders for mismatches).
+d. ``server``: a naive per-request flow like the reference server's: one request per
+   preview, each one unloading and reloading the LoRA and encoding its prompt strings
+   again (no embedding cache); model CPU offload on CUDA only.
+
+On CPU every variant runs in a fresh process (``bench.py --variant X``) and its wall time
+is measured by the parent from process start to exit, so interpreter start, imports and
+model loading are included in all four. Inside the process the time spent in metrics
+(:func:`parity.compare.compare`, :func:`parity.compare.jpeg_floor`, preview decoding) and
+in attribution (:func:`parity.attribute.attribute`, which includes its counterfactual
+renders) is measured with wrappers around those functions.
+
+``--full-size`` (CUDA) builds the real Z-Image architecture with random weights in
+process (no download, weights materialised once, directly in bf16 on the GPU) and runs
+the four variants in that process at 1024x1024 with the real step counts; model building
+is then excluded from all four. ``--scale tiny`` runs the same code path at toy size
+(also on CPU), which is how it is tested.
+
+The last line of the output is always
+``ratios: parity/bare=<b/a> attribute/bare=<c/a> server/bare=<d/a>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = ("bare", "parity", "attribute", "server")
+LETTERS = dict(zip(VARIANTS, "abcd", strict=True))
+ADAPTER = "bench"
+
+#: Sample config of the benchmark job: four samples, each differing from the server's
+#: defaults in a different way, so that every preview is a mismatch with 1 to 4 causes.
+SAMPLES = [
+    {"prompt": "[trigger] a red cube on a table"},
+    {"prompt": "[trigger] a blue sphere", "guidance_scale": 0},
+    {"prompt": "[trigger] a green cone in a field", "network_multiplier": 0.5},
+    {"prompt": "[trigger] a cat at night --cfg 2.5"},
+]
+
+
+# ------------------------------------------------------------------------ the job
+
+
+def sample_config(n_samples: int, size: int, steps: int, guidance: float) -> dict[str, Any]:
+    return {
+        "sampler": "flowmatch",
+        "sample_every": 10,
+        "width": size,
+        "height": size,
+        "seed": 42,
+        "walk_seed": True,
+        "guidance_scale": guidance,
+        "sample_steps": steps,
+        "neg": "",
+        "network_multiplier": 1.0,
+        "samples": [dict(s) for s in SAMPLES[:n_samples]],
+    }
+
+
+def build_job(
+    work: Path, *, checkpoints: int, samples: int, size: int, steps: int, **kwargs: Any
+) -> Path:
+    """Build (or reuse) a tiny-model job of ``checkpoints`` x ``samples`` previews."""
+    from parity.testing.jobs import write_job
+
+    name = f"bench_{checkpoints}x{samples}_{size}px_{steps}steps"
+    folder = work / name
+    stamp = folder / "bench.done"
+    if stamp.is_file():
+        return folder
+    write_job(
+        work,
+        name=name,
+        sample=sample_config(samples, size, steps, 4.0),
+        checkpoints={10 * (i + 1): {"seed": i + 1} for i in range(checkpoints)},
+        **kwargs,
+    )
+    stamp.write_text("ok\n", encoding="utf-8")
+    return folder
+
+
+# ---------------------------------------------------------------- instrumentation
+
+
+class Timers:
+    """Inclusive wall time and call counts of wrapped functions, by label."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+
+    def wrap(self, owner: Any, name: str, label: str) -> None:
+        original = getattr(owner, name)
+
+        @functools.wraps(original)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - started
+                self.calls[label] = self.calls.get(label, 0) + 1
+
+        setattr(owner, name, timed)
+
+    def get(self, label: str) -> float:
+        return self.seconds.get(label, 0.0)
+
+
+def instrument_parity() -> Timers:
+    """Wrap parity's stages so a ``parity run`` in this process reports where time goes."""
+    import parity.compare as compare
+    import parity.report as report
+    import parity.run as run
+    from parity.engine import RenderEngine
+
+    timers = Timers()
+    for name in ("compare", "jpeg_floor", "load_rgb", "inspect_codec"):
+        timers.wrap(compare, name, f"metrics.{name}")
+    timers.wrap(run, "attribute", "attribution")  # parity.run calls it by this name
+    timers.wrap(run, "write_results", "io.results")
+    timers.wrap(run, "write_corrected_requests", "io.corrected")
+    timers.wrap(report, "write_report", "io.report")
+    timers.wrap(run.Runner, "_save_png", "io.png")
+    timers.wrap(RenderEngine, "render", "render")
+    timers.wrap(RenderEngine, "_load", "load")
+    timers.wrap(RenderEngine, "encode", "encode")
+    return timers
+
+
+def parity_timings(timers: Timers) -> dict[str, Any]:
+    metrics = sum(v for k, v in timers.seconds.items() if k.startswith("metrics."))
+    return {
+        "metrics_s": metrics,
+        "attribution_s": timers.get("attribution"),
+        "render_s": timers.get("render"),
+        "load_s": timers.get("load"),
+        "breakdown_s": dict(sorted(timers.seconds.items())),
+        "calls": dict(sorted(timers.calls.items())),
+    }
+
+
+def set_threads(threads: int) -> None:
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def peak_memory_mib(device: str) -> float:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+# ---------------------------------------------------------------------- variants
+
+
+def plan(job_dir: Path) -> list[tuple[Any, Any, list[Any]]]:
+    """(checkpoint, as-configured request, server prompts) per step with previews."""
+    from parity.job import read_job
+    from parity.request import server_prompts
+    from parity.sides import as_configured_request
+
+    job = read_job(job_dir)
+    out = []
+    for step in job.steps:
+        checkpoint = job.checkpoint_for_step(step)
+        request = as_configured_request(job, checkpoint)
+        out.append((checkpoint, request, server_prompts(request)))
+    return out
+
+
+def _scheduler(request: Any, checkpoint_shift: float) -> Any:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from parity.request import SERVER_MODELS, SERVER_SCHEDULER_SHIFT
+
+    replaces = SERVER_MODELS[request.model].replaces_scheduler
+    shift = SERVER_SCHEDULER_SHIFT if replaces else checkpoint_shift
+    return FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=shift, use_dynamic_shifting=False
+    )
+
+
+def _render(pipe: Any, sp: Any, device: str, **prompt_args: Any) -> Any:
+    import torch
+
+    with torch.no_grad():
+        out = pipe(
+            height=sp.height,
+            width=sp.width,
+            num_inference_steps=sp.steps,
+            guidance_scale=sp.guidance_scale,
+            generator=torch.Generator("cpu").manual_seed(int(sp.seed)),
+            **prompt_args,
+        )
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return out.images[0]
+
+
+def bare_loop(pipe: Any, job_dir: Path, out_dir: Path, device: str) -> int:
+    """Variant a: each LoRA loaded once, each prompt encoded once; return renders."""
+    import torch
+
+    shift = float(pipe.scheduler.config.shift)
+    embeddings: dict[str, Any] = {}
+
+    def encode(text: str) -> Any:
+        if text not in embeddings:
+            with torch.no_grad():
+                embeddings[text], _ = pipe.encode_prompt(
+                    text, do_classifier_free_guidance=False, device=device
+                )
+        return embeddings[text]
+
+    renders = 0
+    loaded = False
+    for checkpoint, request, prompts in plan(job_dir):
+        pipe.scheduler = _scheduler(request, shift)
+        if loaded:
+            pipe.delete_adapters(ADAPTER)
+        pipe.load_lora_weights(
+            str(checkpoint.path.parent), weight_name=checkpoint.path.name, adapter_name=ADAPTER
+        )
+        loaded = True
+        pipe.set_adapters([ADAPTER], [prompts[0].lora_scale])
+        for p in prompts:
+            negative = encode(p.negative_prompt) if p.guidance_scale > 0 else None
+            image = _render(
+                pipe, p, device, prompt_embeds=encode(p.prompt), negative_prompt_embeds=negative
+            )
+            path = out_dir / "renders" / str(checkpoint.step) / f"{p.index}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image.save(path)
+            renders += 1
+    return renders
+
+
+def server_loop(pipe: Any, job_dir: Path, out_dir: Path, device: str) -> int:
+    """Variant d: one request per preview, LoRA reloaded and prompts encoded every time."""
+    shift = float(pipe.scheduler.config.shift)
+    if device.startswith("cuda"):
+        pipe.enable_model_cpu_offload(device=device)
+    renders = 0
+    for checkpoint, request, prompts in plan(job_dir):
+        for p in prompts:
+            pipe.scheduler = _scheduler(request, shift)
+            pipe.unload_lora_weights()
+            pipe.load_lora_weights(
+                str(checkpoint.path.parent),
+                weight_name=checkpoint.path.name,
+                adapter_name=ADAPTER,
+            )
+            pipe.set_adapters([ADAPTER], [p.lora_scale])
+            negative = p.negative_prompt if p.guidance_scale > 0 else None
+            image = _render(pipe, p, device, prompt=p.prompt, negative_prompt=negative)
+            path = out_dir / "renders" / str(checkpoint.step) / f"{p.index}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image.save(path)
+            renders += 1
+    return renders
+
+
+def load_pipeline(base: Path, device: str) -> Any:
+    import warnings
+
+    import diffusers
+    import transformers
+    from diffusers import ZImagePipeline
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        pipe = ZImagePipeline.from_pretrained(str(base))
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def counterfactual_stats(out_dir: Path) -> dict[str, Any]:
+    rows = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+    mismatched = [r for r in rows if r["verdict"] == "mismatch"]
+    cf = sum(int(r.get("counterfactual_renders") or 0) for r in mismatched)
+    return {
+        "previews": len(rows),
+        "mismatches": len(mismatched),
+        "counterfactual_renders": cf,
+        "renders_per_mismatch": cf / len(mismatched) if mismatched else 0.0,
+    }
+
+
+def run_variant(args: argparse.Namespace) -> dict[str, Any]:
+    """One variant in this (fresh) process; return its measurements."""
+    started = time.perf_counter()
+    set_threads(args.threads)
+    job_dir = Path(args.job)
+    out_dir = Path(args.out)
+    base = Path(args.base_model)
+    result: dict[str, Any] = {"variant": args.variant}
+    if args.variant in ("bare", "server"):
+        pipe = load_pipeline(base, args.device)
+        loaded = time.perf_counter()
+        loop = bare_loop if args.variant == "bare" else server_loop
+        result["renders"] = loop(pipe, job_dir, out_dir, args.device)
+        result["load_s"] = loaded - started
+        result["metrics_s"] = result["attribution_s"] = 0.0
+    else:
+        import logging
+
+        from parity import cli
+
+        timers = instrument_parity()
+        argv = ["run", str(job_dir), "--base-model", str(base), "--out", str(out_dir)]
+        argv += ["--device", args.device, "--no-history"]
+        if args.variant == "parity":
+            argv.append("--no-attribution")
+        with contextlib.redirect_stdout(sys.stderr):
+            code = cli.main(argv)
+        logging.shutdown()
+        if code not in (0, 1):
+            raise SystemExit(f"parity run exited {code} on {job_dir}")
+        result.update(parity_timings(timers))
+        result["renders"] = timers.calls.get("render", 0)
+        result.update(counterfactual_stats(out_dir))
+    result["in_process_s"] = time.perf_counter() - started
+    result["peak_mib"] = peak_memory_mib(args.device)
+    return result
+
+
+# ----------------------------------------------------------------- the benchmark
+
+
+def spawn_variant(variant: str, job: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Run one variant in a fresh interpreter; wall time from spawn to exit."""
+    env = dict(os.environ)
+    if args.threads > 0:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--variant", variant]
+    cmd += ["--job", str(job), "--out", str(out), "--device", args.device]
+    cmd += ["--threads", str(args.threads), "--base-model", str(args.base_model)]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(
+            f"variant {variant} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+        )
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1]
+    result = json.loads(line)
+    result["wall_s"] = wall
+    return result
+
+
+def same_pixels(a_dir: Path, b_dir: Path) -> bool:
+    """Whether two runs rendered identical reference images."""
+    import numpy as np
+    from PIL import Image
+
+    a_files = sorted((a_dir / "renders").rglob("*.png"))
+    if not a_files:
+        return False
+    for path in a_files:
+        other = b_dir / path.relative_to(a_dir)
+        if not other.is_file():
+            return False
+        with Image.open(path) as x, Image.open(other) as y:
+            if not np.array_equal(np.asarray(x.convert("RGB")), np.asarray(y.convert("RGB"))):
+                return False
+    return True
+
+
+def median_of(results: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(float(r.get(key) or 0.0) for r in results)
+
+
+def summarize(by_variant: dict[str, list[dict[str, Any]]], wall_key: str) -> dict[str, Any]:
+    table = {}
+    for variant, results in by_variant.items():
+        wall = median_of(results, wall_key)
+        table[variant] = {
+            "wall_s": wall,
+            "load_s": median_of(results, "load_s"),
+            "metrics_s": median_of(results, "metrics_s"),
+            "attribution_s": median_of(results, "attribution_s"),
+            "metrics_share": median_of(results, "metrics_s") / wall if wall else 0.0,
+            "attribution_share": median_of(results, "attribution_s") / wall if wall else 0.0,
+            "renders": results[0].get("renders"),
+            "renders_per_mismatch": results[0].get("renders_per_mismatch"),
+            "peak_mib": median_of(results, "peak_mib"),
+            "walls_s": [r.get(wall_key) for r in results],
+        }
+    bare = table["bare"]["wall_s"]
+    ratios = {v: table[v]["wall_s"] / bare for v in VARIANTS}
+    return {"table": table, "ratios": ratios}
+
+
+def print_table(summary: dict[str, Any], title: str) -> None:
+    print(title)
+    print(
+        f"{'variant':<14}{'wall s':>9}{'ratio':>8}{'load s':>8}{'metrics':>9}"
+        f"{'attrib.':>9}{'renders':>9}{'cf/mism.':>9}{'peak MiB':>10}"
+    )
+    for variant in VARIANTS:
+        row = summary["table"][variant]
+        print(
+            f"({LETTERS[variant]}) {variant:<10}{row['wall_s']:>9.2f}"
+            f"{summary['ratios'][variant]:>8.3f}{row['load_s']:>8.2f}"
+            f"{100 * row['metrics_share']:>8.1f}%{100 * row['attribution_share']:>8.1f}%"
+            f"{row['renders'] or 0:>9}{row['renders_per_mismatch'] or 0:>9.2f}"
+            f"{row['peak_mib']:>10.0f}"
+        )
+
+
+def ratios_line(ratios: dict[str, float]) -> str:
+    return (
+        f"ratios: parity/bare={ratios['parity']:.3f} attribute/bare={ratios['attribute']:.3f} "
+        f"server/bare={ratios['server']:.3f}"
+    )
+
+
+def environment(args: argparse.Namespace) -> dict[str, Any]:
+    import diffusers
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "cpus": os.cpu_count(),
+        "threads": args.threads,
+        "device": args.device,
+        "load_average": os.getloadavg(),
+    }
+
+
+def cpu_benchmark(args: argparse.Namespace) -> int:
+    from parity.testing.jobs import TINY_BASE
+
+    args.base_model = args.base_model or str(TINY_BASE)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.quick:
+        shape = dict(checkpoints=2, samples=2, size=64, steps=2)
+    else:
+        shape = dict(checkpoints=3, samples=4, size=64, steps=6)
+    t0 = time.perf_counter()
+    job = build_job(work, base_model=args.base_model, **shape)
+    print(f"job {job} ({shape}) ready in {time.perf_counter() - t0:.1f} s", flush=True)
+    env = environment(args)
+    print(f"environment: {json.dumps(env)}", flush=True)
+    runs = Path(tempfile.mkdtemp(prefix="runs-", dir=work))
+    by_variant: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+    for r in range(args.repeat):
+        for variant in VARIANTS:  # interleaved, so load changes hit every variant alike
+            result = spawn_variant(variant, job, runs / f"{variant}-{r}", args)
+            by_variant[variant].append(result)
+            print(
+                f"repeat {r + 1}/{args.repeat} ({LETTERS[variant]}) {variant}: "
+                f"{result['wall_s']:.2f} s wall, {result['renders']} renders",
+                flush=True,
+            )
+    identical = same_pixels(runs / "bare-0", runs / "parity-0")
+    summary = summarize(by_variant, "wall_s")
+    summary["environment"] = env
+    summary["environment"]["load_average_end"] = os.getloadavg()
+    summary["job"] = {"path": str(job), **shape}
+    summary["bare_equals_parity_renders"] = identical
+    summary["runs"] = by_variant
+    print(f"bare renders identical to parity's reference renders: {identical}")
+    print_table(summary, f"medians over {args.repeat} run(s), wall time from process start")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    print(ratios_line(summary["ratios"]))
+    return 0
+
+
+# --------------------------------------------------------------------- full size
+
+
+def full_size_configs(scale: str) -> dict[str, dict[str, Any]]:
+    """Constructor arguments of the transformer, text encoder and VAE.
+
+    ``scale="full"``: the real Z-Image configuration (transformer defaults: dim 3840,
+    30 + 2 refiner layers, 30 heads; Qwen3 4B-class text encoder; Flux-style 16-channel
+    VAE). ``scale="tiny"``: the same classes at toy size, for testing this code path.
+    """
+    vae_common = dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=16,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        force_upcast=True,
+    )
+    if scale == "full":
+        return {
+            "transformer": {},  # the defaults are the real 6B model
+            "text_encoder": dict(
+                vocab_size=151936,
+                hidden_size=2560,
+                intermediate_size=9728,
+                num_hidden_layers=36,
+                num_attention_heads=32,
+                num_key_value_heads=8,
+                head_dim=128,
+                max_position_embeddings=40960,
+                rms_norm_eps=1e-6,
+                rope_theta=1000000.0,
+                tie_word_embeddings=True,
+            ),
+            "vae": dict(
+                vae_common,
+                block_out_channels=(128, 256, 512, 512),
+                layers_per_block=2,
+                norm_num_groups=32,
+                sample_size=1024,
+            ),
+        }
+    if scale == "tiny":
+        return {
+            "transformer": dict(
+                dim=32,
+                n_layers=2,
+                n_refiner_layers=1,
+                n_heads=2,
+                n_kv_heads=2,
+                cap_feat_dim=32,
+                axes_dims=[8, 4, 4],
+                axes_lens=[1024, 64, 64],
+            ),
+            "text_encoder": dict(
+                vocab_size=1024,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                head_dim=16,
+                max_position_embeddings=1024,
+                rms_norm_eps=1e-6,
+                tie_word_embeddings=True,
+            ),
+            "vae": dict(
+                vae_common,
+                block_out_channels=(16, 16, 32, 32),
+                layers_per_block=1,
+                norm_num_groups=8,
+                sample_size=64,
+            ),
+        }
+    raise ValueError(f"--scale must be 'full' or 'tiny', got {scale!r}")
+
+
+def materialize(factory: Callable[[], Any], device: str, dtype: Any, seed: int) -> Any:
+    """Build a module on the meta device and give it random weights on ``device``.
+
+    Parameters are allocated once, directly on ``device`` in ``dtype``; buffers that the
+    constructor computes (rotary frequencies) are kept. Weights are drawn as
+    ``N(0, 0.02)`` (matrices, convolutions, embeddings), norms start at 1, biases at 0.
+    """
+    import torch
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():  # parameters on meta, buffers real
+        module = factory()
+    # Meta parameters take no memory; buffers are cast as a real .to(dtype) casts them.
+    torch.nn.Module.to(module, dtype)
+    buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
+    module.to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, b in module.named_buffers():
+            b.copy_(buffers[name].to(device))
+        for name, p in module.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if p.ndim >= 2 or "pad_token" in name or "embed" in leaf:
+                p.normal_(0.0, 0.02, generator=generator)
+            elif leaf == "bias":
+                p.zero_()
+            else:  # norm scales and other vectors
+                p.fill_(1.0)
+    return module.eval()
+
+
+def meta_parameter_counts(scale: str) -> dict[str, int]:
+    """Parameters of each model of :func:`full_size_configs`, counted on the meta device."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, ZImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3Model
+
+    configs = full_size_configs(scale)
+    with init_empty_weights():
+        models = {
+            "transformer": ZImageTransformer2DModel(**configs["transformer"]),
+            "text_encoder": Qwen3Model(Qwen3Config(**configs["text_encoder"])),
+            "vae": AutoencoderKL(**configs["vae"]),
+        }
+    return {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
+
+
+def build_pipeline(scale: str, device: str, dtype_name: str, *, turbo: bool) -> Any:
+    """A ZImagePipeline of the real (or tiny) architecture with random weights."""
+    import diffusers
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        ZImagePipeline,
+        ZImageTransformer2DModel,
+    )
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3Model
+
+    from parity.testing.jobs import TINY_BASE
+
+    diffusers.utils.logging.disable_progress_bar()
+    dtype = getattr(torch, dtype_name)
+    configs = full_size_configs(scale)
+    transformer = materialize(
+        lambda: ZImageTransformer2DModel(**configs["transformer"]), device, dtype, 1
+    )
+    text_encoder = materialize(
+        lambda: Qwen3Model(Qwen3Config(**configs["text_encoder"])), device, dtype, 2
+    )
+    vae = materialize(lambda: AutoencoderKL(**configs["vae"]), device, dtype, 3)
+    tokenizer = AutoTokenizer.from_pretrained(str(TINY_BASE / "tokenizer"))
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=3.0 if turbo else 6.0, use_dynamic_shifting=False
+    )
+    pipe = ZImagePipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def full_size_job(
+    work: Path, pipe: Any, engine: Any, *, turbo: bool, size: int, dtype_name: str
+) -> Path:
+    """A 1-checkpoint x 2-prompt job whose LoRA fits ``pipe`` and previews come from it."""
+    from parity.job import read_job
+    from parity.sides import preview_settings
+    from parity.testing.jobs import write_job
+
+    name = f"fullsize_{'turbo' if turbo else 'base'}_{size}px"
+    config = dict(pipe.transformer.config)
+    steps, guidance = (8, 1.0) if turbo else (30, 4.0)
+    sample = sample_config(2, size, steps, guidance)
+    folder = write_job(
+        work,
+        name=name,
+        sample=sample,
+        checkpoints={10: {"seed": 1}},
+        base_model=config,  # the LoRA writer reads dim and n_layers from it
+        render=False,
+        name_or_path="Tongyi-MAI/Z-Image-Turbo" if turbo else "Tongyi-MAI/Z-Image",
+        train_dtype={"bfloat16": "bf16", "float32": "fp32"}[dtype_name],
+    )
+    job = read_job(folder)
+    ms = 1_700_000_000_000
+    for step in job.steps or [10]:
+        checkpoint = job.checkpoint_for_step(step)
+        for s in job.samples:
+            image = engine.render(preview_settings(job, s, checkpoint)).image
+            ms += 397
+            image.save(folder / "samples" / f"{ms}__{step:09d}_{s.index}.jpg")
+    return folder
+
+
+def _reset_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def full_size_variants(
+    pipe: Any, job: Path, runs: Path, device: str, dtype_name: str
+) -> dict[str, dict[str, Any]]:
+    """Variants a-d in this process on one built pipeline (building excluded)."""
+    from parity.engine import RenderEngine, _Variant
+    from parity.run import RunOptions, run_job
+    from parity.settings import Quantization
+
+    shift = float(pipe.scheduler.config.shift)
+    results: dict[str, dict[str, Any]] = {}
+    for variant in VARIANTS:  # server last: it turns model CPU offload on for good
+        out = runs / variant
+        _reset_peak(device)
+        started = time.perf_counter()
+        if variant == "bare":
+            renders = bare_loop(pipe, job, out, device)
+            res: dict[str, Any] = {"renders": renders, "metrics_s": 0.0, "attribution_s": 0.0}
+        elif variant == "server":
+            pipe.delete_adapters(ADAPTER)
+            renders = server_loop(pipe, job, out, device)
+            res = {"renders": renders, "metrics_s": 0.0, "attribution_s": 0.0}
+        else:
+            from parity.job import read_job
+
+            if variant == "parity":
+                with contextlib.suppress(ValueError):
+                    pipe.delete_adapters(ADAPTER)
+            timers = instrument_parity()
+            engine = RenderEngine(str(job), device=device)
+            engine._variants[(dtype_name, Quantization())] = _Variant(
+                pipe, dtype_name, Quantization()
+            )
+            engine.checkpoint_scheduler_shift = shift
+            options = RunOptions(attribute=variant == "attribute", progress=False)
+            try:
+                run_job(read_job(job), engine, out, options, device=device)
+            finally:
+                _undo_instrumentation()
+                _drop_engine_adapter(pipe)
+            res = parity_timings(timers)
+            res["renders"] = timers.calls.get("render", 0)
+            res.update(counterfactual_stats(out))
+        res["wall_s"] = time.perf_counter() - started
+        res["peak_mib"] = peak_memory_mib(device)
+        results[variant] = res
+        print(f"  ({LETTERS[variant]}) {variant}: {res['wall_s']:.2f} s", flush=True)
+    return results
+
+
+def _undo_instrumentation() -> None:
+    """Remove the wrappers of :func:`instrument_parity` (one process, several runs)."""
+    import parity.compare as compare
+    import parity.report as report
+    import parity.run as run
+    from parity.engine import RenderEngine
+
+    for owner in (compare, report, run, run.Runner, RenderEngine):
+        for name, value in list(vars(owner).items()):
+            inner = getattr(value, "__wrapped__", None)
+            if inner is not None and callable(value):
+                setattr(owner, name, inner)
+
+
+def _drop_engine_adapter(pipe: Any) -> None:
+    from parity.engine import LORA_ADAPTER
+
+    with contextlib.suppress(ValueError, KeyError):
+        pipe.delete_adapters(LORA_ADAPTER)
+
+
+def metric_throughput(pipe: Any, size: int, device: str, repeat: int = 5) -> dict[str, float]:
+    """Seconds per ``size`` x ``size`` pair: SSIM + MS-SSIM, latent distance, compare()."""
+    import numpy as np
+
+    from parity import compare
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    b = np.clip(a.astype(np.int16) + rng.integers(-8, 9, a.shape), 0, 255).astype(np.uint8)
+    encode = compare.make_vae_encoder(pipe.vae)
+
+    def per_call(fn: Callable[[], Any]) -> float:
+        fn()  # warm-up
+        _reset_peak(device)
+        started = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        return (time.perf_counter() - started) / repeat
+
+    return {
+        "ssim_ms_ssim_s": per_call(lambda: compare._ssim_ms_ssim(a, b)),
+        "latent_distance_s": per_call(lambda: compare.latent_distance(a, b, encode=encode)),
+        "compare_s": per_call(lambda: compare.compare(a, b, encode=encode)),
+    }
+
+
+def full_size_benchmark(args: argparse.Namespace) -> int:
+    if args.scale == "full" and not args.device.startswith("cuda"):
+        raise SystemExit(
+            "bench.py: --full-size builds the real 6B Z-Image model and needs a CUDA GPU "
+            "(about 25 GiB of GPU memory); run it with --device cuda on a GPU machine, or "
+            "use --scale tiny to run the same code path at toy size on CPU"
+        )
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("bench.py: --device cuda given but torch sees no CUDA device")
+    set_threads(args.threads)
+    from parity.engine import RenderEngine, _Variant
+    from parity.settings import Quantization
+
+    dtype_name = "bfloat16" if args.device.startswith("cuda") else "float32"
+    size = args.size or (1024 if args.scale == "full" else 64)
+    work = Path(tempfile.mkdtemp(prefix="fullsize-", dir=args.work))
+    env = environment(args)
+    env["scale"] = args.scale
+    print(f"environment: {json.dumps(env)}", flush=True)
+    totals = {v: 0.0 for v in VARIANTS}
+    report: dict[str, Any] = {"environment": env, "size": size, "models": {}}
+    for model in args.models.split(","):
+        turbo = model.strip() == "turbo"
+        started = time.perf_counter()
+        pipe = build_pipeline(args.scale, args.device, dtype_name, turbo=turbo)
+        built = time.perf_counter() - started
+        n_params = sum(p.numel() for p in pipe.transformer.parameters())
+        print(f"{model}: built in {built:.1f} s, transformer {n_params / 1e9:.3f} B params")
+        engine = RenderEngine("(in process)", device=args.device)
+        engine._variants[(dtype_name, Quantization())] = _Variant(pipe, dtype_name, Quantization())
+        engine.checkpoint_scheduler_shift = float(pipe.scheduler.config.shift)
+        job = full_size_job(work, pipe, engine, turbo=turbo, size=size, dtype_name=dtype_name)
+        _drop_engine_adapter(pipe)
+        by_variant: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+        for r in range(args.repeat):
+            results = full_size_variants(
+                pipe, job, work / f"runs-{model}-{r}", args.device, dtype_name
+            )
+            for v in VARIANTS:
+                by_variant[v].append(results[v])
+            if r + 1 < args.repeat:  # server left offload hooks: rebuild for the next round
+                del pipe, engine
+                pipe = build_pipeline(args.scale, args.device, dtype_name, turbo=turbo)
+        summary = summarize(by_variant, "wall_s")
+        summary["build_s"] = built
+        summary["metrics_per_pair"] = metric_throughput(pipe, size, args.device)
+        report["models"][model] = summary
+        print_table(summary, f"{model}: {size}x{size}, medians over {args.repeat}, build excluded")
+        print(f"{model}: metrics per {size}x{size} pair: {summary['metrics_per_pair']}")
+        for v in VARIANTS:
+            totals[v] += summary["table"][v]["wall_s"]
+        del pipe, engine
+    ratios = {v: totals[v] / totals["bare"] for v in VARIANTS}
+    report["ratios"] = ratios
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    print(ratios_line(ratios))
+    return 0
+
+
+# -------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="2 checkpoints x 2 samples, 2 steps")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--full-size", action="store_true", help="real Z-Image size, CUDA only")
+    p.add_argument("--scale", choices=["full", "tiny"], default="full", help=argparse.SUPPRESS)
+    p.add_argument("--models", default="turbo,base", help="full size: turbo,base (default)")
+    p.add_argument("--size", type=int, default=None, help="full size: px (default 1024)")
+    p.add_argument("--repeat", type=int, default=None, help="runs per variant (default 3)")
+    p.add_argument("--json", metavar="OUT", help="write all measurements as JSON")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch/OpenMP threads in every variant (default 1; 0: leave as is)",
+    )
+    p.add_argument(
+        "--work",
+        default=str(Path(tempfile.gettempdir()) / "parity-bench"),
+        help="folder for the job (reused) and run outputs",
+    )
+    p.add_argument("--base-model", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--job", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.variant:
+        print(json.dumps(run_variant(args)), flush=True)
+        return 0
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    if args.full_size:
+        if args.quick:
+            args.models = args.models.split(",")[0]
+        return full_size_benchmark(args)
+    if args.scale != "full":
+        raise SystemExit("bench.py: --scale only applies with --full-size")
+    return cpu_benchmark(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
