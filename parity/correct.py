@@ -137,14 +137,26 @@ def corrected_requests(
         )
         scale = s.lora.scale if s.lora is not None else None
         groups.setdefault(scale, []).append((index, item))
+    # Step 0 previews show the base model (the LoRA's B matrices are still zero). The
+    # server needs exactly one LoRA file, so the earliest checkpoint at scale 0 stands in
+    # for "no LoRA": the adapter then adds exactly nothing.
+    stand_in = job.checkpoints[0] if checkpoint is None and job.checkpoints else None
     for scale, items in groups.items():
         loras = []
         if checkpoint is not None and scale is not None:
             loras.append(
                 LoraItem(
-                    path=Path(checkpoint.path).name, network_multiplier=_num(max(-2, min(2, scale)))
+                    path=Path(checkpoint.path).name,
+                    network_multiplier=_num(max(-2, min(2, scale))),
                 )
             )
+        elif stand_in is not None:
+            loras.append(LoraItem(path=Path(stand_in.path).name, network_multiplier=0))
+        else:
+            for index, _ in items:
+                out.cannot.setdefault(index, []).append(
+                    "the server requires one LoRA file and the job has no checkpoint to stand in"
+                )
         request = InferenceRequest(
             model=job.reference_model,
             trigger_word=job.trigger_word,

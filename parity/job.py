@@ -331,9 +331,14 @@ def parse_prompt_flags(prompt: str) -> tuple[str, dict[str, str]]:
 
 
 def replace_trigger(prompt: str, trigger_word: str | None) -> str:
-    """ai-toolkit's sampling-time substitution: ``[name]`` and ``[trigger]`` → trigger."""
-    trigger = trigger_word or ""
-    return prompt.replace("[name]", trigger).replace("[trigger]", trigger)
+    """ai-toolkit's sampling-time substitution: ``[name]`` and ``[trigger]`` → trigger.
+
+    ai-toolkit substitutes only when the job has a trigger word; without one the tags
+    stay in the prompt literally (and the server leaves them too).
+    """
+    if trigger_word is None:
+        return prompt
+    return prompt.replace("[name]", trigger_word).replace("[trigger]", trigger_word)
 
 
 def floor8(value: int) -> int:
@@ -370,7 +375,13 @@ _FLOAT_FLAGS = {
 }
 
 
-def _as_int(value: Any, what: str) -> int:
+def _as_int(value: Any, what: str, *, strict: bool = False) -> int:
+    """An integer setting. ``strict``: a prompt flag, which ai-toolkit reads with int()."""
+    if strict:
+        try:
+            return int(str(value))
+        except ValueError:
+            raise SampleError(f"{what} must be an integer, got {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise SampleError(f"{what} must be an integer, got {value!r}")
     try:
@@ -499,7 +510,7 @@ def _resolve_item(
         if flag == "n":
             neg = content
         elif flag in _INT_FLAGS:
-            values[_INT_FLAGS[flag]] = _as_int(content, f"prompt flag --{flag}")
+            values[_INT_FLAGS[flag]] = _as_int(content, f"prompt flag --{flag}", strict=True)
             if _INT_FLAGS[flag] == "seed":
                 explicit_seed = True
         elif flag in _FLOAT_FLAGS:
@@ -535,11 +546,26 @@ def _resolve_item(
 
 
 def read_checkpoint_metadata(path: Path) -> dict[str, str]:
-    """Safetensors metadata of a LoRA file (header only; never unpickles)."""
-    from safetensors import safe_open
+    """Safetensors metadata of a LoRA file, from its JSON header alone.
 
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    Reads the 8-byte little-endian header length and the header; no tensor is loaded
+    (and no tensor library imported), nothing is unpickled.
+    """
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError("file shorter than a safetensors header")
+        size = int.from_bytes(head, "little")
+        if size <= 0 or size > 100_000_000:
+            raise ValueError(f"implausible safetensors header length {size}")
+        raw = f.read(size)
+    if len(raw) < size:
+        raise ValueError("truncated safetensors header")
+    header = json.loads(raw)
+    if not isinstance(header, dict):
+        raise ValueError("safetensors header is not a JSON object")
+    metadata = header.get("__metadata__") or {}
+    return {str(k): str(v) for k, v in metadata.items()}
 
 
 def _scan_checkpoints(root: Path, name: str, problems: list[str]) -> tuple[Checkpoint, ...]:

@@ -12,6 +12,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -64,10 +65,10 @@ SERVER_SCHEDULER_SHIFT = 3.0
 
 
 class LoraItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
     path: str
-    transformer: str | None = None
+    transformer: Literal["low", "high"] | None = None
     network_multiplier: float | None = Field(default=None, ge=-2.0, le=2.0)
 
 
@@ -91,7 +92,7 @@ class InferenceRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str
-    loras: list[LoraItem] = Field(default_factory=list)
+    loras: list[LoraItem]
     trigger_word: str | None = None
     prompts: list[PromptItem]
 
@@ -126,14 +127,34 @@ def load_request(path: str | Path) -> InferenceRequest:
 
 
 def validate_request(data: object, *, source: str = "request") -> InferenceRequest:
+    """Validate a request body as the server does: its schema, then its API rules.
+
+    The API answers 400 for a Z-Image request with no LoRA (``LORA_FILE_REQUIRED``) or
+    with more than one (``SINGLE_LORA_ONLY``), and refuses the MoE ``transformer``
+    selector on models that have a single transformer.
+    """
     try:
-        return InferenceRequest.model_validate(data)
+        request = InferenceRequest.model_validate(data)
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
             for err in e.errors()
         )
         raise RequestError(f"{source}: breaks the server's request schema: {problems}") from None
+    if not request.loras:
+        raise RequestError(
+            f"{source}: the server requires one LoRA for {request.model} (LORA_FILE_REQUIRED)"
+        )
+    if len(request.loras) > 1:
+        raise RequestError(
+            f"{source}: the server takes a single LoRA for {request.model} (SINGLE_LORA_ONLY); "
+            f"got {len(request.loras)}"
+        )
+    if request.loras[0].transformer is not None:
+        raise RequestError(
+            f"{source}: 'transformer' selects a MoE expert; {request.model} has none"
+        )
+    return request
 
 
 @dataclass(frozen=True)

@@ -177,6 +177,10 @@ def plan_cases(
             if preview.ext not in IMAGE_EXTS:
                 case.error = f"{preview.path}: .{preview.ext} is not an image extension"
                 continue
+            unreadable = _unreadable_image(preview.path)
+            if unreadable:
+                case.error = f"{preview.path}: {unreadable}"
+                continue
             if index >= len(job.samples):
                 case.error = (
                     f"{preview.path}: index {index} is beyond the sample list "
@@ -222,6 +226,20 @@ def _outside(path: Path, root: Path, what: str) -> str | None:
         f"{path}: {what} resolves outside the job folder {root} (to {resolved}); refused, "
         "pass --allow-outside-paths to allow it"
     )
+
+
+def _unreadable_image(path: Path) -> str | None:
+    """Why ``path`` is not an image (header check only: cheap enough for inspect)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if path.stat().st_size == 0:
+            return "preview file is empty (0 bytes)"
+        with Image.open(path) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        return f"not a readable image ({e})"
+    return None
 
 
 # ----------------------------------------------------------------------- running

@@ -355,12 +355,6 @@ def test_name_tag_becomes_the_job_name():
     assert spec.prompt == "myjob style"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BaseSDTrainProcess.sample() only calls inject_trigger_into_prompt when "
-    "trigger_word is not None, so without a trigger word '[trigger]' stays in the "
-    "preview prompt; parity.job.replace_trigger replaces it by ''",
-)
 def test_without_trigger_word_the_tag_stays_literal():
     (spec,) = specs({"samples": [{"prompt": "[trigger] a photo"}]}, trigger=None)
     assert spec.prompt == "[trigger] a photo"
