@@ -367,9 +367,12 @@ def spawn_variant(variant: str, job: Path, out: Path, args: argparse.Namespace) 
     cmd = [sys.executable, str(Path(__file__).resolve()), "--variant", variant]
     cmd += ["--job", str(job), "--out", str(out), "--device", args.device]
     cmd += ["--threads", str(args.threads), "--base-model", str(args.base_model)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(
             f"variant {variant} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
@@ -377,6 +380,7 @@ def spawn_variant(variant: str, job: Path, out: Path, args: argparse.Namespace) 
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1]
     result = json.loads(line)
     result["wall_s"] = wall
+    result["cpu_s"] = cpu  # user + system CPU time: less sensitive to other load
     return result
 
 
@@ -408,6 +412,7 @@ def summarize(by_variant: dict[str, list[dict[str, Any]]], wall_key: str) -> dic
         wall = median_of(results, wall_key)
         table[variant] = {
             "wall_s": wall,
+            "cpu_s": median_of(results, "cpu_s"),
             "load_s": median_of(results, "load_s"),
             "metrics_s": median_of(results, "metrics_s"),
             "attribution_s": median_of(results, "attribution_s"),
@@ -420,20 +425,23 @@ def summarize(by_variant: dict[str, list[dict[str, Any]]], wall_key: str) -> dic
         }
     bare = table["bare"]["wall_s"]
     ratios = {v: table[v]["wall_s"] / bare for v in VARIANTS}
-    return {"table": table, "ratios": ratios}
+    out = {"table": table, "ratios": ratios}
+    if table["bare"]["cpu_s"]:
+        out["cpu_ratios"] = {v: table[v]["cpu_s"] / table["bare"]["cpu_s"] for v in VARIANTS}
+    return out
 
 
 def print_table(summary: dict[str, Any], title: str) -> None:
     print(title)
     print(
-        f"{'variant':<14}{'wall s':>9}{'ratio':>8}{'load s':>8}{'metrics':>9}"
+        f"{'variant':<14}{'wall s':>9}{'ratio':>8}{'cpu s':>8}{'load s':>8}{'metrics':>9}"
         f"{'attrib.':>9}{'renders':>9}{'cf/mism.':>9}{'peak MiB':>10}"
     )
     for variant in VARIANTS:
         row = summary["table"][variant]
         print(
             f"({LETTERS[variant]}) {variant:<10}{row['wall_s']:>9.2f}"
-            f"{summary['ratios'][variant]:>8.3f}{row['load_s']:>8.2f}"
+            f"{summary['ratios'][variant]:>8.3f}{row['cpu_s']:>8.2f}{row['load_s']:>8.2f}"
             f"{100 * row['metrics_share']:>8.1f}%{100 * row['attribution_share']:>8.1f}%"
             f"{row['renders'] or 0:>9}{row['renders_per_mismatch'] or 0:>9.2f}"
             f"{row['peak_mib']:>10.0f}"
@@ -497,6 +505,11 @@ def cpu_benchmark(args: argparse.Namespace) -> int:
     summary["runs"] = by_variant
     print(f"bare renders identical to parity's reference renders: {identical}")
     print_table(summary, f"medians over {args.repeat} run(s), wall time from process start")
+    cpu = summary["cpu_ratios"]
+    print(
+        f"cpu-time ratios: parity/bare={cpu['parity']:.3f} "
+        f"attribute/bare={cpu['attribute']:.3f} server/bare={cpu['server']:.3f}"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2), encoding="utf-8")
     print(ratios_line(summary["ratios"]))
