@@ -104,14 +104,16 @@ def _model_map(args: argparse.Namespace, base_id: str | None) -> Any:
     return ModelMap.load(args.model_map, base_model=base)
 
 
-def _job_source(job: Any, args: argparse.Namespace) -> Any:
-    from parity.models import resolve_job_model, validate_checkpoint
+def _job_source(job: Any, args: argparse.Namespace, *, validate: bool = True) -> Any:
+    from parity.models import job_source
 
-    source = resolve_job_model(
-        job.name_or_path, job.extras_name_or_path, _model_map(args, job.name_or_path)
+    return job_source(
+        job.name_or_path,
+        job.extras_name_or_path,
+        base_model=args.base_model,
+        model_map=args.model_map,
+        validate=validate,
     )
-    validate_checkpoint(source)
-    return source
 
 
 def _device(args: argparse.Namespace) -> str:
@@ -245,16 +247,12 @@ def _format_table(rows: list[dict]) -> str:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from parity.job import read_job
-    from parity.models import checkpoint_scheduler_shift, resolve_job_model
+    from parity.models import checkpoint_scheduler_shift
 
     job = read_job(args.job, reference_model=args.reference_model)
     shift = None
     try:
-        shift = checkpoint_scheduler_shift(
-            resolve_job_model(
-                job.name_or_path, job.extras_name_or_path, _model_map(args, job.name_or_path)
-            )
-        )
+        shift = checkpoint_scheduler_shift(_job_source(job, args, validate=False))
     except Exception as e:  # inspect works without the weights
         log.info("checkpoint scheduler unknown: %s", e)
     device = args.device or "cpu"

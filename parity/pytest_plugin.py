@@ -322,7 +322,7 @@ class ParityPlugin:
             return self.runs[node.job.name]
         result = _JobRun()
         self.runs[node.job.name] = result
-        from parity.models import ModelMap, resolve_job_model, validate_checkpoint
+        from parity.models import job_source
         from parity.run import RunOptions, run_job
 
         job = node.job
@@ -332,10 +332,13 @@ class ParityPlugin:
             {i.step for i in session_items if isinstance(i, ParityItem) and i.parent is node}
         ) or list(node.steps)
         try:
-            base = (job.name_or_path, str(self.base_model)) if self.base_model else None
-            model_map = ModelMap.load(self.model_map, base_model=base, pyproject=self.pyproject)
-            source = resolve_job_model(job.name_or_path, job.extras_name_or_path, model_map)
-            validate_checkpoint(source)
+            source = job_source(
+                job.name_or_path,
+                job.extras_name_or_path,
+                base_model=self.base_model,
+                model_map=self.model_map,
+                pyproject=self.pyproject,
+            )
             from parity.engine import default_device
 
             device = node.device or default_device()
