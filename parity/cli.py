@@ -42,6 +42,12 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's own choice); 1 is fastest for tiny models",
+    )
+    p.add_argument(
         "--dtype",
         choices=["fp32", "fp16", "bf16"],
         default=None,
@@ -60,32 +66,37 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_threshold_options(p: argparse.ArgumentParser) -> None:
-    from parity.compare import Thresholds
+    from parity.settings import (
+        DEFAULT_CONFIRM_MARGIN,
+        DEFAULT_LATENT_DISTANCE_MAX,
+        DEFAULT_PSNR_MIN,
+        DEFAULT_SSIM_MIN,
+    )
 
-    t = Thresholds()
     p.add_argument(
         "--ssim-min",
         type=float,
-        default=t.ssim_min,
-        help=f"match: SSIM >= this (default {t.ssim_min})",
+        default=DEFAULT_SSIM_MIN,
+        help=f"match: SSIM >= this (default {DEFAULT_SSIM_MIN})",
     )
     p.add_argument(
         "--psnr-min",
         type=float,
-        default=t.psnr_min,
-        help=f"match: PSNR >= this, dB (default {t.psnr_min})",
+        default=DEFAULT_PSNR_MIN,
+        help=f"match: PSNR >= this, dB (default {DEFAULT_PSNR_MIN})",
     )
     p.add_argument(
         "--latent-max",
         type=float,
-        default=t.latent_distance_max,
-        help=f"match: VAE latent cosine distance <= this (default {t.latent_distance_max})",
+        default=DEFAULT_LATENT_DISTANCE_MAX,
+        help=f"match: VAE latent cosine distance <= this (default {DEFAULT_LATENT_DISTANCE_MAX})",
     )
     p.add_argument(
         "--confirm-margin",
         type=float,
-        default=0.02,
-        help="a cause is confirmed when reverting it alone raises 1-SSIM by more than this (default 0.02)",
+        default=DEFAULT_CONFIRM_MARGIN,
+        help="a cause is confirmed when reverting it alone raises 1-SSIM by more than this "
+        f"(default {DEFAULT_CONFIRM_MARGIN})",
     )
 
 
@@ -117,6 +128,10 @@ def _job_source(job: Any, args: argparse.Namespace, *, validate: bool = True) ->
 
 
 def _device(args: argparse.Namespace) -> str:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.device:
         return args.device
     from parity.engine import default_device

@@ -32,6 +32,12 @@ from typing import Any
 
 import numpy as np
 
+from parity.settings import (
+    DEFAULT_LATENT_DISTANCE_MAX,
+    DEFAULT_PSNR_MIN,
+    DEFAULT_SSIM_MIN,
+)
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -430,7 +436,22 @@ def _to_model_input(rgb: np.ndarray) -> Any:
     return x.to(torch.float32) / 127.5 - 1.0
 
 
-def latent_distance(a: np.ndarray, b: np.ndarray, *, encode: Callable[[Any], Any]) -> float:
+def encode_latent(rgb: np.ndarray, encode: Callable[[Any], Any]) -> Any:
+    """Flattened float64 CPU latent of one ``uint8`` RGB image (see :func:`latent_distance`)."""
+    import torch
+
+    with torch.no_grad():
+        z = torch.as_tensor(encode(_to_model_input(np.asarray(rgb))))
+    return z.detach().to("cpu", torch.float64).flatten()
+
+
+def latent_distance(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    encode: Callable[[Any], Any],
+    a_latent: Any = None,
+) -> float:
     """Cosine distance between the latents of two images.
 
     Parameters
@@ -442,6 +463,9 @@ def latent_distance(a: np.ndarray, b: np.ndarray, *, encode: Callable[[Any], Any
         Takes a ``float32`` torch tensor ``(1, 3, H, W)`` with values in ``[-1, 1]`` and
         returns a latent tensor, e.g. ``lambda x: vae.encode(x).latent_dist.mean`` or
         :func:`make_vae_encoder`. It must be deterministic (use the mean, not a sample).
+    a_latent : torch.Tensor, optional
+        ``encode_latent(a, encode)``, computed once by a caller that compares many
+        renders with the same image ``a``.
 
     Returns
     -------
@@ -453,10 +477,8 @@ def latent_distance(a: np.ndarray, b: np.ndarray, *, encode: Callable[[Any], Any
 
     a, b, _ = align_sizes(np.asarray(a), np.asarray(b))
     a, b = _check_pair(a, b)
-    with torch.no_grad():
-        za = torch.as_tensor(encode(_to_model_input(a))).detach().to("cpu", torch.float64)
-        zb = torch.as_tensor(encode(_to_model_input(b))).detach().to("cpu", torch.float64)
-    za, zb = za.flatten(), zb.flatten()
+    za = encode_latent(a, encode) if a_latent is None else a_latent
+    zb = encode_latent(b, encode)
     na, nb = float(torch.linalg.vector_norm(za)), float(torch.linalg.vector_norm(zb))
     if na == 0.0 or nb == 0.0:
         return 0.0 if na == nb else 1.0
@@ -805,6 +827,7 @@ def compare(
     *,
     codec: Codec | None = None,
     encode: Callable[[Any], Any] | None = None,
+    preview_latent: Any = None,
 ) -> Comparison:
     """Score a render against a preview.
 
@@ -823,6 +846,9 @@ def compare(
         the pixel metrics it sees the codec-matched render: JPEG loss alone moves the
         tiny fixture VAE's latents by a cosine distance of ~0.03, more than a real
         change of cfg would.
+    preview_latent : torch.Tensor, optional
+        ``encode_latent(preview_rgb, encode)`` computed once, when one preview is compared
+        with several renders.
 
     Returns
     -------
@@ -838,7 +864,7 @@ def compare(
     preview_rgb, scored = _check_pair(preview_rgb, scored)
     latent = None
     if encode is not None:
-        latent = latent_distance(preview_rgb, scored, encode=encode)
+        latent = latent_distance(preview_rgb, scored, encode=encode, a_latent=preview_latent)
     ssim_value, ms_ssim_value = _ssim_ms_ssim(preview_rgb, scored)
     return Comparison(
         ssim=ssim_value,
@@ -897,9 +923,9 @@ class Thresholds:
     fails all three criteria.
     """
 
-    ssim_min: float = 0.98
-    psnr_min: float = 40.0
-    latent_distance_max: float = 0.025
+    ssim_min: float = DEFAULT_SSIM_MIN
+    psnr_min: float = DEFAULT_PSNR_MIN
+    latent_distance_max: float = DEFAULT_LATENT_DISTANCE_MAX
 
     def is_match(self, comparison: Comparison) -> bool:
         """Whether a comparison counts as a match.

@@ -98,11 +98,12 @@ class ResultRow:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> None:
     """Write ``data`` to ``path`` so that readers see the old or the new file, never half.
 
-    The data goes to a temporary file in the same folder, is flushed to disk, then
-    renamed over ``path`` (atomic on POSIX and Windows).
+    The data goes to a temporary file in the same folder, then is renamed over ``path``
+    (atomic on POSIX and Windows). ``durable`` also flushes it to disk first (fsync), so
+    it survives a power loss, not only a killed process.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,8 +111,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -121,9 +123,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, durable: bool = True) -> None:
     """UTF-8 text twin of :func:`atomic_write_bytes`."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"), durable=durable)
 
 
 def rows_to_csv(rows: list[ResultRow]) -> str:
@@ -135,12 +137,19 @@ def rows_to_csv(rows: list[ResultRow]) -> str:
     return buf.getvalue()
 
 
-def write_results(out_dir: str | os.PathLike[str], rows: list[ResultRow]) -> None:
-    """Write ``results.json`` and ``results.csv`` atomically, rows sorted by key."""
+def write_results(
+    out_dir: str | os.PathLike[str], rows: list[ResultRow], *, durable: bool = True
+) -> None:
+    """Write ``results.json`` and ``results.csv`` atomically, rows sorted by key.
+
+    A run calls this after every preview with ``durable=False`` (atomic: a killed process
+    leaves the previous complete file) and once at the end with ``durable=True``.
+    """
     rows = sorted(rows, key=lambda r: r.key)
     out_dir = Path(out_dir)
-    atomic_write_text(out_dir / "results.json", json.dumps([r.to_json() for r in rows], indent=2))
-    atomic_write_text(out_dir / "results.csv", rows_to_csv(rows))
+    text = json.dumps([r.to_json() for r in rows], indent=2)
+    atomic_write_text(out_dir / "results.json", text, durable=durable)
+    atomic_write_text(out_dir / "results.csv", rows_to_csv(rows), durable=durable)
 
 
 def read_results(out_dir: str | os.PathLike[str]) -> list[ResultRow]:

@@ -30,7 +30,7 @@ from parity.results import (
     read_results,
     write_results,
 )
-from parity.settings import Dtype, RenderSettings
+from parity.settings import DEFAULT_CONFIRM_MARGIN, Dtype, RenderSettings
 from parity.sides import SidePair, as_configured_request, pair_for
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class RunOptions:
     steps: str | tuple[int, ...] = "all"
     attribute: bool = True
     thresholds: Any = None  # parity.compare.Thresholds; None: defaults
-    confirm_margin: float = 0.02
+    confirm_margin: float = DEFAULT_CONFIRM_MARGIN
     reference_dtype: Dtype | None = None
     latent_metric: bool = True
     progress: bool | None = None  # None: only on a terminal outside CI
@@ -306,13 +306,17 @@ class Runner:
         if codec.format == "JPEG" and case.preview.ext not in ("jpg", "jpeg"):
             log.warning("%s: JPEG data under a .%s name", case.preview.path, case.preview.ext)
         encode = self._encoder()
+        # The preview is encoded once per case, not once per counterfactual.
+        preview_latent = compare.encode_latent(preview_rgb, encode) if encode else None
 
         def evaluate_settings(
             name: str, settings: RenderSettings, relpath: str
         ) -> tuple[Evidence, Any]:
             out = self.engine.render(settings)
             rgb = _to_rgb(out.image)
-            comparison = compare.compare(preview_rgb, rgb, codec=codec, encode=encode)
+            comparison = compare.compare(
+                preview_rgb, rgb, codec=codec, encode=encode, preview_latent=preview_latent
+            )
             self._save_png(out.image, relpath)
             ev = Evidence(
                 name=name,
@@ -394,7 +398,7 @@ class Runner:
         todo = [c for c in cases if (c.step, c.index) not in done]
         for case in _progress(todo, self.options.progress, desc=f"parity {self.job.name}"):
             rows.append(self.evaluate(case))
-            write_results(self.out_dir, rows)
+            write_results(self.out_dir, rows, durable=False)
         write_results(self.out_dir, rows)
         return sorted(rows, key=lambda r: r.key)
 

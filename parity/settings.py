@@ -30,6 +30,15 @@ CAUSES: tuple[str, ...] = (
 )
 
 
+#: Default match thresholds (see :class:`parity.compare.Thresholds` for how they were
+#: chosen), kept here so the command line can show them without importing numpy.
+DEFAULT_SSIM_MIN = 0.98
+DEFAULT_PSNR_MIN = 40.0  # dB
+DEFAULT_LATENT_DISTANCE_MAX = 0.025
+#: A cause is confirmed when reverting it alone raises 1 - SSIM by more than this.
+DEFAULT_CONFIRM_MARGIN = 0.02
+
+
 @dataclass(frozen=True)
 class LoraSettings:
     """A LoRA as a render applies it.
