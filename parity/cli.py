@@ -573,16 +573,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if row.detail:
         print(f"detail: {row.detail}")
     if case.pair is not None:
-        from parity.correct import corrected_requests
+        from parity.run import write_corrected_requests
 
-        corrected = corrected_requests(
-            job,
-            args.step,
-            {args.index: case.pair.preview},
-            checkpoint_shift=engine.checkpoint_scheduler_shift,
-            lora_not_applied="lora_not_applied" in row.candidate_causes,
-        )
-        print("\ncorrected request:")
+        corrected = write_corrected_requests(
+            job, [case], [row], out_dir, engine.checkpoint_scheduler_shift
+        )[args.step]
+        print(f"\ncorrected request (also in {out_dir / 'corrected_requests'}):")
         print(json.dumps(corrected.requests[0].to_json_dict(), indent=2))
         for reason in corrected.cannot.get(args.index, []):
             print(f"  the server cannot reproduce this preview exactly: {reason}")
