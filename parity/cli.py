@@ -289,26 +289,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------- rendering
 
 
-def _save_png(image: Any, path: Path) -> None:
-    import io
-
-    from parity.results import atomic_write_bytes
-
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def _progress(items: list, desc: str) -> Any:
     from parity.run import _progress as progress
 
     return progress(items, None, desc=desc)
 
 
+def _finish_renders(out: Path, effective: list[dict], failures: int, what: str) -> int:
+    from parity.results import atomic_write_text
+
+    atomic_write_text(out / "effective.json", json.dumps(effective, indent=2))
+    print(f"{len(effective) - failures} {what} rendered into {out}")
+    return EXIT_MISMATCH if failures else EXIT_OK
+
+
 def cmd_preview(args: argparse.Namespace) -> int:
     from parity.engine import RenderEngine
     from parity.job import read_job
-    from parity.results import atomic_write_text
+    from parity.results import save_png
     from parity.run import parse_steps, select_steps
     from parity.sides import preview_settings
 
@@ -331,16 +329,14 @@ def cmd_preview(args: argparse.Namespace) -> int:
                 raise ParityError(f"no LoRA checkpoint for step {step}")
             settings = preview_settings(job, sample, checkpoint)
             result = engine.render(settings)
-            _save_png(result.image, out / str(step) / f"{index}.png")
+            save_png(result.image, out / str(step) / f"{index}.png")
             entry.update(image=f"{step}/{index}.png", settings=settings.to_dict())
         except ParityError as e:
             failures += 1
             entry["error"] = str(e)
             print(f"error: step {step} index {index}: {e}", file=sys.stderr)
         effective.append(entry)
-    atomic_write_text(out / "effective.json", json.dumps(effective, indent=2))
-    print(f"{len(effective) - failures} previews rendered into {out}")
-    return EXIT_MISMATCH if failures else EXIT_OK
+    return _finish_renders(out, effective, failures, "previews")
 
 
 def _confined(path: Path, root: Path, allow_outside: bool, what: str) -> Path:
@@ -360,7 +356,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         validate_checkpoint,
     )
     from parity.request import SERVER_MODELS, load_request
-    from parity.results import atomic_write_text
+    from parity.results import save_png
     from parity.sides import reference_settings
 
     request_path = Path(args.request)
@@ -410,16 +406,14 @@ def cmd_render(args: argparse.Namespace) -> int:
                     f"LoRA not applied: no key of {settings.lora.path} matches the transformer"
                 )
                 print(f"warning: prompt {i}: {entry['warning']}", file=sys.stderr)
-            _save_png(result.image, out / f"{i}.png")
+            save_png(result.image, out / f"{i}.png")
             entry["image"] = f"{i}.png"
         except ParityError as e:
             failures += 1
             entry["error"] = str(e)
             print(f"error: prompt {i}: {e}", file=sys.stderr)
         effective.append(entry)
-    atomic_write_text(out / "effective.json", json.dumps(effective, indent=2))
-    print(f"{len(effective) - failures} images rendered into {out}")
-    return EXIT_MISMATCH if failures else EXIT_OK
+    return _finish_renders(out, effective, failures, "images")
 
 
 # ------------------------------------------------------------------------- run

@@ -128,6 +128,13 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, durable: bool 
     atomic_write_bytes(path, text.encode("utf-8"), durable=durable)
 
 
+def save_png(image: Any, path: str | os.PathLike[str]) -> None:
+    """Save a PIL image losslessly as PNG, atomically (a render is never half written)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue(), durable=False)
+
+
 def rows_to_csv(rows: list[ResultRow]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS))

@@ -25,9 +25,9 @@ from parity.errors import LoraError, ParityError, RenderError
 from parity.job import IMAGE_EXTS, Job, Preview, SampleSpec
 from parity.results import (
     ResultRow,
-    atomic_write_bytes,
     atomic_write_text,
     read_results,
+    save_png,
     write_results,
 )
 from parity.settings import DEFAULT_CONFIRM_MARGIN, Dtype, RenderSettings
@@ -263,14 +263,6 @@ class Runner:
     def rel(self, path: str | Path) -> str:
         return os.path.relpath(Path(path).resolve(), self.out_dir.resolve())
 
-    def _save_png(self, image: Any, relpath: str) -> str:
-        import io
-
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        atomic_write_bytes(self.out_dir / relpath, buf.getvalue())
-        return relpath
-
     def _encoder(self) -> Any:
         from parity.compare import make_vae_encoder
 
@@ -317,7 +309,7 @@ class Runner:
             comparison = compare.compare(
                 preview_rgb, rgb, codec=codec, encode=encode, preview_latent=preview_latent
             )
-            self._save_png(out.image, relpath)
+            save_png(out.image, self.out_dir / relpath)
             ev = Evidence(
                 name=name,
                 settings=settings,
