@@ -12,9 +12,19 @@ d. ``server``: a naive per-request flow like the reference server's: one request
    preview, each one unloading and reloading the LoRA and encoding its prompt strings
    again (no embedding cache); model CPU offload on CUDA only.
 
+And two ways of rendering one API request, the job's as-configured request for its last
+checkpoint (:func:`parity.sides.as_configured_request`, LoRA path made absolute), written
+to ``request.json``:
+
+e. ``render``: ``parity render request.json --allow-outside-paths``.
+f. ``bare-request``: a plain diffusers loop over that request's prompts with the server's
+   semantics (:func:`parity.request.server_prompts`: sizes floored to 32, seeds, guidance
+   as given; the server's scheduler; ``load_lora_weights`` and
+   ``set_weights_and_activate_adapters`` at the request's scale; CPU generator).
+
 On CPU every variant runs in a fresh process (``bench.py --variant X``) and its wall time
 is measured by the parent from process start to exit, so interpreter start, imports and
-model loading are included in all four. Inside the process the time spent in metrics
+model loading are included in all six. Inside the process the time spent in metrics
 (:func:`parity.compare.compare`, :func:`parity.compare.jpeg_floor`, preview decoding) and
 in attribution (:func:`parity.attribute.attribute`, which includes its counterfactual
 renders) is measured with wrappers around those functions.
@@ -25,7 +35,8 @@ the four variants in that process at 1024x1024 with the real step counts; model 
 is then excluded from all four. ``--scale tiny`` runs the same code path at toy size
 (also on CPU), which is how it is tested.
 
-The last line of the output is always
+On CPU the line before the last is ``render ratio: parity-render/bare=<e/f>``; the last
+line of the output is always
 ``ratios: parity/bare=<b/a> attribute/bare=<c/a> server/bare=<d/a>``.
 """
 
@@ -49,7 +60,12 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("bare", "parity", "attribute", "server")
-LETTERS = dict(zip(VARIANTS, "abcd", strict=True))
+#: One API request: ``parity render`` (e) and a bare diffusers loop (f). CPU benchmark only.
+REQUEST_VARIANTS = ("render", "bare-request")
+ALL_VARIANTS = VARIANTS + REQUEST_VARIANTS
+LETTERS = dict(zip(ALL_VARIANTS, "abcdef", strict=True))
+#: The variant each one's ratio is taken against.
+BASELINE = {v: "bare" for v in VARIANTS} | {v: "bare-request" for v in REQUEST_VARIANTS}
 ADAPTER = "bench"
 
 #: Sample config of the benchmark job: four samples, each differing from the server's
@@ -145,7 +161,10 @@ def instrument_parity() -> Timers:
     timers.wrap(run, "write_results", "io.results")
     timers.wrap(run, "write_corrected_requests", "io.corrected")
     timers.wrap(report, "write_report", "io.report")
-    timers.wrap(run.Runner, "_save_png", "io.png")
+    if hasattr(run, "save_png"):  # PNG writing: a module function or a Runner method
+        timers.wrap(run, "save_png", "io.png")
+    elif hasattr(run.Runner, "_save_png"):
+        timers.wrap(run.Runner, "_save_png", "io.png")
     timers.wrap(RenderEngine, "render", "render")
     timers.wrap(RenderEngine, "_load", "load")
     timers.wrap(RenderEngine, "encode", "encode")
@@ -226,11 +245,10 @@ def _render(pipe: Any, sp: Any, device: str, **prompt_args: Any) -> Any:
     return out.images[0]
 
 
-def bare_loop(pipe: Any, job_dir: Path, out_dir: Path, device: str) -> int:
-    """Variant a: each LoRA loaded once, each prompt encoded once; return renders."""
+def _encoder(pipe: Any, device: str) -> Callable[[str], Any]:
+    """``encode(text)``: the prompt's embeddings, each text encoded once."""
     import torch
 
-    shift = float(pipe.scheduler.config.shift)
     embeddings: dict[str, Any] = {}
 
     def encode(text: str) -> Any:
@@ -241,6 +259,13 @@ def bare_loop(pipe: Any, job_dir: Path, out_dir: Path, device: str) -> int:
                 )
         return embeddings[text]
 
+    return encode
+
+
+def bare_loop(pipe: Any, job_dir: Path, out_dir: Path, device: str) -> int:
+    """Variant a: each LoRA loaded once, each prompt encoded once; return renders."""
+    shift = float(pipe.scheduler.config.shift)
+    encode = _encoder(pipe, device)
     renders = 0
     loaded = False
     for checkpoint, request, prompts in plan(job_dir):
@@ -262,6 +287,50 @@ def bare_loop(pipe: Any, job_dir: Path, out_dir: Path, device: str) -> int:
             image.save(path)
             renders += 1
     return renders
+
+
+def write_request(job_dir: Path, path: Path) -> Path:
+    """Write the job's as-configured request for its last checkpoint to ``path``.
+
+    The server's API takes exactly one LoRA, so the request is for a checkpoint (not the
+    step-0 baseline); its path is made absolute so the request works from any folder.
+    """
+    from parity.job import read_job
+    from parity.sides import as_configured_request
+
+    job = read_job(job_dir)
+    steps = [s for s in job.steps if job.checkpoint_for_step(s) is not None]
+    if not steps:
+        raise SystemExit(f"bench.py: {job_dir} has no LoRA checkpoint to build a request for")
+    checkpoint = job.checkpoint_for_step(steps[-1])
+    data = as_configured_request(job, checkpoint).to_json_dict()
+    data["loras"][0]["path"] = str(Path(checkpoint.path).resolve())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def bare_request_loop(pipe: Any, request_path: Path, out_dir: Path, device: str) -> int:
+    """Variant f: the request's prompts as the server renders them; ``<i>.png`` each."""
+    from diffusers.utils.peft_utils import set_weights_and_activate_adapters
+
+    from parity.request import load_request, server_prompts
+
+    request = load_request(request_path)
+    prompts = server_prompts(request)  # floor to 32, seeds, guidance as given, one scale
+    lora = Path(request.loras[0].path)
+    pipe.scheduler = _scheduler(request, float(pipe.scheduler.config.shift))
+    pipe.load_lora_weights(str(lora.parent), weight_name=lora.name, adapter_name=ADAPTER)
+    set_weights_and_activate_adapters(pipe.transformer, [ADAPTER], [prompts[0].lora_scale])
+    encode = _encoder(pipe, device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for p in prompts:
+        negative = encode(p.negative_prompt) if p.guidance_scale > 0 else None
+        image = _render(
+            pipe, p, device, prompt_embeds=encode(p.prompt), negative_prompt_embeds=negative
+        )
+        image.save(out_dir / f"{p.index}.png")
+    return len(prompts)
 
 
 def server_loop(pipe: Any, job_dir: Path, out_dir: Path, device: str) -> int:
@@ -326,13 +395,32 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
     out_dir = Path(args.out)
     base = Path(args.base_model)
     result: dict[str, Any] = {"variant": args.variant}
-    if args.variant in ("bare", "server"):
+    if args.variant in ("bare", "server", "bare-request"):
         pipe = load_pipeline(base, args.device)
         loaded = time.perf_counter()
-        loop = bare_loop if args.variant == "bare" else server_loop
-        result["renders"] = loop(pipe, job_dir, out_dir, args.device)
+        if args.variant == "bare-request":
+            renders = bare_request_loop(pipe, Path(args.request), out_dir, args.device)
+        else:
+            loop = bare_loop if args.variant == "bare" else server_loop
+            renders = loop(pipe, job_dir, out_dir, args.device)
+        result["renders"] = renders
         result["load_s"] = loaded - started
         result["metrics_s"] = result["attribution_s"] = 0.0
+    elif args.variant == "render":
+        import logging
+
+        from parity import cli
+
+        timers = instrument_parity()
+        argv = ["render", str(args.request), "--base-model", str(base), "--out", str(out_dir)]
+        argv += ["--device", args.device, "--allow-outside-paths"]
+        with contextlib.redirect_stdout(sys.stderr):
+            code = cli.main(argv)
+        logging.shutdown()
+        if code != 0:
+            raise SystemExit(f"parity render exited {code} on {args.request}")
+        result.update(parity_timings(timers))
+        result["renders"] = timers.calls.get("render", 0)
     else:
         import logging
 
@@ -359,7 +447,9 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
 # ----------------------------------------------------------------- the benchmark
 
 
-def spawn_variant(variant: str, job: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+def spawn_variant(
+    variant: str, job: Path, out: Path, args: argparse.Namespace, request: Path | None = None
+) -> dict[str, Any]:
     """Run one variant in a fresh interpreter; wall time from spawn to exit."""
     env = dict(os.environ)
     if args.threads > 0:
@@ -367,6 +457,8 @@ def spawn_variant(variant: str, job: Path, out: Path, args: argparse.Namespace) 
     cmd = [sys.executable, str(Path(__file__).resolve()), "--variant", variant]
     cmd += ["--job", str(job), "--out", str(out), "--device", args.device]
     cmd += ["--threads", str(args.threads), "--base-model", str(args.base_model)]
+    if request is not None:
+        cmd += ["--request", str(request)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -384,12 +476,15 @@ def spawn_variant(variant: str, job: Path, out: Path, args: argparse.Namespace) 
     return result
 
 
-def same_pixels(a_dir: Path, b_dir: Path) -> bool:
-    """Whether two runs rendered identical reference images."""
+def same_pixels(a_dir: Path, b_dir: Path, sub: str = "renders") -> bool:
+    """Whether two runs rendered identical images (the PNGs under ``sub``, all of them)."""
     import numpy as np
     from PIL import Image
 
-    a_files = sorted((a_dir / "renders").rglob("*.png"))
+    a_files = sorted((a_dir / sub).rglob("*.png"))
+    b_files = sorted((b_dir / sub).rglob("*.png"))
+    if len(a_files) != len(b_files):
+        return False
     if not a_files:
         return False
     for path in a_files:
@@ -423,24 +518,23 @@ def summarize(by_variant: dict[str, list[dict[str, Any]]], wall_key: str) -> dic
             "peak_mib": median_of(results, "peak_mib"),
             "walls_s": [r.get(wall_key) for r in results],
         }
-    bare = table["bare"]["wall_s"]
-    ratios = {v: table[v]["wall_s"] / bare for v in VARIANTS}
+    # Each variant against its baseline: (a)-(d) against (a), (e)-(f) against (f).
+    ratios = {v: table[v]["wall_s"] / table[BASELINE[v]]["wall_s"] for v in table}
     out = {"table": table, "ratios": ratios}
-    if table["bare"]["cpu_s"]:
-        out["cpu_ratios"] = {v: table[v]["cpu_s"] / table["bare"]["cpu_s"] for v in VARIANTS}
+    if all(table[BASELINE[v]]["cpu_s"] for v in table):
+        out["cpu_ratios"] = {v: table[v]["cpu_s"] / table[BASELINE[v]]["cpu_s"] for v in table}
     return out
 
 
 def print_table(summary: dict[str, Any], title: str) -> None:
     print(title)
     print(
-        f"{'variant':<14}{'wall s':>9}{'ratio':>8}{'cpu s':>8}{'load s':>8}{'metrics':>9}"
+        f"{'variant':<16}{'wall s':>9}{'ratio':>8}{'cpu s':>8}{'load s':>8}{'metrics':>9}"
         f"{'attrib.':>9}{'renders':>9}{'cf/mism.':>9}{'peak MiB':>10}"
     )
-    for variant in VARIANTS:
-        row = summary["table"][variant]
+    for variant, row in summary["table"].items():
         print(
-            f"({LETTERS[variant]}) {variant:<10}{row['wall_s']:>9.2f}"
+            f"({LETTERS[variant]}) {variant:<12}{row['wall_s']:>9.2f}"
             f"{summary['ratios'][variant]:>8.3f}{row['cpu_s']:>8.2f}{row['load_s']:>8.2f}"
             f"{100 * row['metrics_share']:>8.1f}%{100 * row['attribution_share']:>8.1f}%"
             f"{row['renders'] or 0:>9}{row['renders_per_mismatch'] or 0:>9.2f}"
@@ -453,6 +547,10 @@ def ratios_line(ratios: dict[str, float]) -> str:
         f"ratios: parity/bare={ratios['parity']:.3f} attribute/bare={ratios['attribute']:.3f} "
         f"server/bare={ratios['server']:.3f}"
     )
+
+
+def render_ratio_line(ratios: dict[str, float]) -> str:
+    return f"render ratio: parity-render/bare={ratios['render']:.3f}"
 
 
 def environment(args: argparse.Namespace) -> dict[str, Any]:
@@ -486,10 +584,12 @@ def cpu_benchmark(args: argparse.Namespace) -> int:
     env = environment(args)
     print(f"environment: {json.dumps(env)}", flush=True)
     runs = Path(tempfile.mkdtemp(prefix="runs-", dir=work))
-    by_variant: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+    request = write_request(job, runs / "request.json")
+    print(f"request {request} (the job's as-configured request, last checkpoint)", flush=True)
+    by_variant: dict[str, list[dict[str, Any]]] = {v: [] for v in ALL_VARIANTS}
     for r in range(args.repeat):
-        for variant in VARIANTS:  # interleaved, so load changes hit every variant alike
-            result = spawn_variant(variant, job, runs / f"{variant}-{r}", args)
+        for variant in ALL_VARIANTS:  # interleaved, so load changes hit every variant alike
+            result = spawn_variant(variant, job, runs / f"{variant}-{r}", args, request)
             by_variant[variant].append(result)
             print(
                 f"repeat {r + 1}/{args.repeat} ({LETTERS[variant]}) {variant}: "
@@ -497,21 +597,31 @@ def cpu_benchmark(args: argparse.Namespace) -> int:
                 flush=True,
             )
     identical = same_pixels(runs / "bare-0", runs / "parity-0")
+    render_identical = same_pixels(runs / "bare-request-0", runs / "render-0", sub=".")
     summary = summarize(by_variant, "wall_s")
     summary["environment"] = env
     summary["environment"]["load_average_end"] = os.getloadavg()
     summary["job"] = {"path": str(job), **shape}
     summary["bare_equals_parity_renders"] = identical
+    summary["bare_request_equals_render"] = render_identical
+    summary["request"] = str(request)
     summary["runs"] = by_variant
     print(f"bare renders identical to parity's reference renders: {identical}")
-    print_table(summary, f"medians over {args.repeat} run(s), wall time from process start")
+    print(f"bare request renders identical to parity render's: {render_identical}")
+    print_table(
+        summary,
+        f"medians over {args.repeat} run(s), wall time from process start; "
+        "ratio: (a)-(d) to (a), (e)-(f) to (f)",
+    )
     cpu = summary["cpu_ratios"]
     print(
         f"cpu-time ratios: parity/bare={cpu['parity']:.3f} "
-        f"attribute/bare={cpu['attribute']:.3f} server/bare={cpu['server']:.3f}"
+        f"attribute/bare={cpu['attribute']:.3f} server/bare={cpu['server']:.3f} "
+        f"parity-render/bare={cpu['render']:.3f}"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    print(render_ratio_line(summary["ratios"]))
     print(ratios_line(summary["ratios"]))
     return 0
 
@@ -908,7 +1018,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for the job (reused) and run outputs",
     )
     p.add_argument("--base-model", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--variant", choices=ALL_VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--request", help=argparse.SUPPRESS)
     p.add_argument("--job", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     return p

@@ -19,6 +19,8 @@ RATIOS = re.compile(
     r"^ratios: parity/bare=\d+\.\d{3} attribute/bare=\d+\.\d{3} server/bare=\d+\.\d{3}$"
 )
 
+RENDER_RATIO = re.compile(r"^render ratio: parity-render/bare=\d+\.\d{3}$")
+
 
 def _load_bench():
     spec = importlib.util.spec_from_file_location("parity_bench", BENCH)
@@ -31,7 +33,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def test_quick_benchmark_ends_with_the_ratios_line(tmp_path: Path) -> None:
+def test_quick_benchmark_prints_render_ratio_then_ratios_line(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(BENCH), "--quick", "--work", str(tmp_path)],
         env=_env(),
@@ -40,10 +42,13 @@ def test_quick_benchmark_ends_with_the_ratios_line(tmp_path: Path) -> None:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    last = proc.stdout.strip().splitlines()[-1]
-    assert RATIOS.match(last), last
-    # The bare loop and parity rendered the same reference images: same work timed.
+    lines = proc.stdout.strip().splitlines()
+    assert RATIOS.match(lines[-1]), lines[-1]
+    # parity render vs a bare loop on the same request, measured in the same run.
+    assert any(RENDER_RATIO.match(line) for line in lines[:-1]), proc.stdout[-3000:]
+    # The bare loops and parity rendered the same images: same work timed.
     assert "identical to parity's reference renders: True" in proc.stdout
+    assert "bare request renders identical to parity render's: True" in proc.stdout
 
 
 def test_full_size_refuses_cpu_with_a_clear_message(tmp_path: Path) -> None:
