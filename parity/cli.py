@@ -524,7 +524,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         job,
         [args.step],
         device=device,
-        checkpoint_shift=engine.checkpoint_scheduler_shift or _shift_of(engine),
+        checkpoint_shift=engine.checkpoint_scheduler_shift,
         reference_dtype=_dtype(args),
     )
     case = next((c for c in cases if c.index == args.index), None)
@@ -581,11 +581,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if row.render:
         print(f"reference render: {(out_dir / row.render).resolve()}")
     return EXIT_OK if row.verdict == "match" else EXIT_MISMATCH
-
-
-def _shift_of(engine: Any) -> float | None:
-    engine.variant("float32")
-    return engine.checkpoint_scheduler_shift
 
 
 def _short(value: Any) -> str:

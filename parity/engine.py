@@ -174,7 +174,9 @@ class RenderEngine:
         self._loras: dict[str, dict[str, tuple[Any, Any]]] = {}
         self._offloaded = False
         self.renders = 0
-        self.checkpoint_scheduler_shift: float | None = None
+        #: ``shift`` of the checkpoint's own scheduler (what zimage_turbo keeps), read
+        #: from its config without loading any weights.
+        self.checkpoint_scheduler_shift: float | None = _configured_shift(source)
 
     # ---- loading
 
@@ -428,6 +430,15 @@ class RenderEngine:
         self._variants.clear()
         self._embeddings.clear()
         self._loras.clear()
+
+
+def _configured_shift(source: Any) -> float | None:
+    from parity.models import ModelSource, checkpoint_scheduler_shift
+
+    if not isinstance(source, ModelSource):
+        folder = str(source)
+        source = ModelSource(transformer=folder, components=folder, scheduler=folder, label=folder)
+    return checkpoint_scheduler_shift(source)
 
 
 def _count_adapted_modules(transformer: Any, adapter: str) -> int:

@@ -263,13 +263,13 @@ class Runner:
     def rel(self, path: str | Path) -> str:
         return os.path.relpath(Path(path).resolve(), self.out_dir.resolve())
 
-    def _encoder(self) -> Any:
+    def _encoder(self, dtype: Dtype) -> Any:
+        """The VAE encoder of the reference pipeline (loaded anyway for its renders)."""
         from parity.compare import make_vae_encoder
 
         if not self.options.latent_metric:
             return None
         if self._encode is None:
-            dtype = self.options.reference_dtype or "float32"
             self._encode = make_vae_encoder(self.engine.variant(dtype).pipe.vae)
         return self._encode
 
@@ -297,7 +297,7 @@ class Runner:
         row.height_preview, row.width_preview = preview_rgb.shape[:2]
         if codec.format == "JPEG" and case.preview.ext not in ("jpg", "jpeg"):
             log.warning("%s: JPEG data under a .%s name", case.preview.path, case.preview.ext)
-        encode = self._encoder()
+        encode = self._encoder(case.pair.reference.dtype)
         # The preview is encoded once per case, not once per counterfactual.
         preview_latent = compare.encode_latent(preview_rgb, encode) if encode else None
 
@@ -338,7 +338,7 @@ class Runner:
         row.latent_distance, row.lpips = c.latent_distance, c.lpips
         row.resized_for_comparison = c.resized
         row.jpeg_floor = (
-            compare.jpeg_floor(rgb_or_none(ref_out.image), codec) if not codec.lossless else None
+            compare.jpeg_floor(_to_rgb(ref_out.image), codec) if not codec.lossless else None
         )
         row.candidate_causes = list(case.pair.differences)
         if ref_out.lora_not_applied and case.pair.preview.lora is not None:
@@ -436,10 +436,6 @@ def _to_rgb(image: Any) -> Any:
     return np.asarray(image.convert("RGB"))
 
 
-def rgb_or_none(image: Any) -> Any:
-    return _to_rgb(image)
-
-
 def _progress(items: list[Any], enabled: bool | None, *, desc: str) -> Iterable[Any]:
     if enabled is None:
         enabled = sys.stderr.isatty() and not os.environ.get("CI")
@@ -517,12 +513,7 @@ def run_job(
 
 
 def _checkpoint_shift(engine: Any) -> float | None:
-    shift = getattr(engine, "checkpoint_scheduler_shift", None)
-    if shift is None and hasattr(engine, "variant"):
-        # Loading the base variant reads the checkpoint's own scheduler config.
-        engine.variant("float32")
-        shift = engine.checkpoint_scheduler_shift
-    return shift
+    return getattr(engine, "checkpoint_scheduler_shift", None)
 
 
 def _closest_without_precision(row: ResultRow | None) -> str | None:
