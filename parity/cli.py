@@ -63,6 +63,11 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="reference model id when the job's arch/name_or_path do not say it",
     )
+    p.add_argument(
+        "--allow-outside-paths",
+        action="store_true",
+        help="allow previews and checkpoints that resolve outside the job folder (symlinks)",
+    )
 
 
 def _add_threshold_options(p: argparse.ArgumentParser) -> None:
@@ -154,6 +159,7 @@ def inspect_rows(
     device: str = "cpu",
     checkpoint_shift: float | None = None,
     reference_dtype: Any = None,
+    allow_outside_paths: bool = False,
 ) -> list[dict]:
     """One JSON-ready dict per preview: both sides' settings and the static differences."""
     from parity.run import plan_cases
@@ -165,6 +171,7 @@ def inspect_rows(
         device=device,
         checkpoint_shift=checkpoint_shift,
         reference_dtype=reference_dtype,
+        allow_outside_paths=allow_outside_paths,
     )
     rows = []
     for case in cases:
@@ -271,7 +278,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     except Exception as e:  # inspect works without the weights
         log.info("checkpoint scheduler unknown: %s", e)
     device = args.device or "cpu"
-    rows = inspect_rows(job, device=device, checkpoint_shift=shift, reference_dtype=_dtype(args))
+    rows = inspect_rows(
+        job,
+        device=device,
+        checkpoint_shift=shift,
+        reference_dtype=_dtype(args),
+        allow_outside_paths=args.allow_outside_paths,
+    )
     if args.format == "json":
         print(json.dumps(rows, indent=2))
     else:
@@ -307,7 +320,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     from parity.engine import RenderEngine
     from parity.job import read_job
     from parity.results import save_png
-    from parity.run import parse_steps, select_steps
+    from parity.run import outside_path_error, parse_steps, select_steps
     from parity.sides import preview_settings
 
     job = read_job(args.job, reference_model=args.reference_model)
@@ -327,6 +340,10 @@ def cmd_preview(args: argparse.Namespace) -> int:
             checkpoint = job.checkpoint_for_step(step)
             if checkpoint is None and step != 0:
                 raise ParityError(f"no LoRA checkpoint for step {step}")
+            if checkpoint is not None and not args.allow_outside_paths:
+                outside = outside_path_error(checkpoint.path, job.root, "LoRA checkpoint")
+                if outside:
+                    raise ParityError(outside)
             settings = preview_settings(job, sample, checkpoint)
             result = engine.render(settings)
             save_png(result.image, out / str(step) / f"{index}.png")
@@ -526,6 +543,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         device=device,
         checkpoint_shift=engine.checkpoint_scheduler_shift,
         reference_dtype=_dtype(args),
+        allow_outside_paths=args.allow_outside_paths,
     )
     case = next((c for c in cases if c.index == args.index), None)
     if case is None:
@@ -667,11 +685,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="history table to append to (.parquet or .csv)",
     )
     p.add_argument("--no-history", action="store_true", help="do not append to the history table")
-    p.add_argument(
-        "--allow-outside-paths",
-        action="store_true",
-        help="allow previews and checkpoints that resolve outside the job folder (symlinks)",
-    )
     _add_model_options(p)
     _add_job_options(p)
     _add_threshold_options(p)

@@ -156,7 +156,7 @@ def plan_cases(
         checkpoint = job.checkpoint_for_step(step)
         outside_checkpoint = None
         if checkpoint is not None and not allow_outside_paths:
-            outside_checkpoint = _outside(checkpoint.path, job.root, "LoRA checkpoint")
+            outside_checkpoint = outside_path_error(checkpoint.path, job.root, "LoRA checkpoint")
         if step not in requests:
             requests[step] = as_configured_request(job, checkpoint)
         request = requests[step]
@@ -171,7 +171,9 @@ def plan_cases(
                 names = ", ".join(p.path.name for p in previews)
                 case.error = f"duplicate previews for step {step} index {index}: {names}"
                 continue
-            if not allow_outside_paths and (outside := _outside(preview.path, job.root, "preview")):
+            if not allow_outside_paths and (
+                outside := outside_path_error(preview.path, job.root, "preview")
+            ):
                 case.error = outside
                 continue
             if preview.ext not in IMAGE_EXTS:
@@ -217,7 +219,7 @@ def plan_cases(
     return cases
 
 
-def _outside(path: Path, root: Path, what: str) -> str | None:
+def outside_path_error(path: Path, root: Path, what: str) -> str | None:
     """An error text when ``path`` resolves outside ``root`` (e.g. a symlink out of it)."""
     resolved = path.resolve()
     if resolved.is_relative_to(root.resolve()):

@@ -248,6 +248,22 @@ def test_preview_symlink_outside_job(job: Path, tmp_path: Path, capsys) -> None:
     assert rc == 0 and all(r["verdict"] == "match" for r in rows.values())
 
 
+def test_preview_command_refuses_a_checkpoint_outside_the_job(
+    job: Path, tmp_path: Path, capsys
+) -> None:
+    path = checkpoint(job, 10)
+    elsewhere = tmp_path / "elsewhere.safetensors"
+    shutil.move(path, elsewhere)
+    path.symlink_to(elsewhere)
+    common = ["preview", str(job), "--base-model", str(TINY_BASE), "--device", "cpu"]
+    rc = main([*common, "--out", str(tmp_path / "p1")])
+    err = capsys.readouterr().err
+    assert rc == 1 and str(path) in err and "outside the job folder" in err
+    effective = json.loads((tmp_path / "p1" / "effective.json").read_text())
+    assert {e["step"] for e in effective if "image" in e} == {20}  # the other step rendered
+    assert main([*common, "--out", str(tmp_path / "p2"), "--allow-outside-paths"]) == 0
+
+
 # ------------------------------------------------------------------ HTML report
 
 
