@@ -71,8 +71,15 @@ def snap(value: int, multiple: int) -> int:
 
 
 def era_of(job: Job, checkpoint: Checkpoint | None) -> Era:
-    version = checkpoint.aitk_version if checkpoint and checkpoint.aitk_version else None
-    return era_for_version(version or job.aitk_version)
+    """The era of the ai-toolkit release that rendered a step's previews.
+
+    A step's own checkpoint says it; step 0 (no checkpoint) takes the earliest one,
+    written by the same run closest in time.
+    """
+    version = checkpoint.aitk_version if checkpoint else None
+    if version is None:
+        version = next((c.aitk_version for c in job.checkpoints if c.aitk_version), None)
+    return era_for_version(version)
 
 
 def preview_settings(

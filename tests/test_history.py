@@ -183,3 +183,37 @@ def test_render_trends(tmp_path):
     assert "job a" in html and "job b" in html
     assert not re.search(r"https?://", html)
     assert "2 regressions" in html
+
+
+def test_parity_report_over_two_real_runs_names_the_injected_regression(tmp_path, capsys):
+    """Two `parity run`s append to one history; a preview broken in between is named."""
+    import shutil
+
+    from parity.cli import main
+    from parity.testing.jobs import TINY_BASE, write_job
+
+    sample = {
+        "width": 64,
+        "height": 64,
+        "seed": 2,
+        "guidance_scale": 0,
+        "sample_steps": 3,
+        "samples": [{"prompt": "[trigger] a red cube"}, {"prompt": "[trigger] a blue ball"}],
+    }
+    job = write_job(tmp_path / "jobs", name="nightly", sample=sample)
+    history = tmp_path / "history.parquet"
+    common = ["run", str(job), "--base-model", str(TINY_BASE), "--history", str(history)]
+    assert main([*common, "--out", str(tmp_path / "run1")]) == 0
+    # The regression: preview 1 is replaced by preview 0's image before the next night.
+    first, second = sorted((job / "samples").glob("*.jpg"))
+    shutil.copyfile(first, second)
+    assert main([*common, "--out", str(tmp_path / "run2"), "--no-attribution"]) == 1
+    capsys.readouterr()
+
+    assert main(["report", "--history", str(history), "--out", str(tmp_path / "trends")]) == 0
+    html = (tmp_path / "trends" / "index.html").read_text(encoding="utf-8")
+    assert len(list((tmp_path / "trends").rglob("*.png"))) >= 2
+    rows = re.findall(r'<tr class="regression">(.*?)</tr>', html, flags=re.S)
+    assert len(rows) == 1
+    text = " ".join(re.sub(r"<[^>]+>", " ", rows[0]).split())
+    assert re.search(r"\b10 1 match → mismatch\b", text), text
