@@ -382,24 +382,20 @@ def _as_int(value: Any, what: str, *, strict: bool = False) -> int:
             return int(str(value))
         except ValueError:
             raise SampleError(f"{what} must be an integer, got {value!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise SampleError(f"{what} must be an integer, got {value!r}")
-    try:
-        f = float(value)
-    except ValueError:
-        raise SampleError(f"{what} must be an integer, got {value!r}") from None
-    if not math.isfinite(f) or f != int(f):
+    f = _as_float(value, what, expected="an integer")
+    if f != int(f):
         raise SampleError(f"{what} must be an integer, got {value!r}")
     return int(f)
 
 
-def _as_float(value: Any, what: str) -> float:
+def _as_float(value: Any, what: str, *, expected: str = "a number") -> float:
+    """A finite number from YAML/JSON (numbers or numeric strings; not booleans)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise SampleError(f"{what} must be a number, got {value!r}")
+        raise SampleError(f"{what} must be {expected}, got {value!r}")
     try:
         f = float(value)
     except ValueError:
-        raise SampleError(f"{what} must be a number, got {value!r}") from None
+        raise SampleError(f"{what} must be {expected}, got {value!r}") from None
     if not math.isfinite(f):
         raise SampleError(f"{what} must be finite, got {value!r}")
     return f
