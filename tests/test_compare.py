@@ -348,7 +348,7 @@ def tiny_pipeline():
     import torch
     from diffusers import ZImagePipeline
 
-    return ZImagePipeline.from_pretrained(TINY, torch_dtype=torch.float32)
+    return ZImagePipeline.from_pretrained(TINY, dtype=torch.float32)
 
 
 def _render(pipe, *, seed: int, cfg: float) -> np.ndarray:
