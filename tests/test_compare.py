@@ -296,17 +296,6 @@ def test_thresholds_check_each_criterion():
 # --------------------------------------------------------------------------- latents, LPIPS
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models run fastest single-threaded, and do not stall on a busy machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_vae():
     from diffusers import AutoencoderKL

@@ -36,17 +36,6 @@ def _data_section(path: Path) -> bytes:
     return raw[8 + size :]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; several threads on a busy CPU are far slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def pipe():
     from diffusers import ZImagePipeline
