@@ -58,12 +58,6 @@ class RenderOutput:
         return self.settings.lora is not None and self.lora_modules_applied == 0
 
 
-def torch_dtype(name: Dtype) -> torch.dtype:
-    import torch
-
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
-
-
 def default_device() -> str:
     import torch
 
@@ -167,6 +161,11 @@ class RenderEngine:
     """
 
     def __init__(self, source: Any, *, device: str | None = None) -> None:
+        from parity.models import ModelSource, checkpoint_scheduler_shift
+
+        if not isinstance(source, ModelSource):  # one folder or hub id holds everything
+            ref = str(source)
+            source = ModelSource(transformer=ref, components=ref, scheduler=ref, label=ref)
         self.source = source
         self.device = device or default_device()
         self._variants: dict[tuple[Dtype, Quantization], _Variant] = {}
@@ -176,7 +175,7 @@ class RenderEngine:
         self.renders = 0
         #: ``shift`` of the checkpoint's own scheduler (what zimage_turbo keeps), read
         #: from its config without loading any weights.
-        self.checkpoint_scheduler_shift: float | None = _configured_shift(source)
+        self.checkpoint_scheduler_shift: float | None = checkpoint_scheduler_shift(source)
 
     # ---- loading
 
@@ -187,14 +186,9 @@ class RenderEngine:
         # Library progress bars would interleave with parity's own.
         diffusers.utils.logging.disable_progress_bar()
         transformers.utils.logging.disable_progress_bar()
-        if isinstance(self.source, (str, Path)):
-            pipe = _load_folder(str(self.source), dtype)
-            pipe.to(self.device)
-        else:  # a parity.models.ModelSource, possibly split across two checkpoints
-            from parity.models import load_zimage_pipeline
+        from parity.models import load_zimage_pipeline
 
-            pipe = load_zimage_pipeline(self.source, dtype=dtype, device=self.device)
-        pipe.set_progress_bar_config(disable=True)
+        pipe = load_zimage_pipeline(self.source, dtype=dtype, device=self.device)
         shift = getattr(pipe.scheduler.config, "shift", None)
         if self.checkpoint_scheduler_shift is None and shift is not None:
             self.checkpoint_scheduler_shift = float(shift)
@@ -432,15 +426,6 @@ class RenderEngine:
         self._loras.clear()
 
 
-def _configured_shift(source: Any) -> float | None:
-    from parity.models import ModelSource, checkpoint_scheduler_shift
-
-    if not isinstance(source, ModelSource):
-        folder = str(source)
-        source = ModelSource(transformer=folder, components=folder, scheduler=folder, label=folder)
-    return checkpoint_scheduler_shift(source)
-
-
 def _count_adapted_modules(transformer: Any, adapter: str) -> int:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -449,13 +434,3 @@ def _count_adapted_modules(transformer: Any, adapter: str) -> int:
         if isinstance(module, BaseTunerLayer) and adapter in getattr(module, "lora_A", {}):
             count += 1
     return count
-
-
-def _load_folder(folder: str, dtype: Dtype) -> Any:
-    import warnings
-
-    from diffusers import ZImagePipeline
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return ZImagePipeline.from_pretrained(folder, dtype=torch_dtype(dtype))
