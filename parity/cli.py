@@ -357,12 +357,12 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def _confined(path: Path, root: Path, allow_outside: bool, what: str) -> Path:
-    resolved = path.resolve()
-    if not allow_outside and not resolved.is_relative_to(root.resolve()):
-        raise ParityError(
-            f"{what} {path} resolves outside {root}; pass --allow-outside-paths to allow it"
-        )
-    return resolved
+    from parity.run import outside_path_error
+
+    error = None if allow_outside else outside_path_error(path, root, what, "the request's folder")
+    if error:
+        raise ParityError(error)
+    return path.resolve()
 
 
 def cmd_render(args: argparse.Namespace) -> int:

@@ -219,13 +219,15 @@ def plan_cases(
     return cases
 
 
-def outside_path_error(path: Path, root: Path, what: str) -> str | None:
+def outside_path_error(
+    path: Path, root: Path, what: str, place: str = "the job folder"
+) -> str | None:
     """An error text when ``path`` resolves outside ``root`` (e.g. a symlink out of it)."""
     resolved = path.resolve()
     if resolved.is_relative_to(root.resolve()):
         return None
     return (
-        f"{path}: {what} resolves outside the job folder {root} (to {resolved}); refused, "
+        f"{path}: {what} resolves outside {place} {root} (to {resolved}); refused, "
         "pass --allow-outside-paths to allow it"
     )
 
