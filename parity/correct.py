@@ -18,6 +18,7 @@ from parity.request import (
     InferenceRequest,
     LoraItem,
     PromptItem,
+    request_number,
 )
 from parity.settings import RenderSettings
 
@@ -46,7 +47,8 @@ class CorrectedRequests:
 
 
 def _num(x: float) -> float | int:
-    return int(x) if float(x).is_integer() else round(float(x), 6)
+    # Rounded: max(0, g - 1) leaves float noise such as 3.0999999999999996.
+    return request_number(round(float(x), 6))
 
 
 def blockers(

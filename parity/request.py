@@ -111,6 +111,11 @@ class InferenceRequest(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
+def request_number(value: float) -> float | int:
+    """A number as a request carries it: integral values as ints (``1`` not ``1.0``)."""
+    return int(value) if float(value).is_integer() else value
+
+
 def load_request(path: str | Path) -> InferenceRequest:
     """Read and validate a request JSON file; RequestError names the file and field."""
     path = Path(path)

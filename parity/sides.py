@@ -20,6 +20,7 @@ from parity.request import (
     LoraItem,
     PromptItem,
     ServerPrompt,
+    request_number,
     server_prompts,
 )
 from parity.settings import CAUSES, Dtype, LoraSettings, Quantization, RenderSettings, legacy_sigmas
@@ -151,10 +152,6 @@ def reference_settings(
     return settings, prompt
 
 
-def _clean(value: float) -> float | int:
-    return int(value) if float(value).is_integer() else value
-
-
 def as_configured_request(job: Job, checkpoint: Checkpoint | None) -> InferenceRequest:
     """The request a user writes by copying the sample config.
 
@@ -191,7 +188,7 @@ def as_configured_request(job: Job, checkpoint: Checkpoint | None) -> InferenceR
     loras = []
     if checkpoint is not None:
         mult = float(cfg.get("network_multiplier", 1))
-        loras.append(LoraItem(path=checkpoint.path.name, network_multiplier=_clean(mult)))
+        loras.append(LoraItem(path=checkpoint.path.name, network_multiplier=request_number(mult)))
     return InferenceRequest(
         model=job.reference_model, trigger_word=job.trigger_word, loras=loras, prompts=prompts
     )
