@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from parity.errors import JobError, SampleError
+from parity.models import REFERENCE_MODELS
 from parity.settings import Quantization
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,6 @@ CHECKPOINT_RE = re.compile(r"^(?P<name>.+)_(?P<step>\d{9})\.safetensors$")
 PREVIEW_RE = re.compile(r"^(?P<ms>\d+)__(?P<step>\d{9})_(?P<index>\d+)\.(?P<ext>[A-Za-z0-9]+)$")
 IMAGE_EXTS = {"jpg", "jpeg", "png", "webp"}
 PICKLED_EXTS = {"pt", "pth", "ckpt", "bin", "pkl"}
-REFERENCE_MODELS = ("zimage", "zimage_turbo", "zimage_deturbo")
 
 
 # --------------------------------------------------------------------------- records
@@ -296,7 +296,7 @@ def reference_model_for(arch: str, name_or_path: str, override: str | None = Non
     if override:
         if override not in REFERENCE_MODELS:
             raise JobError(
-                f"unknown reference model {override!r}; choose one of {REFERENCE_MODELS}"
+                f"unknown reference model {override!r}; choose one of {tuple(REFERENCE_MODELS)}"
             )
         return override
     tag = arch.split(":", 1)[1].lower() if ":" in arch else None

@@ -17,17 +17,16 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from parity.errors import RequestError
+from parity.models import REFERENCE_MODELS
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ServerModel:
-    """Defaults of one reference pipeline."""
+    """Defaults of one reference pipeline (its checkpoints: parity.models.REFERENCE_MODELS)."""
 
     model_id: str
-    hub_id: str
-    transformer_hub_id: str
     default_steps: int
     default_guidance: float
     replaces_scheduler: bool  # True: FlowMatch shift 3.0; False: the checkpoint's own
@@ -37,27 +36,20 @@ class ServerModel:
     default_seed: int = 42
     default_network_multiplier: float = 1.0
 
+    @property
+    def transformer_hub_id(self) -> str:
+        return REFERENCE_MODELS[self.model_id][0]
+
+    @property
+    def hub_id(self) -> str:
+        """Hub id of the VAE, text encoder and tokenizer."""
+        return REFERENCE_MODELS[self.model_id][1]
+
 
 SERVER_MODELS: dict[str, ServerModel] = {
-    "zimage": ServerModel(
-        "zimage", "Tongyi-MAI/Z-Image", "Tongyi-MAI/Z-Image", 30, 4.0, replaces_scheduler=True
-    ),
-    "zimage_turbo": ServerModel(
-        "zimage_turbo",
-        "Tongyi-MAI/Z-Image-Turbo",
-        "Tongyi-MAI/Z-Image-Turbo",
-        8,
-        1.0,
-        replaces_scheduler=False,
-    ),
-    "zimage_deturbo": ServerModel(
-        "zimage_deturbo",
-        "Tongyi-MAI/Z-Image-Turbo",
-        "ostris/Z-Image-De-Turbo",
-        25,
-        3.0,
-        replaces_scheduler=True,
-    ),
+    "zimage": ServerModel("zimage", 30, 4.0, replaces_scheduler=True),
+    "zimage_turbo": ServerModel("zimage_turbo", 8, 1.0, replaces_scheduler=False),
+    "zimage_deturbo": ServerModel("zimage_deturbo", 25, 3.0, replaces_scheduler=True),
 }
 
 #: Scheduler shift the server uses when it replaces the checkpoint's scheduler.
