@@ -96,12 +96,6 @@ class Attribution:
     left_out: list[Evidence] = field(default_factory=list)
     renders: int = 0
 
-    @property
-    def residual(self) -> float | None:
-        if self.explained or self.all_switched is None:
-            return None
-        return self.all_switched.distance
-
 
 def attribute(
     *,
