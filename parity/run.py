@@ -150,17 +150,14 @@ def plan_cases(
     by_key: dict[tuple[int, int], list[Preview]] = {}
     for p in job.previews:
         by_key.setdefault((p.step, p.index), []).append(p)
-    requests = {}
+    usable = [s.index for s in job.samples if not s.error]
     cases: list[Case] = []
     for step in steps:
         checkpoint = job.checkpoint_for_step(step)
         outside_checkpoint = None
         if checkpoint is not None and not allow_outside_paths:
             outside_checkpoint = outside_path_error(checkpoint.path, job.root, "LoRA checkpoint")
-        if step not in requests:
-            requests[step] = as_configured_request(job, checkpoint)
-        request = requests[step]
-        usable = [s.index for s in job.samples if not s.error]
+        request = as_configured_request(job, checkpoint)
         for (p_step, index), previews in sorted(by_key.items()):
             if p_step != step:
                 continue
