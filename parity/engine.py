@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from parity.errors import LoraError, RenderError
+from parity.errors import LoraError, ModelLoadError, ParityError, RenderError
 from parity.settings import Dtype, LoraSettings, Quantization, RenderSettings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -89,22 +89,33 @@ def read_lora(path: str | Path) -> dict[str, torch.Tensor]:
     size = path.stat().st_size
     if size == 0:
         raise LoraError(f"{path}: LoRA file is empty (0 bytes)")
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
-        raise LoraError(f"{path}: a pickled (torch.save) file, not safetensors; refused")
     try:
+        # safetensors parses a JSON header and raw buffers; it never unpickles anything.
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise LoraError(
-            f"{path}: not a readable safetensors file, truncated or corrupt ({e})"
-        ) from None
+        raise LoraError(f"{path}: {_not_safetensors(path, e)}") from None
     if not state:
         raise LoraError(f"{path}: safetensors file holds no tensors")
     for key, tensor in state.items():
         if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
             raise LoraError(f"{path}: tensor {key} contains NaN or inf values")
     return state
+
+
+def _not_safetensors(path: Path, error: Exception) -> str:
+    """What a file that safetensors could not parse looks like, for the error message.
+
+    Only called after parsing failed: the first bytes of a valid safetensors file are a
+    little-endian header length, which may by chance start with the same bytes as a zip
+    archive or a pickle, so those are never judged by their first bytes alone.
+    """
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:4] == b"PK\x03\x04":
+        return "a zip archive (torch.save format, which holds pickles), not safetensors; refused"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a pickle (legacy torch.save format), not safetensors; refused, never unpickled"
+    return f"not a readable safetensors file, truncated or corrupt ({error})"
 
 
 def lora_module_pairs(
@@ -188,7 +199,12 @@ class RenderEngine:
         transformers.utils.logging.disable_progress_bar()
         from parity.models import load_zimage_pipeline
 
-        pipe = load_zimage_pipeline(self.source, dtype=dtype, device=self.device)
+        try:
+            pipe = load_zimage_pipeline(self.source, dtype=dtype, device=self.device)
+        except ParityError:
+            raise
+        except (OSError, ValueError, RuntimeError, ImportError) as e:
+            raise ModelLoadError(_load_failure(self.source, e)) from e
         shift = getattr(pipe.scheduler.config, "shift", None)
         if self.checkpoint_scheduler_shift is None and shift is not None:
             self.checkpoint_scheduler_shift = float(shift)
@@ -424,6 +440,23 @@ class RenderEngine:
         self._variants.clear()
         self._embeddings.clear()
         self._loras.clear()
+
+
+def _load_failure(source: Any, error: Exception) -> str:
+    """One line: which checkpoint could not be loaded, why, and how to fix it."""
+    import os
+
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    parts = {source.transformer, source.components}
+    hub_ids = sorted(p for p in parts if not os.path.isdir(p))
+    if hub_ids:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        where = "offline (HF_HUB_OFFLINE is set)" if offline else "from the hub or its cache"
+        return (
+            f"cannot load {', '.join(hub_ids)} {where}: {reason}; map it to a local diffusers "
+            "folder with --base-model PATH or --model-map ID=PATH"
+        )
+    return f"cannot load the checkpoint {source.label} ({', '.join(sorted(parts))}): {reason}"
 
 
 def _count_adapted_modules(transformer: Any, adapter: str) -> int:
