@@ -109,6 +109,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, durable: bo
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600 files; give the result the mode open() would (0666 less
+        # the umask), so a web server or a colleague can read reports.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             if durable:
@@ -121,6 +124,13 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, durable: bo
         except FileNotFoundError:
             pass
         raise
+
+
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, durable: bool = True) -> None:
