@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from parity.errors import ImageReadError
 from parity.settings import (
     DEFAULT_LATENT_DISTANCE_MAX,
     DEFAULT_PSNR_MIN,
@@ -123,23 +124,6 @@ _STD_CHROMA = np.array(
 ).ravel()
 
 _SUBSAMPLING_NAMES = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}
-
-
-class ImageReadError(ValueError):
-    """An image file could not be read completely.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The file that failed.
-    reason : str
-        What is wrong with it.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"cannot read image {self.path}: {reason}")
 
 
 # --------------------------------------------------------------------------- loading
@@ -954,3 +938,122 @@ def distance(comparison: Comparison) -> float:
         ``1 - comparison.ssim`` in ``[0, 2]``; lower is closer, 0 for identical images.
     """
     return 1.0 - comparison.ssim
+
+
+# --------------------------------------------------------------------------- float noise
+
+#: Largest per-channel difference, in levels of 255, between two renders of the same
+#: settings made on different machines (CPU kernels, vector width and thread count change
+#: the order of float reductions). Renders made in one process are bit-identical.
+FLOAT_NOISE_LEVELS = 1
+
+
+@dataclass(frozen=True)
+class NoiseCheck:
+    """Whether two images are the same up to float noise (see :func:`same_within_noise`).
+
+    Attributes
+    ----------
+    same : bool
+        ``max_abs_diff <= limit``.
+    max_abs_diff : int
+        Largest per-channel difference, levels of 255.
+    limit : int
+        The allowed difference, levels of 255.
+    exact_share : float
+        Share of channel values that are identical, in ``[0, 1]``.
+    """
+
+    same: bool
+    max_abs_diff: int
+    limit: int
+    exact_share: float
+
+    def __str__(self) -> str:
+        verdict = "same" if self.same else "different"
+        return (
+            f"{verdict}: max difference {self.max_abs_diff}/255 (limit {self.limit}), "
+            f"{self.exact_share:.2%} of values identical"
+        )
+
+
+def _noise_check(a: np.ndarray, b: np.ndarray, limit: int) -> NoiseCheck:
+    a, b = _check_pair(a, b)
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    worst = int(diff.max())
+    return NoiseCheck(worst <= limit, worst, int(limit), float(np.mean(diff == 0)))
+
+
+def codec_spread(rgb: np.ndarray, codec: Codec, *, draws: int = 4, seed: int = 0) -> int:
+    """How far float noise before encoding can move an image after encoding.
+
+    Parameters
+    ----------
+    rgb : numpy.ndarray
+        ``uint8`` RGB image ``(H, W, 3)`` before encoding.
+    codec : Codec
+        The encoding (see :func:`inspect_codec`).
+    draws : int, default 4
+        Number of noise draws.
+    seed : int, default 0
+        Seed of the noise (the result is deterministic).
+
+    Returns
+    -------
+    int
+        The largest per-channel difference, levels of 255, between ``encode_like(rgb)``
+        and ``encode_like(rgb + noise)`` over ``draws`` draws of uniform integer noise in
+        ``[-FLOAT_NOISE_LEVELS, FLOAT_NOISE_LEVELS]``; at least ``FLOAT_NOISE_LEVELS``.
+        0 noise growth for lossless codecs, so the result is then ``FLOAT_NOISE_LEVELS``.
+
+    Notes
+    -----
+    JPEG quantizes DCT coefficients, so a one-level change of the input can move a
+    coefficient across a quantization step and change decoded pixels by several levels.
+    Noise on every value is a harsher perturbation than the few values another machine
+    changes, so the spread bounds what that machine's render can show after encoding.
+    """
+    base = encode_like(rgb, codec)
+    rng = np.random.default_rng(seed)
+    spread = FLOAT_NOISE_LEVELS
+    if codec.lossless:
+        return spread
+    for _ in range(draws):
+        noise = rng.integers(-FLOAT_NOISE_LEVELS, FLOAT_NOISE_LEVELS + 1, size=rgb.shape)
+        noisy = np.clip(rgb.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+        spread = max(spread, _noise_check(base, encode_like(noisy, codec), 255).max_abs_diff)
+    return spread
+
+
+def same_within_noise(
+    reference: np.ndarray, render: np.ndarray, *, codec: Codec | None = None
+) -> NoiseCheck:
+    """The float-noise rule: is ``render`` the same image as ``reference``, made elsewhere?
+
+    Parameters
+    ----------
+    reference : numpy.ndarray
+        ``uint8`` RGB ``(H, W, 3)``: a lossless render, or the decoded pixels of a file
+        encoded with ``codec`` (a JPEG preview).
+    render : numpy.ndarray
+        ``uint8`` RGB ``(H, W, 3)``: a lossless render of the same settings, possibly made
+        on another machine.
+    codec : Codec, optional
+        How ``reference`` was encoded; None (or a lossless codec) when it is lossless.
+
+    Returns
+    -------
+    NoiseCheck
+        Lossless: the same when every channel is within :data:`FLOAT_NOISE_LEVELS`.
+        Encoded: ``render`` is encoded like ``reference`` first, and the two are the same
+        when every channel is within :func:`codec_spread` of the render.
+
+    Notes
+    -----
+    Use this for renders made in another process or on another machine (committed
+    fixtures, a server's images). Renders made in the same process are bit-identical and
+    are compared exactly instead.
+    """
+    if codec is None or codec.lossless:
+        return _noise_check(reference, render, FLOAT_NOISE_LEVELS)
+    return _noise_check(reference, encode_like(render, codec), codec_spread(render, codec))

@@ -24,6 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from parity.errors import (  # noqa: F401 - re-exported: callers import them from here
+    ModelError,
+    ModelLoadError,
+    ModelMapError,
+    ModelNotFoundError,
+    NotZImageCheckpointError,
+)
+
 if TYPE_CHECKING:
     import torch
     from diffusers import ZImagePipeline
@@ -55,22 +63,6 @@ MODEL_MAP_ENV = "PARITY_MODEL_MAP"
 TRANSFORMER_CLASS = "ZImageTransformer2DModel"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-class ModelError(Exception):
-    """Base class of model resolution errors."""
-
-
-class ModelMapError(ModelError, ValueError):
-    """A model map entry is malformed; the message names its source."""
-
-
-class ModelNotFoundError(ModelError, FileNotFoundError):
-    """A checkpoint folder or a part of it is missing."""
-
-
-class NotZImageCheckpointError(ModelError, ValueError):
-    """A folder exists but does not hold a Z-Image checkpoint."""
 
 
 class _FromEnvironment:

@@ -42,6 +42,12 @@ from collections.abc import Iterable, Mapping
 from fnmatch import fnmatch
 from typing import TYPE_CHECKING, Any
 
+from parity.errors import (  # noqa: F401 - re-exported
+    QuantizationError,
+    QuantizationUnavailableError,
+    UnknownQtypeError,
+)
+
 if TYPE_CHECKING:
     import torch
 
@@ -95,18 +101,6 @@ ADAPTER_EXCLUDE: tuple[str, ...] = (
     "*lora_embedding_B*",
     "*lora_magnitude_vector*",
 )
-
-
-class QuantizationError(ValueError):
-    """Base class of quantization errors."""
-
-
-class UnknownQtypeError(QuantizationError):
-    """The qtype is not one ai-toolkit knows."""
-
-
-class QuantizationUnavailableError(QuantizationError):
-    """The qtype is valid for ai-toolkit but cannot be reproduced here."""
 
 
 def parse_qtype(qtype: str) -> tuple[str, str | None]:
