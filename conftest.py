@@ -11,3 +11,60 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # oversubscribe the cores and slow renders down by an order of magnitude.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
+# ------------------------------------------------------------------ float-noise report
+# Tests that compare fresh renders with images made elsewhere (committed fixtures, real
+# ai-toolkit previews) use parity's float-noise rule, parity.compare.same_within_noise,
+# and report here how much was bit-exact on this machine.
+
+import pytest  # noqa: E402
+
+_NOISE_LINES: list[str] = []
+
+
+class FloatNoiseRecorder:
+    """Collects NoiseChecks of one test and asserts each is within float noise."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.checks: list = []
+
+    def check(self, name: str, reference, render, *, codec=None):
+        from parity.compare import same_within_noise
+
+        result = same_within_noise(reference, render, codec=codec)
+        self.checks.append(result)
+        assert result.same, f"{name}: {result}"
+        return result
+
+    def summary(self) -> str:
+        exact = sum(c.max_abs_diff == 0 for c in self.checks)
+        values = sum(c.exact_share for c in self.checks) / max(1, len(self.checks))
+        worst = max((c.max_abs_diff for c in self.checks), default=0)
+        return (
+            f"{self.node_id}: {exact}/{len(self.checks)} images bit-exact, "
+            f"{values:.2%} of values identical, max difference {worst}/255"
+        )
+
+
+@pytest.fixture
+def float_noise(request):
+    """Compare images made elsewhere with parity's float-noise rule; reported at the end."""
+    recorder = FloatNoiseRecorder(request.node.nodeid)
+    yield recorder
+    if recorder.checks:
+        request.node.user_properties.append(("float_noise", recorder.summary()))
+
+
+def pytest_runtest_logreport(report):
+    # Runs in the controlling process under pytest-xdist too, so workers' lines arrive.
+    if report.when == "teardown":
+        _NOISE_LINES.extend(v for k, v in report.user_properties if k == "float_noise")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _NOISE_LINES:
+        terminalreporter.section("float noise (images made elsewhere vs renders here)")
+        for line in sorted(_NOISE_LINES):
+            terminalreporter.write_line(line)

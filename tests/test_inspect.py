@@ -33,7 +33,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -678,7 +677,7 @@ def test_module_entry_point_runs_inspect(tmp_path):
     assert [r["aitk"]["seed"] for r in rows if r["step"] == 10] == list(range(3, 13))
 
 
-def test_inspect_is_fast_and_loads_no_model(tmp_path):
+def test_inspect_loads_no_model(tmp_path):
     folder = _ten_sample_job(tmp_path)
     code = (
         "import sys, io, contextlib, parity.cli\n"
@@ -690,13 +689,3 @@ def test_inspect_is_fast_and_loads_no_model(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120
     )
     assert proc.stdout.split() == ["0", "False", "False"], proc.stderr
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "parity.cli", "inspect", str(folder), "--format", "json"],
-        capture_output=True,
-        cwd=tmp_path,
-        timeout=120,
-    )
-    elapsed = time.perf_counter() - start
-    assert proc.returncode == 0
-    assert elapsed < 3.0, f"parity inspect took {elapsed:.2f} s"

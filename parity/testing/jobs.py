@@ -90,6 +90,7 @@ def write_job(
     aitk_version: str = "0.12.26",
     preview_transform: Callable[[Any, Any], Any] | None = None,
     render: bool = True,
+    lossless: bool = False,
     **config_kwargs: Any,
 ) -> Path:
     """Write a job folder ``root/name`` and render its previews; return the folder.
@@ -105,6 +106,8 @@ def write_job(
     preview_transform:
         ``f(settings, sample) -> settings`` applied before rendering each preview, to
         inject a known difference.
+    lossless:
+        Also keep each preview's pixels as ``lossless_previews/<name>.png``.
     """
     from parity.testing.lora import write_aitk_lora
 
@@ -122,7 +125,11 @@ def write_job(
         write_aitk_lora(folder / f"{name}.safetensors", base_model, **kwargs)
     if render:
         render_previews(
-            folder, base_model=base_model, steps=preview_steps, transform=preview_transform
+            folder,
+            base_model=base_model,
+            steps=preview_steps,
+            transform=preview_transform,
+            lossless=lossless,
         )
     return folder
 
@@ -130,18 +137,29 @@ def write_job(
 def render_previews(
     folder: Path,
     *,
-    base_model: str | Path,
+    base_model: str | Path | None = None,
+    engine: Any = None,
     steps: tuple[int, ...] | None = None,
     transform: Callable[[Any, Any], Any] | None = None,
+    lossless: bool = False,
 ) -> list[Path]:
-    """Render and save every sample of ``steps`` as ai-toolkit previews."""
+    """Render and save every sample of ``steps`` as ai-toolkit previews.
+
+    The render comes from ``engine`` (any checkpoint, split ones included) or else the
+    shared engine of ``base_model``. With ``lossless``, each preview's pixels are also
+    kept as ``lossless_previews/<preview name>.png`` (what ai-toolkit's pipeline returned
+    before the JPEG save), so that renders made on another machine can be checked within
+    float noise before encoding.
+    """
     from parity.job import read_job
+    from parity.results import save_png
     from parity.sides import preview_settings
 
     job = read_job(folder)
     if steps is None:
         steps = tuple(c.step for c in job.checkpoints) or (0,)
-    engine = shared_engine(base_model)
+    if engine is None:
+        engine = shared_engine(base_model or TINY_BASE)
     written = []
     ms = 1_700_000_000_000
     for step in steps:
@@ -154,5 +172,7 @@ def render_previews(
             ms += 397
             path = folder / "samples" / f"{ms}__{step:09d}_{sample.index}.jpg"
             image.save(path)  # Pillow's defaults, as ai-toolkit saves previews
+            if lossless:
+                save_png(image, folder / "lossless_previews" / f"{path.stem}.png")
             written.append(path)
     return written
