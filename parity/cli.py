@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from parity import __version__
-from parity.errors import ParityError
+from parity.errors import LoraError, ModelError, ParityError
+from parity.settings import (
+    DEFAULT_CONFIRM_MARGIN,
+    DEFAULT_LATENT_DISTANCE_MAX,
+    DEFAULT_PSNR_MIN,
+    DEFAULT_SSIM_MIN,
+)
 
 log = logging.getLogger("parity")
 
@@ -23,6 +29,46 @@ EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
 
 
 # ------------------------------------------------------------------ shared options
+
+#: Options the job commands share, with their defaults. argparse leaves each at None when
+#: it is not given, so that ``parity run --resume DIR`` can tell a given option from one
+#: to take from the run being resumed (recorded in its run.json); :func:`_resolve` then
+#: fills in these defaults.
+OPTION_DEFAULTS: dict[str, Any] = {
+    "base_model": None,
+    "model_map": [],
+    "device": None,
+    "threads": None,
+    "dtype": None,
+    "reference_model": None,
+    "allow_outside_paths": False,
+    "steps": "all",
+    "no_attribution": False,
+    "history": "reports/history.parquet",
+    "no_history": False,
+    "ssim_min": DEFAULT_SSIM_MIN,
+    "psnr_min": DEFAULT_PSNR_MIN,
+    "latent_max": DEFAULT_LATENT_DISTANCE_MAX,
+    "confirm_margin": DEFAULT_CONFIRM_MARGIN,
+}
+
+
+def _resolve(args: argparse.Namespace, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fill options not given on the command line: from ``recorded``, else the defaults.
+
+    Returns the options as given or recorded (what a resumed run must reuse).
+    """
+    recorded = recorded or {}
+    used: dict[str, Any] = {}
+    for name, default in OPTION_DEFAULTS.items():
+        if not hasattr(args, name):
+            continue
+        value = getattr(args, name)
+        if value is None:
+            value = recorded.get(name, default)
+        setattr(args, name, value)
+        used[name] = value
+    return used
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -36,7 +82,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         "--model-map",
         metavar="ID=PATH",
         action="append",
-        default=[],
+        default=None,
         help="map a hub id to a local folder (repeatable); also PARITY_MODEL_MAP and "
         "[tool.parity.models] in pyproject.toml, with lower precedence",
     )
@@ -66,40 +112,34 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--allow-outside-paths",
         action="store_true",
+        default=None,
         help="allow previews and checkpoints that resolve outside the job folder (symlinks)",
     )
 
 
 def _add_threshold_options(p: argparse.ArgumentParser) -> None:
-    from parity.settings import (
-        DEFAULT_CONFIRM_MARGIN,
-        DEFAULT_LATENT_DISTANCE_MAX,
-        DEFAULT_PSNR_MIN,
-        DEFAULT_SSIM_MIN,
-    )
-
     p.add_argument(
         "--ssim-min",
         type=float,
-        default=DEFAULT_SSIM_MIN,
+        default=None,
         help=f"match: SSIM >= this (default {DEFAULT_SSIM_MIN})",
     )
     p.add_argument(
         "--psnr-min",
         type=float,
-        default=DEFAULT_PSNR_MIN,
+        default=None,
         help=f"match: PSNR >= this, dB (default {DEFAULT_PSNR_MIN})",
     )
     p.add_argument(
         "--latent-max",
         type=float,
-        default=DEFAULT_LATENT_DISTANCE_MAX,
+        default=None,
         help=f"match: VAE latent cosine distance <= this (default {DEFAULT_LATENT_DISTANCE_MAX})",
     )
     p.add_argument(
         "--confirm-margin",
         type=float,
-        default=DEFAULT_CONFIRM_MARGIN,
+        default=None,
         help="a cause is confirmed when reverting it alone raises 1-SSIM by more than this "
         f"(default {DEFAULT_CONFIRM_MARGIN})",
     )
@@ -271,6 +311,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from parity.job import read_job
     from parity.models import checkpoint_scheduler_shift
 
+    _resolve(args)
     job = read_job(args.job, reference_model=args.reference_model)
     shift = None
     try:
@@ -323,6 +364,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     from parity.run import outside_path_error, parse_steps, select_steps
     from parity.sides import preview_settings
 
+    _resolve(args)
     job = read_job(args.job, reference_model=args.reference_model)
     steps = select_steps(job, parse_steps(args.step))
     engine = RenderEngine(_job_source(job, args), device=_device(args))
@@ -348,6 +390,8 @@ def cmd_preview(args: argparse.Namespace) -> int:
             result = engine.render(settings)
             save_png(result.image, out / str(step) / f"{index}.png")
             entry.update(image=f"{step}/{index}.png", settings=settings.to_dict())
+        except ModelError:
+            raise
         except ParityError as e:
             failures += 1
             entry["error"] = str(e)
@@ -376,6 +420,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from parity.results import save_png
     from parity.sides import reference_settings
 
+    _resolve(args)
     request_path = Path(args.request)
     request = load_request(request_path)
     server = SERVER_MODELS[request.model]
@@ -394,6 +439,11 @@ def cmd_render(args: argparse.Namespace) -> int:
         )
     device = _device(args)
     engine = RenderEngine(source, device=device)
+    for path in lora_paths:  # a LoRA problem is found before the model loads
+        try:
+            engine.lora_pairs(path)
+        except LoraError as e:
+            raise LoraError(f"{request_path}: {e}") from None
     shift = checkpoint_scheduler_shift(source)
     out = Path(args.out)
     effective = []
@@ -425,6 +475,8 @@ def cmd_render(args: argparse.Namespace) -> int:
                 print(f"warning: prompt {i}: {entry['warning']}", file=sys.stderr)
             save_png(result.image, out / f"{i}.png")
             entry["image"] = f"{i}.png"
+        except ModelError:
+            raise
         except ParityError as e:
             failures += 1
             entry["error"] = str(e)
@@ -463,25 +515,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     from parity.run import default_out_dir, run_job
 
     resume = args.resume is not None
+    recorded: dict[str, Any] = {}
     if resume:
         out_dir = Path(args.resume)
         info_path = out_dir / "run.json"
-        job_path = args.job
-        if job_path is None:
-            if not info_path.exists():
-                raise ParityError(f"{out_dir}: no run.json to resume from; give the JOB too")
-            job_path = json.loads(info_path.read_text(encoding="utf-8"))["job_path"]
+        if not info_path.is_file():
+            raise ParityError(
+                f"{out_dir}: no run.json to resume from; start the run again without --resume"
+            )
+        try:
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ParityError(f"{info_path}: unreadable ({e}); start the run again") from None
+        recorded = info.get("options") or {}
+        job_path = args.job or info.get("job_path")
+        if not job_path:
+            raise ParityError(f"{info_path}: names no job; give the JOB folder too")
     else:
         if args.job is None:
             raise ParityError("give a JOB folder (or --resume DIR)")
         job_path = args.job
+    used = _resolve(args, recorded)
     job = read_job(job_path, reference_model=args.reference_model)
     if not resume:
         out_dir = Path(args.out) if args.out else default_out_dir(job)
     for problem in job.problems:
         print(f"warning: {problem}", file=sys.stderr)
+    _warn_stack()
     engine, device = _engine_for_job(job, args)
-    summary = run_job(job, engine, out_dir, _run_options(args), resume=resume, device=device)
+    summary = run_job(
+        job,
+        engine,
+        out_dir,
+        _run_options(args),
+        resume=resume,
+        device=device,
+        recorded_options=used,
+    )
     if args.history and not args.no_history:
         try:
             from parity.history import append_history
@@ -497,6 +567,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"warning: history not updated: {e}", file=sys.stderr)
     _print_summary(summary)
     return summary.exit_code
+
+
+def _warn_stack() -> None:
+    from parity.stack import stack_warning
+
+    warning = stack_warning()
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _run_time(out_dir: Path) -> str:
@@ -530,6 +608,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from parity.run import Runner, plan_cases, utc_now
     from parity.sides import era_of
 
+    _resolve(args)
     job = read_job(args.job, reference_model=args.reference_model)
     engine, device = _engine_for_job(job, args)
     out_dir = (
@@ -617,6 +696,25 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
+# ------------------------------------------------------------------------- env
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from parity.stack import format_stack, runtime_record, stack_record
+
+    if args.format == "json":
+        print(json.dumps({**stack_record(), **runtime_record()}, indent=2))
+        return EXIT_OK
+    print(f"parity {__version__}")
+    print(format_stack())
+    runtime = runtime_record()
+    print(
+        f"torch CPU kernels {runtime['torch_cpu_capability']}, {runtime['torch_threads']} "
+        f"threads; CUDA {'yes: ' + ', '.join(runtime['cuda_devices']) if runtime['cuda'] else 'no'}"
+    )
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------- report
 
 
@@ -639,18 +737,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"parity {__version__}")
     parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more logging and tracebacks of errors (-vv: debug)",
+    )
+    # -v also after the subcommand: a subparser's value replaces the main parser's only
+    # when given (SUPPRESS leaves it out of the namespace otherwise).
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("inspect", help="both sides' settings per preview, without rendering")
+    p = sub.add_parser(
+        "inspect", parents=[verbose], help="both sides' settings per preview, without rendering"
+    )
     p.add_argument("job", help="ai-toolkit job folder or job file (YAML/JSON)")
     p.add_argument("--format", choices=["table", "json"], default="table")
     _add_model_options(p)
     _add_job_options(p)
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("preview", help="render the job's samples the way ai-toolkit did")
+    p = sub.add_parser(
+        "preview", parents=[verbose], help="render the job's samples the way ai-toolkit did"
+    )
     p.add_argument("job")
     p.add_argument("--step", default="all", help="N, last or all (default all)")
     p.add_argument(
@@ -660,7 +772,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_options(p)
     p.set_defaults(func=cmd_preview)
 
-    p = sub.add_parser("render", help="render an API request the way the reference server does")
+    p = sub.add_parser(
+        "render", parents=[verbose], help="render an API request the way the reference server does"
+    )
     p.add_argument("request", help="request JSON (the server's schema)")
     p.add_argument("--out", required=True, help="output folder: <i>.png and effective.json")
     p.add_argument(
@@ -671,37 +785,57 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("run", help="render, compare and explain every preview of a job")
+    p = sub.add_parser(
+        "run", parents=[verbose], help="render, compare and explain every preview of a job"
+    )
     p.add_argument("job", nargs="?", help="ai-toolkit job folder (optional with --resume)")
-    p.add_argument("--steps", default="all", help="all, last or N,N,... (default all)")
+    p.add_argument("--steps", default=None, help="all, last or N,N,... (default all)")
     p.add_argument("--out", help="output folder (default reports/<job>/<UTC timestamp>)")
     p.add_argument("--resume", metavar="DIR", help="continue an interrupted run in DIR")
     p.add_argument(
-        "--no-attribution", action="store_true", help="verdicts only, no counterfactual renders"
+        "--no-attribution",
+        action="store_true",
+        default=None,
+        help="verdicts only, no counterfactual renders",
     )
     p.add_argument(
         "--history",
-        default="reports/history.parquet",
-        help="history table to append to (.parquet or .csv)",
+        default=None,
+        help="history table to append to, .parquet or .csv (default reports/history.parquet)",
     )
-    p.add_argument("--no-history", action="store_true", help="do not append to the history table")
+    p.add_argument(
+        "--no-history",
+        action="store_true",
+        default=None,
+        help="do not append to the history table",
+    )
     _add_model_options(p)
     _add_job_options(p)
     _add_threshold_options(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("explain", help="one preview in depth, with every counterfactual")
+    p = sub.add_parser(
+        "explain", parents=[verbose], help="one preview in depth, with every counterfactual"
+    )
     p.add_argument("job")
     p.add_argument("--step", type=int, required=True)
     p.add_argument("--index", type=int, required=True)
     p.add_argument("--out", help="where the renders go (default reports/<job>/explain-<time>)")
-    p.add_argument("--steps", default="all", help=argparse.SUPPRESS)
+    p.add_argument("--steps", default=None, help=argparse.SUPPRESS)
     _add_model_options(p)
     _add_job_options(p)
     _add_threshold_options(p)
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("report", help="trend report over the run history")
+    p = sub.add_parser(
+        "env",
+        parents=[verbose],
+        help="the installed library stack and how it differs from the pins",
+    )
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_env)
+
+    p = sub.add_parser("report", parents=[verbose], help="trend report over the run history")
     p.add_argument("--history", default="reports/history.parquet")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_report)
@@ -717,15 +851,30 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(max(level, logging.ERROR))
     try:
         return args.func(args)
-    except (ParityError, ValueError, FileNotFoundError) as e:
-        print(f"parity: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print(
             "parity: interrupted; finished results are saved (resume with --resume DIR)",
             file=sys.stderr,
         )
         return 130
+    except (ParityError, ValueError, OSError) as e:
+        # The run cannot happen as asked: one line naming what and how to fix it.
+        _print_error(str(e), args.verbose)
+        return EXIT_USAGE
+    except Exception as e:  # a bug: still one line (the traceback with -v), never exit 1
+        _print_error(f"internal error: {type(e).__name__}: {e}", args.verbose, hint=True)
+        return EXIT_USAGE
+
+
+def _print_error(message: str, verbose: int, *, hint: bool = False) -> None:
+    if verbose:
+        import traceback
+
+        traceback.print_exc()
+    line = " ".join(message.split())  # one line, whatever the message holds
+    if hint and not verbose:
+        line += " (run with -v for the traceback)"
+    print(f"parity: error: {line}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

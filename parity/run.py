@@ -21,7 +21,7 @@ from typing import Any
 from parity import __version__
 from parity.attribute import Attribution, Evidence, attribute
 from parity.correct import CorrectedRequests, corrected_requests
-from parity.errors import LoraError, ParityError, RenderError
+from parity.errors import LoraError, ModelError, ParityError, RenderError
 from parity.job import IMAGE_EXTS, Job, Preview, SampleSpec
 from parity.results import (
     ResultRow,
@@ -325,6 +325,8 @@ class Runner:
             ref_ev, ref_out = evaluate_settings(
                 "reference", case.pair.reference, f"renders/{case.step}/{case.index}.png"
             )
+        except ModelError:
+            raise  # the model itself cannot be used: the whole run stops (exit 2)
         except (LoraError, RenderError, ParityError) as e:
             row.detail = str(e)
             return row
@@ -373,6 +375,8 @@ class Runner:
                 evaluate=evaluate_cf,
                 confirm_margin=self.options.confirm_margin,
             )
+        except ModelError:
+            raise
         except Exception as e:
             log.exception("attribution failed for step %s index %s", case.step, case.index)
             row.detail = _join(row.detail, f"attribution failed: {type(e).__name__}: {e}")
@@ -458,11 +462,22 @@ def run_job(
     *,
     resume: bool = False,
     device: str = "cpu",
+    recorded_options: dict[str, Any] | None = None,
 ) -> RunSummary:
-    """Run parity on ``job`` with ``engine``; write everything into ``out_dir``."""
+    """Run parity on ``job`` with ``engine``; write everything into ``out_dir``.
+
+    ``recorded_options`` (the command line's options) are kept in run.json, so that
+    ``parity run --resume DIR`` continues with the same ones.
+    """
+    from parity.sides import server_dtype
+    from parity.stack import stack_record
+
+    steps = select_steps(job, options.steps)
+    # Load the reference model before anything is written: a model that cannot be loaded
+    # makes the whole run impossible (ModelLoadError), not every preview an error.
+    engine.variant(options.reference_dtype or server_dtype(device))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    steps = select_steps(job, options.steps)
     run_info_path = out_dir / "run.json"
     run_info: dict[str, Any] = {}
     if resume and run_info_path.exists():
@@ -470,6 +485,9 @@ def run_job(
     runner = Runner(job, engine, out_dir, options)
     run_info.update(
         {
+            "options": dict(recorded_options or run_info.get("options") or {}),
+            "stack": stack_record(),
+            "model_source": _source_record(engine),
             "job": job.name,
             "job_path": str(job.root),
             "started": run_info.get("started") or utc_now(),
@@ -511,6 +529,13 @@ def run_job(
     except Exception as e:  # the results are already safe on disk
         log.error("report.html could not be written: %s", e)
     return RunSummary(out_dir, rows, corrected)
+
+
+def _source_record(engine: Any) -> dict[str, Any] | None:
+    source = getattr(engine, "source", None)
+    if source is None:
+        return None
+    return {"transformer": source.transformer, "components": source.components}
 
 
 def _checkpoint_shift(engine: Any) -> float | None:
