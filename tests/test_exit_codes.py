@@ -167,3 +167,16 @@ def test_output_files_follow_the_umask(job: Path, tmp_path: Path) -> None:
     assert any(p.name == "report.html" for p in files) and len(files) > 5
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_a_run_on_another_stack_says_so_in_one_line(job: Path, tmp_path: Path, capsys, monkeypatch):
+    from parity import stack
+
+    pins = {**stack.pinned_versions(), "diffusers": "0.0.1"}
+    monkeypatch.setattr(stack, "pinned_versions", lambda: pins)
+    args = ["run", str(job), "--base-model", str(TINY_BASE), "--no-history"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    lines = [x for x in capsys.readouterr().err.splitlines() if "differs from parity's pins" in x]
+    assert len(lines) == 1 and "diffusers" in lines[0] and "pinned 0.0.1" in lines[0]
+    info = json.loads((tmp_path / "run" / "run.json").read_text(encoding="utf-8"))
+    assert any(d.startswith("diffusers ") for d in info["stack"]["differs_from_pins"])
