@@ -4,7 +4,7 @@ Four ways of rendering the same ai-toolkit job through the reference semantics:
 
 a. ``bare``: a plain diffusers loop. One ``ZImagePipeline``, each checkpoint's LoRA loaded
    once with ``load_lora_weights``, every prompt of the job's as-configured request
-   (:func:`parity.sides.as_configured_request`, :func:`parity.request.server_prompts`)
+   (:func:`parity.sides.as_configured_request`, :func:`parity.server.server_prompts`)
    encoded once and rendered, PNGs saved. No comparison.
 b. ``parity``: ``parity run --no-attribution --no-history`` on the job.
 c. ``attribute``: ``parity run --no-history`` (counterfactual renders for mismatches).
@@ -18,16 +18,17 @@ to ``request.json``:
 
 e. ``render``: ``parity render request.json --allow-outside-paths``.
 f. ``bare-request``: a plain diffusers loop over that request's prompts with the server's
-   semantics (:func:`parity.request.server_prompts`: sizes floored to 32, seeds, guidance
+   semantics (:func:`parity.server.server_prompts`: sizes floored to 32, seeds, guidance
    as given; the server's scheduler; ``load_lora_weights`` and
    ``set_weights_and_activate_adapters`` at the request's scale; CPU generator).
 
 On CPU every variant runs in a fresh process (``bench.py --variant X``) and its wall time
 is measured by the parent from process start to exit, so interpreter start, imports and
 model loading are included in all six. Inside the process the time spent in metrics
-(:func:`parity.compare.compare`, :func:`parity.compare.jpeg_floor`, preview decoding) and
-in attribution (:func:`parity.attribute.attribute`, which includes its counterfactual
-renders) is measured with wrappers around those functions.
+(:func:`parity.compare.compare_many`, which :func:`parity.compare.compare` calls,
+:func:`parity.compare.jpeg_floor`, preview decoding) and in attribution
+(:func:`parity.attribute.attribute`, which includes its counterfactual renders) is
+measured with wrappers around those functions.
 
 ``--full-size`` (CUDA) builds the real Z-Image architecture with random weights in
 process (no download, weights materialised once, directly in bf16 on the GPU) and runs
@@ -155,7 +156,8 @@ def instrument_parity() -> Timers:
     from parity.engine import RenderEngine
 
     timers = Timers()
-    for name in ("compare", "jpeg_floor", "load_rgb", "inspect_codec"):
+    # compare() calls compare_many(), so wrapping compare_many counts either call once.
+    for name in ("compare_many", "jpeg_floor", "load_rgb", "inspect_codec"):
         timers.wrap(compare, name, f"metrics.{name}")
     timers.wrap(run, "attribute", "attribution")  # parity.run calls it by this name
     timers.wrap(run, "write_results", "io.results")
@@ -204,7 +206,7 @@ def peak_memory_mib(device: str) -> float:
 def plan(job_dir: Path) -> list[tuple[Any, Any, list[Any]]]:
     """(checkpoint, as-configured request, server prompts) per step with previews."""
     from parity.job import read_job
-    from parity.request import server_prompts
+    from parity.server import server_prompts
     from parity.sides import as_configured_request
 
     job = read_job(job_dir)
@@ -219,7 +221,8 @@ def plan(job_dir: Path) -> list[tuple[Any, Any, list[Any]]]:
 def _scheduler(request: Any, checkpoint_shift: float) -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from parity.request import SERVER_MODELS, SERVER_SCHEDULER_SHIFT
+    from parity.server import SCHEDULER_SHIFT as SERVER_SCHEDULER_SHIFT
+    from parity.server import SERVER_MODELS
 
     replaces = SERVER_MODELS[request.model].replaces_scheduler
     shift = SERVER_SCHEDULER_SHIFT if replaces else checkpoint_shift
@@ -314,7 +317,7 @@ def bare_request_loop(pipe: Any, request_path: Path, out_dir: Path, device: str)
     """Variant f: the request's prompts as the server renders them; ``<i>.png`` each."""
     from diffusers.utils.peft_utils import set_weights_and_activate_adapters
 
-    from parity.request import load_request, server_prompts
+    from parity.server import load_request, server_prompts
 
     request = load_request(request_path)
     prompts = server_prompts(request)  # floor to 32, seeds, guidance as given, one scale
@@ -905,8 +908,19 @@ def _drop_engine_adapter(pipe: Any) -> None:
 
 
 def metric_throughput(pipe: Any, size: int, device: str, repeat: int = 5) -> dict[str, float]:
-    """Seconds per ``size`` x ``size`` pair: SSIM + MS-SSIM, latent distance, compare()."""
+    """Time parity's metrics on ``size`` x ``size`` pairs and print them, ms per megapixel.
+
+    SSIM and PSNR are timed on both of :mod:`parity.compare`'s paths: scikit-image on CPU
+    (the reference, what ``compare()`` uses on CPU) and torchmetrics in float64
+    (``compare_many``'s device path) on CPU, and on CUDA when ``device`` is CUDA, for one
+    render and for a batch of 8 renders of one preview (ms per megapixel of render), with
+    ``torch.cuda.synchronize()`` before the clock is read. The torch path on CPU is timed on
+    a crop of at most 256x256 px: float64 convolution has no fast CPU kernel (18-22 s per
+    megapixel at 1024x1024; the crop reads lower, about 15 s, as it stays in cache).
+    Latent distance and ``compare()`` are timed per pair, in ms.
+    """
     import numpy as np
+    import torch
 
     from parity import compare
 
@@ -914,20 +928,64 @@ def metric_throughput(pipe: Any, size: int, device: str, repeat: int = 5) -> dic
     a = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
     b = np.clip(a.astype(np.int16) + rng.integers(-8, 9, a.shape), 0, 255).astype(np.uint8)
     encode = compare.make_vae_encoder(pipe.vae)
+    crop = min(size, 256)
+    a_crop, b_crop = a[:crop, :crop].copy(), b[:crop, :crop].copy()
 
-    def per_call(fn: Callable[[], Any]) -> float:
+    def ms_per_call(fn: Callable[[], Any], on: str = "cpu", n: int = repeat) -> float:
         fn()  # warm-up
-        _reset_peak(device)
+        _reset_peak(on)
         started = time.perf_counter()
-        for _ in range(repeat):
+        for _ in range(n):
             fn()
-        return (time.perf_counter() - started) / repeat
+        if on.startswith("cuda"):
+            torch.cuda.synchronize()
+        return 1e3 * (time.perf_counter() - started) / n
 
-    return {
-        "ssim_ms_ssim_s": per_call(lambda: compare._ssim_ms_ssim(a, b)),
-        "latent_distance_s": per_call(lambda: compare.latent_distance(a, b, encode=encode)),
-        "compare_s": per_call(lambda: compare.compare(a, b, encode=encode)),
+    def per_mp(ms: float, side: int, renders: int = 1) -> float:
+        return ms / (renders * side * side / 1e6)
+
+    timings = {
+        "ssim_skimage_cpu_ms_per_mp": per_mp(ms_per_call(lambda: compare.ssim(a, b)), size),
+        "psnr_skimage_cpu_ms_per_mp": per_mp(ms_per_call(lambda: compare.psnr(a, b)), size),
+        "ssim_psnr_torch_cpu_ms_per_mp": per_mp(
+            ms_per_call(lambda: compare._torch_ssim_psnr(a_crop, [b_crop], device="cpu"), n=2),
+            crop,
+        ),
     }
+    if device.startswith("cuda"):
+        batch = [b] * 8
+        timings["ssim_psnr_torch_cuda_ms_per_mp"] = per_mp(
+            ms_per_call(lambda: compare._torch_ssim_psnr(a, [b], device=device), device), size
+        )
+        timings["ssim_psnr_torch_cuda_batch8_ms_per_mp"] = per_mp(
+            ms_per_call(lambda: compare._torch_ssim_psnr(a, batch, device=device), device),
+            size,
+            renders=len(batch),
+        )
+    timings["latent_distance_ms_per_pair"] = ms_per_call(
+        lambda: compare.latent_distance(a, b, encode=encode), device
+    )
+    timings["compare_ms_per_pair"] = ms_per_call(
+        lambda: compare.compare(a, b, encode=encode, device=device), device
+    )
+    threads = torch.get_num_threads()
+    print(f"metrics, ms per megapixel ({size}x{size}; torch CPU threads: {threads}):")
+    print(f"  SSIM  scikit-image, cpu        {timings['ssim_skimage_cpu_ms_per_mp']:10.1f}")
+    print(f"  PSNR  scikit-image, cpu        {timings['psnr_skimage_cpu_ms_per_mp']:10.1f}")
+    print(
+        f"  SSIM+PSNR torch float64, cpu   {timings['ssim_psnr_torch_cpu_ms_per_mp']:10.1f}"
+        f"  ({crop}x{crop} crop)"
+    )
+    if device.startswith("cuda"):
+        print(
+            f"  SSIM+PSNR torch float64, {device}, 1 render   "
+            f"{timings['ssim_psnr_torch_cuda_ms_per_mp']:10.2f}"
+        )
+        print(
+            f"  SSIM+PSNR torch float64, {device}, 8 renders  "
+            f"{timings['ssim_psnr_torch_cuda_batch8_ms_per_mp']:10.2f}"
+        )
+    return timings
 
 
 def full_size_benchmark(args: argparse.Namespace) -> int:

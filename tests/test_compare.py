@@ -1,9 +1,18 @@
-"""Tests for parity.compare: metrics, codec matching, image loading, thresholds."""
+"""Tests for parity.compare: metrics, codec matching, image loading, thresholds.
+
+The pixel metrics are checked against outside references: scikit-image's
+``structural_similarity`` and ``peak_signal_noise_ratio`` with the settings every recorded
+number was made with, on both of parity's paths (scikit-image on CPU, torchmetrics in
+torch on a device, run here on CPU).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +24,9 @@ from parity import compare as C
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "fixtures" / "aitk_real" / "tiny_zimage"
 SAMPLES = ROOT / "fixtures" / "aitk_real" / "output" / "aitk_zimage" / "samples"
+
+#: Agreement promised with scikit-image, for both paths.
+AGREEMENT = 1e-4
 
 
 def _smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -34,9 +46,64 @@ def _noisy(img: np.ndarray, amplitude: int, seed: int = 1) -> np.ndarray:
     return np.clip(img.astype(np.int64) + noise, 0, 255).astype(np.uint8)
 
 
+def _near_white(height: int, width: int, seed: int) -> np.ndarray:
+    """A flat 254/255 picture: the variances cancel badly here in float32 (5e-4 off)."""
+    return _noisy(np.full((height, width, 3), 255, np.uint8), 1, seed=seed)
+
+
+def _jpeg_round_trip(img: np.ndarray, **options) -> np.ndarray:
+    buffer = io.BytesIO()
+    Image.fromarray(img).save(buffer, format="JPEG", **options)
+    buffer.seek(0)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
 def _save(img: np.ndarray, path: Path, **options) -> Path:
     Image.fromarray(img).save(path, **options)
     return path
+
+
+def _skimage_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """The reference: what every recorded SSIM meant (win_size only matters below 11 px)."""
+    from skimage.metrics import structural_similarity
+
+    win = min(11, *a.shape[:2])
+    return float(
+        structural_similarity(
+            a,
+            b,
+            channel_axis=-1,
+            data_range=255,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            win_size=win if win % 2 else win - 1,
+        )
+    )
+
+
+def _skimage_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    from skimage.metrics import peak_signal_noise_ratio
+
+    return float(peak_signal_noise_ratio(a, b, data_range=255))
+
+
+def _pairs(height: int, width: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Test pairs of one size: noise, strong noise, JPEG loss, near-white flat areas."""
+    img = _smooth_image(height, width)
+    return [
+        ("noise", img, _noisy(img, 20)),
+        ("strong noise", img, _noisy(img, 90, seed=2)),
+        ("jpeg", img, _jpeg_round_trip(_noisy(img, 5), quality=60)),
+        ("near white", _near_white(height, width, 3), _near_white(height, width, 4)),
+        ("unrelated", img, _smooth_image(height, width, seed=7)),
+    ]
+
+
+def _torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Route compare_many's "device" path (torchmetrics) through the CPU, small batches."""
+    monkeypatch.setattr(C, "_is_cpu", lambda device: False)
+    monkeypatch.setattr(C, "_TORCH_CHUNK_PX", 2 * 80 * 112)  # several torchmetrics calls
 
 
 # --------------------------------------------------------------------------- metrics
@@ -45,44 +112,185 @@ def _save(img: np.ndarray, path: Path, **options) -> Path:
 def test_identical_images_score_perfectly():
     img = _smooth_image(64, 80)
     assert C.ssim(img, img) == 1.0
-    assert C.ms_ssim(img, img) == pytest.approx(1.0, abs=1e-12)
     assert C.psnr(img, img) == math.inf
     result = C.compare(img, img.copy())
     assert result.ssim == 1.0
     assert result.psnr == C.PSNR_IDENTICAL_DB
     assert math.isfinite(result.psnr)
+    assert result.ms_ssim is None
     assert result.resized is False
     assert (result.width_preview, result.height_preview) == (80, 64)
     assert C.distance(result) == 0.0
     assert C.Thresholds().is_match(result)
 
 
-@pytest.mark.parametrize("shape", [(64, 80), (200, 190), (10, 12), (5, 9), (1, 1)])
-def test_ssim_agrees_with_scikit_image(shape):
-    from skimage.metrics import structural_similarity
+SIZES = [(64, 64), (80, 112), (112, 80), (200, 190), (11, 11)]
+SMALL_SIZES = [(10, 12), (5, 9), (1, 1)]
 
-    a = _smooth_image(*shape)
-    b = _noisy(a, 20)
-    win = min(11, *shape)
-    win = win if win % 2 else win - 1
-    reference = structural_similarity(
-        a,
-        b,
-        channel_axis=-1,
-        data_range=255,
-        gaussian_weights=True,
-        sigma=1.5,
-        use_sample_covariance=False,
-        win_size=win,
+
+@pytest.mark.parametrize("shape", SIZES + SMALL_SIZES)
+def test_ssim_and_psnr_agree_with_scikit_image(shape):
+    for name, a, b in _pairs(*shape):
+        assert C.ssim(a, b) == pytest.approx(_skimage_ssim(a, b), abs=AGREEMENT), name
+        assert C.psnr(a, b) == pytest.approx(_skimage_psnr(a, b), abs=AGREEMENT), name
+
+
+@pytest.mark.parametrize("shape", SIZES)
+def test_torch_path_agrees_with_scikit_image(shape):
+    pairs = _pairs(*shape)
+    preview = pairs[0][1]
+    renders = [b for _, a, b in pairs if a is preview] + [preview.copy()]
+    ssims, psnrs = C._torch_ssim_psnr(preview, renders, device="cpu")
+    assert len(ssims) == len(psnrs) == len(renders)
+    for render, s, p in zip(renders[:-1], ssims, psnrs, strict=False):
+        assert s == pytest.approx(_skimage_ssim(preview, render), abs=AGREEMENT)
+        assert p == pytest.approx(_skimage_psnr(preview, render), abs=AGREEMENT)
+    assert ssims[-1] == pytest.approx(1.0, abs=1e-12) and psnrs[-1] == math.inf
+    # Near-white flat areas: where float32 would be 5e-4 off.
+    a, b = _near_white(*shape, 3), _near_white(*shape, 4)
+    (s,), (p,) = C._torch_ssim_psnr(a, [b], device="cpu")
+    assert s == pytest.approx(_skimage_ssim(a, b), abs=AGREEMENT)
+    assert p == pytest.approx(_skimage_psnr(a, b), abs=AGREEMENT)
+
+
+@pytest.mark.parametrize("shape", SMALL_SIZES)
+def test_small_images_fall_back_to_scikit_image_on_a_device(shape, monkeypatch):
+    _torch_path(monkeypatch)
+    for name, a, b in _pairs(*shape):
+        (result,) = C.compare_many(a, [b], device="cuda")  # never reaches torch
+        assert result.ssim == pytest.approx(_skimage_ssim(a, b), abs=AGREEMENT), name
+
+
+def test_torch_path_needs_the_full_window():
+    a = _smooth_image(10, 40)
+    with pytest.raises(ValueError, match="11 px"):
+        C._torch_ssim_psnr(a, [a], device="cpu")
+
+
+def _codec_of(img: np.ndarray, path: Path) -> C.Codec:
+    return C.inspect_codec(_save(img, path))
+
+
+def _renders_for(preview_source: np.ndarray) -> list[np.ndarray]:
+    """Counterfactual-like renders of a preview: exact, noisy, other, another size."""
+    h, w = preview_source.shape[:2]
+    bigger = Image.fromarray(_noisy(preview_source, 3)).resize((w + 16, h + 32))
+    return [
+        preview_source.copy(),
+        _noisy(preview_source, 2),
+        _noisy(preview_source, 40, seed=3),
+        _smooth_image(h, w, seed=9),
+        np.asarray(bigger),
+    ]
+
+
+def _assert_same_comparisons(got, expected, tol):
+    """SSIM within ``tol``, PSNR within ``tol`` dB (1e-5 dB at least: torchmetrics takes
+    the log of data_range in float32), every other field equal."""
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected, strict=True):
+        assert g.ssim == pytest.approx(e.ssim, abs=tol)
+        assert g.psnr == pytest.approx(e.psnr, abs=max(tol, 1e-5))
+        others = ("ssim", "psnr")
+        assert {k: v for k, v in dataclasses.asdict(g).items() if k not in others} == {
+            k: v for k, v in dataclasses.asdict(e).items() if k not in others
+        }
+
+
+@pytest.mark.parametrize("path", ["scikit-image", "torch"])
+def test_compare_many_equals_one_by_one(tmp_path, monkeypatch, path):
+    source = _smooth_image(80, 112)
+    codec = _codec_of(source, tmp_path / "preview.jpg")
+    preview = C.load_rgb(tmp_path / "preview.jpg")
+    renders = _renders_for(source)
+    one_by_one = [C.compare(preview, r, codec=codec) for r in renders]  # scikit-image
+    assert one_by_one[0].ssim == 1.0 and one_by_one[0].psnr == C.PSNR_IDENTICAL_DB
+    assert [c.resized for c in one_by_one] == [False] * 4 + [True]
+    assert (one_by_one[-1].width_render, one_by_one[-1].height_render) == (128, 112)
+    if path == "torch":
+        _torch_path(monkeypatch)
+    batched = C.compare_many(preview, renders, codec=codec)
+    _assert_same_comparisons(batched, one_by_one, 1e-12 if path == "scikit-image" else 1e-9)
+    assert batched[0].psnr == C.PSNR_IDENTICAL_DB and all(c.codec_matched for c in batched)
+    # A stacked array and a (CPU) tensor of the same renders give the same results.
+    import torch
+
+    same_size = renders[:4]
+    stacked = C.compare_many(preview, np.stack(same_size), codec=codec)
+    _assert_same_comparisons(stacked, one_by_one[:4], 1e-9)
+    tensor = C.compare_many(preview, torch.from_numpy(np.stack(same_size)), codec=codec)
+    _assert_same_comparisons(tensor, one_by_one[:4], 1e-9)
+    assert C.compare_many(preview, [], codec=codec) == []
+
+
+def test_compare_many_scores_on_the_renders_device(monkeypatch):
+    import torch
+
+    seen = []
+
+    def recording(a, renders, *, device):
+        seen.append(device)
+        return [0.5] * len(renders), [30.0] * len(renders)
+
+    monkeypatch.setattr(C, "_ssim_psnr_many", recording)
+    img = _smooth_image(32, 32)
+    C.compare_many(img, [img, img])
+    C.compare_many(img, torch.from_numpy(np.stack([img, img])))
+    C.compare_many(img, [torch.from_numpy(img)])
+    C.compare_many(img, [img], device="cuda:1")
+    C.compare(img, img, device="cuda")
+    assert seen == ["cpu", torch.device("cpu"), torch.device("cpu"), "cuda:1", "cuda"]
+    assert C._is_cpu("cpu") and C._is_cpu(torch.device("cpu"))
+    assert not C._is_cpu("cuda") and not C._is_cpu(torch.device("cuda", 1))
+
+
+def test_compare_many_computes_the_preview_latent_once(tiny_vae):
+    encode = C.make_vae_encoder(tiny_vae)
+    calls = []
+
+    def counting(x):
+        calls.append(x.shape)
+        return encode(x)
+
+    preview = _smooth_image(64, 64)
+    renders = [_noisy(preview, 4), _smooth_image(64, 64, seed=5)]
+    batched = C.compare_many(preview, renders, encode=counting)
+    assert len(calls) == 1 + len(renders)
+    for comparison, render in zip(batched, renders, strict=True):
+        expected = C.latent_distance(preview, render, encode=encode)
+        assert comparison.latent_distance == pytest.approx(expected, abs=1e-12)
+    assert 0.0 < batched[0].latent_distance < batched[1].latent_distance
+
+
+@pytest.mark.skipif(
+    not __import__("torch").cuda.is_available(), reason="needs a CUDA device (float64 there)"
+)
+def test_compare_many_on_cuda_agrees_with_scikit_image(tmp_path):
+    import torch
+
+    source = _smooth_image(80, 112)
+    codec = _codec_of(source, tmp_path / "preview.jpg")
+    preview = C.load_rgb(tmp_path / "preview.jpg")
+    renders = _renders_for(source)[:4] + [_near_white(80, 112, 4)]
+    on_gpu = torch.from_numpy(np.stack(renders)).cuda()  # the device is taken from here
+    batched = C.compare_many(preview, on_gpu, codec=codec)
+    _assert_same_comparisons(
+        batched, [C.compare(preview, r, codec=codec) for r in renders], AGREEMENT
     )
-    assert C.ssim(a, b) == pytest.approx(reference, abs=2e-5)  # float32 evaluation
+
+
+def test_ms_ssim_is_not_computed():
+    img = _smooth_image(256, 256)
+    assert C.compare(img, _noisy(img, 10)).ms_ssim is None
+    assert not hasattr(C, "ms_ssim")
+    field = {f.name: f for f in dataclasses.fields(C.Comparison)}["ms_ssim"]
+    assert field.type == "float | None"
 
 
 def test_metrics_fall_as_noise_grows():
     img = _smooth_image(96, 96)
     light, heavy = _noisy(img, 3), _noisy(img, 40)
     assert 1.0 > C.ssim(img, light) > C.ssim(img, heavy)
-    assert 1.0 > C.ms_ssim(img, light) > C.ms_ssim(img, heavy)
     assert C.psnr(img, light) > C.psnr(img, heavy)
 
 
@@ -90,21 +298,10 @@ def test_psnr_in_decibels():
     img = np.full((8, 8, 3), 100, dtype=np.uint8)
     brighter = img + np.uint8(10)  # every value off by 10 -> MSE 100
     assert C.psnr(img, brighter) == pytest.approx(10 * math.log10(255**2 / 100))
-
-
-def test_ms_ssim_on_tiny_images_uses_fewer_scales():
-    for shape in [(1, 1), (5, 7), (16, 16), (40, 30)]:
-        a = _smooth_image(*shape)
-        b = _noisy(a, 30)
-        value = C.ms_ssim(a, b)
-        assert 0.0 <= value <= 1.0
-    # Below 22 px only one scale fits, and MS-SSIM reduces to SSIM.
-    a = _smooth_image(20, 20)
-    b = _noisy(a, 10)
-    assert C.ms_ssim(a, b) == pytest.approx(max(C.ssim(a, b), 0.0))
-    assert C._ms_ssim_scales(1024, 1024) == 5
-    assert C._ms_ssim_scales(176, 400) == 5
-    assert C._ms_ssim_scales(175, 400) == 4
+    (psnr,) = C._torch_ssim_psnr(
+        np.full((16, 16, 3), 100, np.uint8), [np.full((16, 16, 3), 110, np.uint8)], device="cpu"
+    )[1]
+    assert psnr == pytest.approx(10 * math.log10(255**2 / 100), abs=AGREEMENT)
 
 
 def test_metrics_reject_mismatched_or_wrong_arrays():
@@ -113,6 +310,19 @@ def test_metrics_reject_mismatched_or_wrong_arrays():
         C.ssim(a, _smooth_image(16, 17))
     with pytest.raises(ValueError, match="uint8"):
         C.psnr(a.astype(np.float32), a.astype(np.float32))
+    with pytest.raises(ValueError, match="uint8"):
+        C.compare_many(a, [a.astype(np.float32)])
+
+
+def test_importing_compare_loads_no_heavy_library():
+    code = (
+        "import sys, parity.compare\n"
+        "print(sorted({'torch', 'torchmetrics', 'skimage', 'scipy'} & set(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "[]"
 
 
 # --------------------------------------------------------------------------- loading
@@ -161,35 +371,64 @@ def test_bad_files_raise_image_read_error_naming_the_file(tmp_path, kind):
 # --------------------------------------------------------------------------- codecs
 
 
-def test_pillow_default_jpeg_is_quality_75_420(tmp_path):
+def _pillow_default_qtables() -> tuple[tuple[int, ...], ...]:
+    """The quantization tables Pillow writes by default (quality 75)."""
+    buffer = io.BytesIO()
+    Image.fromarray(_smooth_image(16, 16)).save(buffer, format="JPEG")
+    buffer.seek(0)
+    with Image.open(buffer) as im:
+        return tuple(tuple(im.quantization[k]) for k in sorted(im.quantization))
+
+
+def test_pillow_default_jpeg_is_read_as_its_tables_and_420(tmp_path):
     path = _save(_smooth_image(64, 64), tmp_path / "default.jpg")
     codec = C.inspect_codec(path)
-    assert codec.format == "JPEG"
-    assert codec.quality == 75 and codec.quality_exact
+    assert codec.format == "JPEG" and codec.mode == "RGB"
     assert codec.subsampling == "4:2:0"
+    assert codec.qtables == _pillow_default_qtables()
+    assert len(codec.qtables) == 2 and all(len(t) == 64 for t in codec.qtables)
     assert not codec.lossless
+    assert not hasattr(codec, "quality") and not hasattr(codec, "quality_exact")
 
 
 @pytest.mark.parametrize(
     ("quality", "subsampling", "name"),
     [(95, 0, "4:4:4"), (90, 1, "4:2:2"), (50, 2, "4:2:0"), (20, 0, "4:4:4"), (3, 2, "4:2:0")],
 )
-def test_jpeg_quality_and_subsampling_detected(tmp_path, quality, subsampling, name):
-    path = _save(
-        _smooth_image(48, 64),
-        tmp_path / f"q{quality}.jpg",
-        quality=quality,
-        subsampling=subsampling,
-    )
+def test_jpeg_tables_and_subsampling_are_reproduced(tmp_path, quality, subsampling, name):
+    render = _noisy(_smooth_image(48, 64), 10)
+    path = _save(render, tmp_path / f"q{quality}.jpg", quality=quality, subsampling=subsampling)
     codec = C.inspect_codec(path)
-    assert (codec.quality, codec.subsampling) == (quality, name)
-    assert codec.quality_exact
+    assert codec.subsampling == name
+    assert codec.qtables != _pillow_default_qtables()
+    # The file's own tables and subsampling: re-encoding gives the file's pixels exactly.
+    assert np.array_equal(C.encode_like(render, codec), C.load_rgb(path))
+
+
+def test_jpeg_without_tables_uses_pillow_default_quality(tmp_path):
+    render = _noisy(_smooth_image(48, 64), 10)
+    default = C.load_rgb(_save(render, tmp_path / "default.jpg"))
+    q95 = C.inspect_codec(_save(render, tmp_path / "q95.jpg", quality=95, subsampling=2))
+    no_tables = dataclasses.replace(q95, qtables=None)
+    assert np.array_equal(C.encode_like(render, no_tables), default)
+    assert not np.array_equal(C.encode_like(render, q95), default)
+
+
+def test_grayscale_jpeg_is_encoded_as_grayscale(tmp_path):
+    gray = _smooth_image(40, 56)[..., 0]
+    path = _save(gray, tmp_path / "gray.jpg")
+    codec = C.inspect_codec(path)
+    assert codec.mode == "L" and codec.subsampling is None and len(codec.qtables) == 1
+    rgb = np.repeat(gray[..., np.newaxis], 3, axis=2)
+    again = C.encode_like(rgb, codec)
+    assert np.array_equal(again, C.load_rgb(path))
+    assert np.array_equal(again[..., 0], again[..., 2])
 
 
 def test_png_is_lossless(tmp_path):
     img = _smooth_image(20, 30)
     codec = C.inspect_codec(_save(img, tmp_path / "x.png"))
-    assert codec.format == "PNG" and codec.lossless and codec.quality is None
+    assert codec.format == "PNG" and codec.lossless and codec.qtables is None
     assert np.array_equal(C.encode_like(img, codec), img)
     floor = C.jpeg_floor(img, codec)
     assert floor == {"ssim": 1.0, "psnr": C.PSNR_IDENTICAL_DB}
@@ -209,8 +448,6 @@ def test_encode_like_reproduces_a_pillow_jpeg_exactly(tmp_path):
     codec = C.inspect_codec(path)
     # Encoding the lossless render the way the preview was encoded gives the preview.
     assert np.array_equal(C.encode_like(render, codec), preview)
-    by_quality = C.Codec(format="JPEG", quality=75, subsampling="4:2:0")
-    assert np.array_equal(C.encode_like(render, by_quality), preview)
     # Without codec matching the same render scores below 1; with it, exactly 1.
     assert C.compare(preview, render).ssim < 1.0
     matched = C.compare(preview, render, codec=codec)
@@ -231,19 +468,23 @@ def test_jpeg_floor_is_below_one_for_jpeg(tmp_path):
     codec = C.inspect_codec(_save(img, tmp_path / "p.jpg"))
     floor = C.jpeg_floor(img, codec)
     assert set(floor) == {"ssim", "psnr"}
+    again = C.encode_like(img, codec)
+    assert floor["ssim"] == pytest.approx(_skimage_ssim(img, again), abs=AGREEMENT)
+    assert floor["psnr"] == pytest.approx(_skimage_psnr(img, again), abs=AGREEMENT)
     assert 0.0 < floor["ssim"] < 1.0
     assert 0.0 < floor["psnr"] < C.PSNR_IDENTICAL_DB
-    better = C.jpeg_floor(img, C.Codec(format="JPEG", quality=95, subsampling="4:4:4"))
+    q95 = C.inspect_codec(_save(img, tmp_path / "q95.jpg", quality=95, subsampling=0))
+    better = C.jpeg_floor(img, q95)
     assert floor["ssim"] < better["ssim"] < 1.0
 
 
-def test_real_ai_toolkit_previews_are_q75_420():
+def test_real_ai_toolkit_previews_are_pillow_defaults():
     previews = sorted(SAMPLES.glob("*.jpg"))
     assert len(previews) == 15
     for path in previews:
         codec = C.inspect_codec(path)
-        assert (codec.format, codec.quality, codec.subsampling) == ("JPEG", 75, "4:2:0"), path
-        assert codec.quality_exact, path
+        assert (codec.format, codec.subsampling) == ("JPEG", "4:2:0"), path
+        assert codec.qtables == _pillow_default_qtables(), path
 
 
 # --------------------------------------------------------------------------- sizes
@@ -270,7 +511,7 @@ def _comparison(**overrides) -> C.Comparison:
     fields = dict(
         ssim=1.0,
         psnr=C.PSNR_IDENTICAL_DB,
-        ms_ssim=1.0,
+        ms_ssim=None,
         latent_distance=None,
         lpips=None,
         resized=False,
