@@ -8,21 +8,25 @@ can reproduce a preview, the reason is given instead.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from parity.attribute import Attribution
 from parity.job import Job
-from parity.request import (
+from parity.server import (
+    GUIDANCE_BOUNDS,
+    LORA_SCALE_BOUNDS,
+    RESOLUTION_DIVISOR,
     SERVER_MODELS,
-    SERVER_SCHEDULER_SHIFT,
+    SIZE_BOUNDS,
     InferenceRequest,
     LoraItem,
     PromptItem,
+    clamp,
     request_number,
 )
-from parity.settings import RenderSettings
-
-_DIVISOR = 32
+from parity.settings import Cause, RenderSettings
 
 
 @dataclass
@@ -61,14 +65,13 @@ def blockers(
 ) -> list[str]:
     """Reasons the server cannot reproduce ``preview`` with any request."""
     reasons = []
-    if preview.width % _DIVISOR or preview.height % _DIVISOR:
+    div = RESOLUTION_DIVISOR
+    if preview.width % div or preview.height % div:
         reasons.append(
-            f"{preview.width}x{preview.height} is not a multiple of {_DIVISOR}; the server "
-            f"floors it to {preview.width // _DIVISOR * _DIVISOR}x"
-            f"{preview.height // _DIVISOR * _DIVISOR}"
+            f"{preview.width}x{preview.height} is not a multiple of {div}; the server "
+            f"floors it to {preview.width // div * div}x{preview.height // div * div}"
         )
-    server = SERVER_MODELS[model]
-    server_shift = SERVER_SCHEDULER_SHIFT if server.replaces_scheduler else checkpoint_shift
+    server_shift = SERVER_MODELS[model].scheduler_shift(checkpoint_shift)
     if server_shift is not None and server_shift != preview.scheduler_shift:
         reasons.append(
             f"the preview used scheduler shift {preview.scheduler_shift:g}; the server's "
@@ -79,8 +82,11 @@ def blockers(
             "the preview came from an ai-toolkit release whose diffusers made N-1 updates for "
             "N steps; the server's diffusers makes N"
         )
-    if preview.pipeline_guidance > 20:
-        reasons.append(f"guidance {preview.pipeline_guidance:g} exceeds the server's limit of 20")
+    if preview.pipeline_guidance > GUIDANCE_BOUNDS[1]:
+        reasons.append(
+            f"guidance {preview.pipeline_guidance:g} exceeds the server's limit of "
+            f"{GUIDANCE_BOUNDS[1]:g}"
+        )
     if preview.quantization.active:
         q = preview.quantization
         reasons.append(
@@ -97,21 +103,45 @@ def blockers(
             "the server's LoRA loader matches no module of this LoRA file; re-save its keys as "
             "'diffusion_model.<module>.lora_A.weight' / '.lora_B.weight'"
         )
-    if preview.lora is not None and not -2 <= preview.lora.scale <= 2:
-        reasons.append(f"LoRA scale {preview.lora.scale:g} is outside the server's [-2, 2]")
+    low, high = LORA_SCALE_BOUNDS
+    if preview.lora is not None and not low <= preview.lora.scale <= high:
+        reasons.append(
+            f"LoRA scale {preview.lora.scale:g} is outside the server's [{low:g}, {high:g}]"
+        )
     return reasons
+
+
+def closest_without_precision(attribution: Attribution | None) -> str | None:
+    """How close the server's full-precision render gets with every other cause corrected.
+
+    That is the "all but precision" counterfactual (with precision the only candidate,
+    the reference render itself). None when it was not rendered.
+    """
+    record = attribution.left_out(Cause.PRECISION) if attribution is not None else None
+    if record is None:
+        return None
+    return (
+        f"closest the server gets: with every other setting corrected, its render reaches "
+        f"SSIM {record.ssim:.4f}, PSNR {record.psnr:.1f} dB against the preview"
+    )
 
 
 def corrected_requests(
     job: Job,
     step: int,
-    previews: dict[int, RenderSettings],
+    previews: Mapping[int, RenderSettings],
     *,
+    attributions: Mapping[int, Attribution | None] | None = None,
     lora_not_applied: bool = False,
     checkpoint_shift: float | None = None,
     server_dtype: str | None = None,
 ) -> CorrectedRequests:
-    """Requests that reproduce the previews of ``step`` (``previews``: index → settings)."""
+    """Requests that reproduce the previews of ``step`` (``previews``: index → settings).
+
+    ``attributions`` (index → the preview's attribution, where one was made) add, to a
+    preview no request can reproduce exactly, how close the server gets.
+    """
+    attributions = attributions or {}
     checkpoint = job.checkpoint_for_step(step)
     out = CorrectedRequests(step=step)
     groups: dict[float | None, list[tuple[int, PromptItem]]] = {}
@@ -124,15 +154,18 @@ def corrected_requests(
             lora_not_applied=lora_not_applied and s.lora is not None,
             server_dtype=server_dtype,
         )
+        closest = closest_without_precision(attributions.get(index))
+        if reasons and closest is not None and s.quantization.active:
+            reasons.append(closest)
         if reasons:
             out.cannot[index] = reasons
         sample = job.samples[index]
         item = PromptItem(
             prompt=sample.prompt_template,
-            width=max(64, s.width),
-            height=max(64, s.height),
+            width=int(clamp(s.width, SIZE_BOUNDS)),
+            height=int(clamp(s.height, SIZE_BOUNDS)),
             # The server passes guidance to diffusers unchanged.
-            guidance_scale=min(20.0, _num(s.pipeline_guidance)),
+            guidance_scale=clamp(_num(s.pipeline_guidance), GUIDANCE_BOUNDS),
             sample_steps=s.steps,
             seed=s.seed,
             neg=s.negative_prompt,
@@ -149,7 +182,7 @@ def corrected_requests(
             loras.append(
                 LoraItem(
                     path=Path(checkpoint.path).name,
-                    network_multiplier=_num(max(-2, min(2, scale))),
+                    network_multiplier=_num(clamp(scale, LORA_SCALE_BOUNDS)),
                 )
             )
         elif stand_in is not None:

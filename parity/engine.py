@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from parity.errors import LoraError, ModelLoadError, ParityError, RenderError
-from parity.settings import Dtype, LoraSettings, Quantization, RenderSettings
+from parity.errors import PICKLED_SUFFIXES, LoraError, ModelLoadError, ParityError, RenderError
+from parity.settings import Dtype, LoraApplier, LoraSettings, Quantization, RenderSettings
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 LORA_ADAPTER = "lora"
 #: Key prefixes ai-toolkit and diffusers use for transformer LoRA keys.
 LORA_KEY_PREFIXES = ("diffusion_model.", "transformer.", "base_model.model.")
-PICKLED_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl"}
 
 
 @dataclass
@@ -341,7 +340,7 @@ class RenderEngine:
         variant = self.variant(settings.dtype, settings.quantization)
         lora = settings.lora
         use_aitk = lora is not None and (
-            lora.applier == "aitk" or lora.merged or settings.quantization.active
+            lora.applier is LoraApplier.AITK or lora.merged or settings.quantization.active
         )
         hooks: list[Any] = []
         backups: list[Any] = []

@@ -7,6 +7,10 @@ status 2 with their one-line message; per-preview ones become ``error`` rows.
 
 from __future__ import annotations
 
+#: File suffixes of pickled formats (torch.save and friends). parity never opens them:
+#: unpickling runs code from the file.
+PICKLED_SUFFIXES = frozenset({".pt", ".pth", ".ckpt", ".bin", ".pkl"})
+
 
 class ParityError(Exception):
     """Base class of every error parity raises on purpose."""

@@ -17,63 +17,26 @@ import json
 import logging
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from parity.errors import JobError, SampleError
+from parity.aitk import SAMPLE_DEFAULTS, aitk_version_from_metadata, floor8
+from parity.errors import PICKLED_SUFFIXES, JobError, SampleError
 from parity.models import REFERENCE_MODELS
 from parity.settings import Quantization
 
 log = logging.getLogger(__name__)
 
-# ai-toolkit's SampleConfig defaults.
-SAMPLE_DEFAULTS: dict[str, Any] = {
-    "sampler": "ddpm",
-    "width": 512,
-    "height": 512,
-    "neg": False,
-    "seed": 0,
-    "walk_seed": False,
-    "guidance_scale": 7,
-    "sample_steps": 20,
-    "network_multiplier": 1,
-    "format": "jpg",
-}
-
 CHECKPOINT_RE = re.compile(r"^(?P<name>.+)_(?P<step>\d{9})\.safetensors$")
 PREVIEW_RE = re.compile(r"^(?P<ms>\d+)__(?P<step>\d{9})_(?P<index>\d+)\.(?P<ext>[A-Za-z0-9]+)$")
 IMAGE_EXTS = {"jpg", "jpeg", "png", "webp"}
-PICKLED_EXTS = {"pt", "pth", "ckpt", "bin", "pkl"}
 
 
 # --------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class Era:
-    """Preview semantics of one range of ai-toolkit releases (DOMAIN table, section 5).
-
-    Attributes
-    ----------
-    guidance:
-        ``"minus_one"``: the pipeline got ``max(0, g - 1)`` (0.10.21 and later);
-        ``"raw"``: it got ``g`` and CFG ran for ``g > 0`` (0.7.25 to 0.10.20);
-        ``"raw_gt1"``: it got ``g`` and CFG ran only for ``g > 1`` (before 0.7.25).
-    size_multiple:
-        The model's size floor (16, or 32 before 0.9.15).
-    legacy_sigmas:
-        True when N steps made N-1 updates (diffusers before 0.39).
-    """
-
-    version: str | None
-    guidance: str
-    size_multiple: int
-    legacy_sigmas: bool
-    label: str
-    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -143,6 +106,8 @@ class Job:
     checkpoints: tuple[Checkpoint, ...]
     previews: tuple[Preview, ...]
     problems: tuple[str, ...] = ()
+    #: Checkpoint files of a step that were refused (pickled formats), by step.
+    refused_checkpoints: Mapping[int, str] = field(default_factory=dict)
 
     @property
     def steps(self) -> list[int]:
@@ -236,58 +201,6 @@ def _process(config: dict[str, Any], config_path: Path) -> tuple[str, dict[str, 
     return name, processes[0]
 
 
-# ----------------------------------------------------------------------- versions
-
-
-def _version_tuple(version: str) -> tuple[int, ...]:
-    parts = re.findall(r"\d+", version)
-    return tuple(int(p) for p in parts[:3])
-
-
-def era_for_version(version: str | None) -> Era:
-    """The preview semantics of the ai-toolkit release that wrote a LoRA.
-
-    Unknown or unparsable versions get the current semantics.
-    """
-    if not version or not re.match(r"^\d+\.\d+", version):
-        return Era(version, "minus_one", 16, False, "current (version unknown)")
-    v = _version_tuple(version)
-    if v < (0, 7, 25):
-        return Era(version, "raw_gt1", 32, True, "<0.7.25: cfg g (runs for g>1), 32, N-1 updates")
-    if v < (0, 9, 15):
-        note = (
-            "0.9.14 switched to 16 late in the release; 32 assumed" if v[:3] == (0, 9, 14) else ""
-        )
-        return Era(version, "raw", 32, True, "0.7.25-0.9.14: cfg g, 32, N-1 updates", note)
-    if v < (0, 10, 21):
-        return Era(version, "raw", 16, True, "0.9.15-0.10.20: cfg g, 16, N-1 updates")
-    if v < (0, 10, 24):
-        return Era(version, "minus_one", 16, True, "0.10.21-0.10.23: cfg g-1, 16, N-1 updates")
-    if v == (0, 10, 24):
-        return Era(
-            version,
-            "minus_one",
-            16,
-            False,
-            "0.10.24: cfg g-1, 16, N updates",
-            "0.10.24 shipped with both diffusers pins; N updates assumed",
-        )
-    return Era(version, "minus_one", 16, False, ">=0.10.25: cfg g-1, 16, N updates")
-
-
-def aitk_version_from_metadata(metadata: dict[str, str]) -> str | None:
-    software = metadata.get("software")
-    if not software:
-        return None
-    try:
-        info = json.loads(software)
-    except (json.JSONDecodeError, TypeError):
-        return None
-    if isinstance(info, dict) and isinstance(info.get("version"), str):
-        return info["version"]
-    return None
-
-
 # ----------------------------------------------------------------------- models
 
 
@@ -339,11 +252,6 @@ def replace_trigger(prompt: str, trigger_word: str | None) -> str:
     if trigger_word is None:
         return prompt
     return prompt.replace("[name]", trigger_word).replace("[trigger]", trigger_word)
-
-
-def floor8(value: int) -> int:
-    """GenerateImageConfig's size rule: floor to a multiple of 8, at least 64 (pixels)."""
-    return max(64, value - value % 8)
 
 
 _INT_FLAGS = {
@@ -564,7 +472,9 @@ def read_checkpoint_metadata(path: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in metadata.items()}
 
 
-def _scan_checkpoints(root: Path, name: str, problems: list[str]) -> tuple[Checkpoint, ...]:
+def _scan_checkpoints(
+    root: Path, name: str, problems: list[str], refused: dict[int, str]
+) -> tuple[Checkpoint, ...]:
     found: list[Checkpoint] = []
     for path in sorted(root.glob("*.safetensors")):
         match = CHECKPOINT_RE.match(path.name)
@@ -594,11 +504,14 @@ def _scan_checkpoints(root: Path, name: str, problems: list[str]) -> tuple[Check
     # Pickled checkpoints (torch.save) are never read: name them so the step's error says why.
     for path in sorted(root.iterdir()):
         stem, dot, suffix = path.name.rpartition(".")
-        if dot and suffix.lower() in PICKLED_EXTS and CHECKPOINT_RE.match(f"{stem}.safetensors"):
-            problems.append(
+        match = CHECKPOINT_RE.match(f"{stem}.safetensors")
+        if dot and f".{suffix.lower()}" in PICKLED_SUFFIXES and match:
+            reason = (
                 f"{path}: pickled checkpoint format (.{suffix}) refused, never unpickled; "
                 "convert it to .safetensors"
             )
+            problems.append(reason)
+            refused.setdefault(int(match.group("step")), reason)
     # Final file and a step file of the same step: prefer the step file.
     by_step: dict[int, Checkpoint] = {}
     for ckpt in found:
@@ -681,7 +594,8 @@ def read_job(path: str | Path, *, reference_model: str | None = None) -> Job:
 
     multipliers = {s.network_multiplier for s in samples if s.error is None}
     problems: list[str] = []
-    checkpoints = _scan_checkpoints(root, name, problems)
+    refused: dict[int, str] = {}
+    checkpoints = _scan_checkpoints(root, name, problems, refused)
     previews = _scan_previews(root)
     return Job(
         root=root,
@@ -705,4 +619,5 @@ def read_job(path: str | Path, *, reference_model: str | None = None) -> Job:
         checkpoints=checkpoints,
         previews=previews,
         problems=tuple(problems),
+        refused_checkpoints=refused,
     )

@@ -1,9 +1,10 @@
-"""The reference inference server's API request and what the server does with it.
+"""The reference inference server: its rules, its API request, what it does with one.
 
-The schema mirrors the server's validation rules (field names and bounds); the
-functions below give the server's effective settings for each prompt: per-model
-defaults, the floor to 32, seed ``42 + i`` when absent, and one LoRA scale per request
-(the first ``network_multiplier`` given).
+Every fact about the server lives here (runcomfy ai-toolkit-inference, ``src/pipelines``
+and ``src/api``): per-model defaults and checkpoints, the floor to 32, the request's
+bounds, seed ``42 + i`` when absent, one LoRA scale per request (the first
+``network_multiplier`` given), its dtype rule, scheduler shift and output codec. The
+request schema below mirrors the server's validation (field names and bounds).
 """
 
 from __future__ import annotations
@@ -18,8 +19,32 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from parity.errors import RequestError
 from parity.models import REFERENCE_MODELS
+from parity.settings import Dtype
 
 log = logging.getLogger(__name__)
+
+#: Width and height are floored to a multiple of this (BasePipeline.generate).
+RESOLUTION_DIVISOR = 32
+#: Scheduler shift when the server replaces the checkpoint's scheduler.
+SCHEDULER_SHIFT = 3.0
+#: Seed of prompt i without a seed: ``DEFAULT_SEED + i``.
+DEFAULT_SEED = 42
+#: Size of a prompt without width/height, px.
+DEFAULT_SIZE = 1024
+#: JPEG quality of the images the server returns.
+OUTPUT_JPEG_QUALITY = 95
+
+#: Bounds of the request schema (inclusive).
+SIZE_BOUNDS = (64, 4096)  # px
+GUIDANCE_BOUNDS = (0.0, 20.0)
+STEPS_BOUNDS = (1, 150)
+LORA_SCALE_BOUNDS = (-2.0, 2.0)
+
+
+def clamp(value: float, bounds: tuple[float, float]) -> float:
+    """``value`` limited to ``bounds`` (what a request may carry)."""
+    low, high = bounds
+    return max(low, min(high, value))
 
 
 @dataclass(frozen=True)
@@ -29,11 +54,7 @@ class ServerModel:
     model_id: str
     default_steps: int
     default_guidance: float
-    replaces_scheduler: bool  # True: FlowMatch shift 3.0; False: the checkpoint's own
-    resolution_divisor: int = 32
-    default_width: int = 1024
-    default_height: int = 1024
-    default_seed: int = 42
+    replaces_scheduler: bool  # True: FlowMatch shift SCHEDULER_SHIFT; False: the checkpoint's
     default_network_multiplier: float = 1.0
 
     @property
@@ -45,6 +66,10 @@ class ServerModel:
         """Hub id of the VAE, text encoder and tokenizer."""
         return REFERENCE_MODELS[self.model_id][1]
 
+    def scheduler_shift(self, checkpoint_shift: float | None) -> float | None:
+        """The shift this pipeline samples with, given the checkpoint's own (or None)."""
+        return SCHEDULER_SHIFT if self.replaces_scheduler else checkpoint_shift
+
 
 SERVER_MODELS: dict[str, ServerModel] = {
     "zimage": ServerModel("zimage", 30, 4.0, replaces_scheduler=True),
@@ -52,8 +77,12 @@ SERVER_MODELS: dict[str, ServerModel] = {
     "zimage_deturbo": ServerModel("zimage_deturbo", 25, 3.0, replaces_scheduler=True),
 }
 
-#: Scheduler shift the server uses when it replaces the checkpoint's scheduler.
-SERVER_SCHEDULER_SHIFT = 3.0
+
+def server_dtype(device: str, *, bf16_supported: bool = True) -> Dtype:
+    """The server's dtype rule: bf16 on CUDA when supported, else fp16; fp32 on CPU."""
+    if device.startswith("cuda"):
+        return "bfloat16" if bf16_supported else "float16"
+    return "float32"
 
 
 class LoraItem(BaseModel):
@@ -61,7 +90,9 @@ class LoraItem(BaseModel):
 
     path: str
     transformer: Literal["low", "high"] | None = None
-    network_multiplier: float | None = Field(default=None, ge=-2.0, le=2.0)
+    network_multiplier: float | None = Field(
+        default=None, ge=LORA_SCALE_BOUNDS[0], le=LORA_SCALE_BOUNDS[1]
+    )
 
 
 class PromptItem(BaseModel):
@@ -69,10 +100,10 @@ class PromptItem(BaseModel):
 
     prompt: str
     trigger_word: str | None = None
-    width: int | None = Field(default=None, ge=64, le=4096)
-    height: int | None = Field(default=None, ge=64, le=4096)
-    guidance_scale: float | None = Field(default=None, ge=0, le=20)
-    sample_steps: int | None = Field(default=None, ge=1, le=150)
+    width: int | None = Field(default=None, ge=SIZE_BOUNDS[0], le=SIZE_BOUNDS[1])
+    height: int | None = Field(default=None, ge=SIZE_BOUNDS[0], le=SIZE_BOUNDS[1])
+    guidance_scale: float | None = Field(default=None, ge=GUIDANCE_BOUNDS[0], le=GUIDANCE_BOUNDS[1])
+    sample_steps: int | None = Field(default=None, ge=STEPS_BOUNDS[0], le=STEPS_BOUNDS[1])
     neg: str | None = None
     seed: int | None = Field(default=None, ge=-1)
     sampler: str | None = None
@@ -190,10 +221,10 @@ def server_prompts(request: InferenceRequest) -> list[ServerPrompt]:
     for i, item in enumerate(request.prompts):
         trigger = item.trigger_word or request.trigger_word
         prompt = item.prompt.replace("[trigger]", trigger) if trigger else item.prompt
-        width = item.width if item.width is not None else model.default_width
-        height = item.height if item.height is not None else model.default_height
-        div = model.resolution_divisor
-        seed = item.seed if item.seed is not None else model.default_seed + i
+        width = item.width if item.width is not None else DEFAULT_SIZE
+        height = item.height if item.height is not None else DEFAULT_SIZE
+        div = RESOLUTION_DIVISOR
+        seed = item.seed if item.seed is not None else DEFAULT_SEED + i
         out.append(
             ServerPrompt(
                 index=i,

@@ -12,21 +12,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from parity.job import Checkpoint, Era, Job, SampleSpec, era_for_version
-from parity.request import (
+from parity import aitk, server
+from parity.aitk import Era, era_for_version
+from parity.job import Checkpoint, Job, SampleSpec
+from parity.server import (
+    GUIDANCE_BOUNDS,
     SERVER_MODELS,
-    SERVER_SCHEDULER_SHIFT,
+    SIZE_BOUNDS,
+    STEPS_BOUNDS,
     InferenceRequest,
     LoraItem,
     PromptItem,
     ServerPrompt,
+    clamp,
     request_number,
     server_prompts,
 )
-from parity.settings import CAUSES, Dtype, LoraSettings, Quantization, RenderSettings, legacy_sigmas
-
-#: ai-toolkit samples Z-Image with this FlowMatch shift whatever the checkpoint ships.
-AITK_SCHEDULER_SHIFT = 3.0
+from parity.settings import (
+    CAUSES,
+    Cause,
+    Dtype,
+    LoraApplier,
+    LoraSettings,
+    Quantization,
+    RenderSettings,
+    legacy_sigmas,
+)
 
 _DTYPE_NAMES: dict[str, Dtype] = {
     "fp32": "float32",
@@ -45,25 +56,6 @@ def normalize_dtype(name: str) -> Dtype:
         return _DTYPE_NAMES[name.lower()]
     except KeyError:
         raise ValueError(f"unknown dtype {name!r}; use one of fp32, fp16, bf16") from None
-
-
-def server_dtype(device: str, *, bf16_supported: bool = True) -> Dtype:
-    """The server's dtype rule: bf16 on CUDA when supported, else fp16; fp32 on CPU."""
-    if device.startswith("cuda"):
-        return "bfloat16" if bf16_supported else "float16"
-    return "float32"
-
-
-def aitk_pipeline_guidance(guidance_scale: float, era: Era) -> float:
-    """The guidance value that makes the installed diffusers do what ai-toolkit's did.
-
-    Installed diffusers runs CFG ``pos + g (pos - neg)`` for ``g > 0``.
-    """
-    if era.guidance == "minus_one":
-        return max(0.0, guidance_scale - 1.0)
-    if era.guidance == "raw_gt1":
-        return guidance_scale if guidance_scale > 1.0 else 0.0
-    return guidance_scale
 
 
 def snap(value: int, multiple: int) -> int:
@@ -94,17 +86,17 @@ def preview_settings(
             path=str(checkpoint.path),
             scale=sample.network_multiplier,
             merged=job.merged_lora,
-            applier="aitk",
+            applier=LoraApplier.AITK,
         )
     return RenderSettings(
         prompt=sample.prompt,
         negative_prompt=sample.negative_prompt,
         width=snap(sample.width, era.size_multiple),
         height=snap(sample.height, era.size_multiple),
-        pipeline_guidance=aitk_pipeline_guidance(sample.guidance_scale, era),
+        pipeline_guidance=era.pipeline_guidance(sample.guidance_scale),
         steps=sample.steps,
         sigmas=legacy_sigmas(sample.steps) if era.legacy_sigmas else None,
-        scheduler_shift=AITK_SCHEDULER_SHIFT,
+        scheduler_shift=aitk.SCHEDULER_SHIFT,
         seed=sample.seed,
         generator="global",
         lora=lora,
@@ -130,10 +122,9 @@ def reference_settings(
     """
     model = SERVER_MODELS[request.model]
     prompt = server_prompts(request)[index]
-    if model.replaces_scheduler:
-        shift = SERVER_SCHEDULER_SHIFT
-    else:
-        shift = checkpoint_shift if checkpoint_shift is not None else SERVER_SCHEDULER_SHIFT
+    shift = model.scheduler_shift(checkpoint_shift)
+    if shift is None:  # a checkpoint without a scheduler config: diffusers' default
+        shift = server.SCHEDULER_SHIFT
     lora = LoraSettings(path=lora_paths[0], scale=prompt.lora_scale) if lora_paths else None
     settings = RenderSettings(
         prompt=prompt.prompt,
@@ -146,7 +137,7 @@ def reference_settings(
         scheduler_shift=shift,
         generator="cpu",
         lora=lora,
-        dtype=dtype or server_dtype(device),
+        dtype=dtype or server.server_dtype(device),
         quantization=Quantization(),
     )
     return settings, prompt
@@ -157,30 +148,29 @@ def as_configured_request(job: Job, checkpoint: Checkpoint | None) -> InferenceR
 
     Only settings written in the config are copied (ai-toolkit's defaults are not, so
     the server fills in its own): prompt flags resolved into fields, ``[trigger]`` left
-    for the server, sizes, seeds, steps and guidance as written, one LoRA at the
-    sample-level multiplier. A seed comes from the item (or its ``--seed`` flag), else
-    from the sample-level ``seed``.
+    for the server, sizes, steps and guidance as written (within the server's bounds),
+    one LoRA at the sample-level multiplier. Seeds are the ones ai-toolkit used, written
+    explicitly for every prompt whenever the config sets any seed (an item's own seed or
+    ``--seed`` flag, else the sample ``seed`` plus the item's index with ``walk_seed``,
+    else the sample ``seed``): a user copying the config means those.
     """
     cfg = job.sample_config
+    seeds_written = "seed" in cfg or "walk_seed" in cfg
     prompts = []
     for s in job.samples:
         if s.error:
             continue
         w = s.written
-        seed = None
-        if s.explicit_seed:
-            seed = s.seed
-        elif "seed" in cfg:
-            seed = int(cfg["seed"])
+        size_written = ("width" in w, "height" in w)
         prompts.append(
             PromptItem(
                 prompt=s.prompt_template,
-                width=max(64, min(4096, s.width)) if "width" in w else None,
-                height=max(64, min(4096, s.height)) if "height" in w else None,
-                seed=seed,
-                sample_steps=max(1, min(150, s.steps)) if "sample_steps" in w else None,
+                width=int(clamp(s.width, SIZE_BOUNDS)) if size_written[0] else None,
+                height=int(clamp(s.height, SIZE_BOUNDS)) if size_written[1] else None,
+                seed=s.seed if (s.explicit_seed or seeds_written) else None,
+                sample_steps=int(clamp(s.steps, STEPS_BOUNDS)) if "sample_steps" in w else None,
                 guidance_scale=(
-                    max(0.0, min(20.0, s.guidance_scale)) if "guidance_scale" in w else None
+                    clamp(s.guidance_scale, GUIDANCE_BOUNDS) if "guidance_scale" in w else None
                 ),
                 neg=s.negative_prompt if "neg" in w else None,
             )
@@ -201,45 +191,29 @@ class SidePair:
     preview: RenderSettings
     reference: RenderSettings
     server_prompt: ServerPrompt
-    differences: tuple[str, ...]
+    differences: tuple[Cause, ...]
 
 
-def differences(preview: RenderSettings, reference: RenderSettings) -> tuple[str, ...]:
-    """Causes visible without rendering, sorted in :data:`parity.settings.CAUSES` order."""
-    found: set[str] = set()
-    if (preview.width, preview.height) != (reference.width, reference.height):
-        found.add("snapping")
-    if preview.pipeline_guidance != reference.pipeline_guidance:
-        found.add("cfg")
-    if preview.scheduler_shift != reference.scheduler_shift:
-        found.add("scheduler")
-    if preview.steps != reference.steps:
-        found.add("steps")
-    if preview.sigmas != reference.sigmas:
-        found.add("library")
-    if preview.seed != reference.seed:
-        found.add("seed")
-    p_scale = preview.lora.scale if preview.lora else None
-    r_scale = reference.lora.scale if reference.lora else None
-    if (preview.lora is None) != (reference.lora is None) or p_scale != r_scale:
-        found.add("lora_scale")
-    merged_differs = (
-        preview.lora is not None
-        and reference.lora is not None
-        and preview.lora.merged != reference.lora.merged
-    )
-    if (
-        preview.dtype != reference.dtype
-        or preview.quantization != reference.quantization
-        or (merged_differs and preview.dtype != "float32")
-    ):
-        found.add("precision")
+def differences(preview: RenderSettings, reference: RenderSettings) -> tuple[Cause, ...]:
+    """Causes visible without rendering, in :data:`parity.settings.CAUSES` order."""
+    p_lora, r_lora = preview.lora, reference.lora
+    merged_differs = p_lora is not None and r_lora is not None and p_lora.merged != r_lora.merged
     cfg_active = preview.pipeline_guidance > 0 or reference.pipeline_guidance > 0
-    if preview.prompt != reference.prompt or (
-        cfg_active and preview.negative_prompt != reference.negative_prompt
-    ):
-        found.add("prompt")
-    return tuple(c for c in CAUSES if c in found)
+    found = {
+        Cause.SNAPPING: (preview.width, preview.height) != (reference.width, reference.height),
+        Cause.CFG: preview.pipeline_guidance != reference.pipeline_guidance,
+        Cause.SCHEDULER: preview.scheduler_shift != reference.scheduler_shift,
+        Cause.STEPS: preview.steps != reference.steps,
+        Cause.LIBRARY: preview.sigmas != reference.sigmas,
+        Cause.SEED: preview.seed != reference.seed,
+        Cause.LORA_SCALE: (p_lora.scale if p_lora else None) != (r_lora.scale if r_lora else None),
+        Cause.PRECISION: preview.dtype != reference.dtype
+        or preview.quantization != reference.quantization
+        or (merged_differs and preview.dtype != "float32"),
+        Cause.PROMPT: preview.prompt != reference.prompt
+        or (cfg_active and preview.negative_prompt != reference.negative_prompt),
+    }
+    return tuple(c for c in CAUSES if found.get(c))
 
 
 def pair_for(

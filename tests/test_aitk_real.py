@@ -13,27 +13,9 @@ import pytest
 from parity.cli import main
 from parity.compare import inspect_codec, load_rgb
 from parity.job import read_job
-from parity.testing.jobs import AITK_REAL_BASE, AITK_REAL_JOB
+from parity.testing.jobs import AITK_REAL_BASE, AITK_REAL_CAUSES, AITK_REAL_JOB
 
-# Per sample index, the causes that follow from the config and the two rule sets:
-#  0: 64x64, cfg 4 -> ai-toolkit gives diffusers 3, the server 4; seed 42 on both.
-#  1: 80x112 -> the server floors to 64x96; walk_seed gives 43, the request says 42.
-#  2: walk_seed 44 vs 42; per-item multiplier 0.5 vs the request's 1.0 once a LoRA
-#     exists (steps 10, 20; at step 0 there is no LoRA file to scale).
-#  3: --seed 7 --steps 4 flags copied into the request: nothing differs.
-#  4: 100x90 -> 96x88 -> 96x80 (floor 16) vs 96x64 (floor 32); --cfg 2.5 -> 1.5 vs 2.5;
-#     walk_seed 46 vs 42.
-EXPECTED = {
-    0: {0: ["cfg"], 1: ["seed", "snapping"], 2: ["seed"], 3: [], 4: ["cfg", "seed", "snapping"]},
-    10: {
-        0: ["cfg"],
-        1: ["seed", "snapping"],
-        2: ["lora_scale", "seed"],
-        3: [],
-        4: ["cfg", "seed", "snapping"],
-    },
-}
-EXPECTED[20] = EXPECTED[10]
+EXPECTED = AITK_REAL_CAUSES
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch
 from parity.engine import RenderEngine, read_lora
 from parity.errors import LoraError, RenderError
 from parity.job import read_job
-from parity.request import validate_request
+from parity.server import validate_request
 from parity.settings import LoraSettings, RenderSettings
 from parity.sides import preview_settings, reference_settings
 from parity.testing.jobs import TINY_BASE, shared_engine, write_job

@@ -1,4 +1,4 @@
-"""Tests of ``parity inspect`` and of the reference side it reports (parity.request).
+"""Tests of ``parity inspect`` and of the reference side it reports (parity.server).
 
 Expected values are derived by hand from the upstream rules, cited in comments:
 
@@ -42,7 +42,7 @@ from PIL import Image
 from parity.cli import main
 from parity.errors import RequestError
 from parity.job import read_job
-from parity.request import InferenceRequest, server_lora_scale, server_prompts, validate_request
+from parity.server import InferenceRequest, server_lora_scale, server_prompts, validate_request
 from parity.settings import CAUSES
 from parity.sides import as_configured_request
 from parity.testing.jobs import AITK_REAL_JOB, TINY_BASE, job_config
@@ -146,7 +146,7 @@ def test_real_job_inspected_as_upstream_would(capsys):
     #            reference (w, h, cfg = pipeline cfg, steps, seed), differences at steps 10/20)
     expected = {
         # item 0: sample-level values; preview cfg 4 -> max(0, 4-1) = 3, server passes 4;
-        # seed 42 + 0 by walk_seed, request carries the written sample-level seed 42.
+        # seed 42 + 0 by walk_seed; the as-configured request writes ai-toolkit's seeds.
         0: (
             "sks a red cube on a table",
             "",
@@ -155,32 +155,32 @@ def test_real_job_inspected_as_upstream_would(capsys):
             ["cfg"],
         ),
         # item 1: 80x112 (multiples of 16) vs server floor 32 -> 64x96; cfg 0 -> 0 both;
-        # walk_seed 42 + 1 vs 42.
+        # walk_seed 42 + 1 on both sides.
         1: (
             "sks a blue sphere",
             "",
             (80, 112, 0, 0, 6, 43, 1.0),
-            (64, 96, 0, 6, 42),
-            ["snapping", "seed"],
+            (64, 96, 0, 6, 43),
+            ["snapping"],
         ),
-        # item 2: multiplier 0.5 vs the request's one LoRA scale 1.0; seed 44 vs 42.
+        # item 2: multiplier 0.5 vs the request's one LoRA scale 1.0; seed 44 both.
         2: (
             "sks a green cone in a field",
             "",
             (64, 64, 0, 0, 6, 44, 0.5),
-            (64, 64, 0, 6, 42),
-            ["seed", "lora_scale"],
+            (64, 64, 0, 6, 44),
+            ["lora_scale"],
         ),
         # item 3: --seed 7 --steps 4 on both sides; nothing differs.
         3: ("sks a wooden house", "", (64, 64, 0, 0, 4, 7, 1.0), (64, 64, 0, 4, 7), []),
         # item 4: 100x90 -> floor8 96x88 -> floor16 96x80; server 96x64 (floor 32);
-        # --n blurry --cfg 2.5 -> pipeline 1.5 vs 2.5; seed 42 + 4 = 46 vs 42.
+        # --n blurry --cfg 2.5 -> pipeline 1.5 vs 2.5; seed 42 + 4 = 46 both.
         4: (
             "sks a cat at night",
             "blurry",
             (96, 80, 2.5, 1.5, 6, 46, 1.0),
-            (96, 64, 2.5, 6, 42),
-            ["snapping", "cfg", "seed"],
+            (96, 64, 2.5, 6, 46),
+            ["snapping", "cfg"],
         ),
     }
     for (step, index), row in by_key(rows).items():
@@ -689,3 +689,14 @@ def test_inspect_loads_no_model(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120
     )
     assert proc.stdout.split() == ["0", "False", "False"], proc.stderr
+
+
+def test_as_configured_request_writes_the_seeds_ai_toolkit_used():
+    """walk_seed from 42 over five items, item 3 with its own --seed 7 flag."""
+    from parity.job import read_job
+    from parity.sides import as_configured_request
+
+    job = read_job(AITK_REAL_JOB)
+    for step in (0, 10, 20):
+        request = as_configured_request(job, job.checkpoint_for_step(step))
+        assert [p.seed for p in request.prompts] == [42, 43, 44, 7, 46]

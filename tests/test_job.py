@@ -34,10 +34,9 @@ import pytest
 import yaml
 from PIL import Image
 
+from parity.aitk import era_for_version, floor8
 from parity.errors import JobError
 from parity.job import (
-    era_for_version,
-    floor8,
     load_job_file,
     parse_prompt_flags,
     read_job,

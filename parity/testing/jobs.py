@@ -23,6 +23,22 @@ TINY_TURBO = FIXTURES / "models" / "tiny-zimage-turbo"
 AITK_REAL_JOB = FIXTURES / "aitk_real" / "output" / "aitk_zimage"
 AITK_REAL_BASE = FIXTURES / "aitk_real" / "tiny_zimage"
 
+#: The causes of each preview of the real job (step -> sample index -> causes), derived by
+#: hand from its config.yaml with ai-toolkit's and the server's rules, never from parity:
+#:  0: 64x64, cfg 4 -> ai-toolkit gives diffusers 3, the server 4.
+#:  1: 80x112 -> the server floors to 64x96.
+#:  2: per-item multiplier 0.5 vs the request's one LoRA at 1.0, once a LoRA exists
+#:     (steps 10, 20; at step 0 there is no LoRA file to scale).
+#:  3: --seed 7 --steps 4 flags copied into the request: nothing differs.
+#:  4: 100x90 -> 96x88 -> 96x80 (floor 16) vs 96x64 (floor 32); --cfg 2.5 -> 1.5 vs 2.5.
+#: Seeds agree everywhere: walk_seed from 42 gives 42, 43, 44, 7 (the flag), 46, and the
+#: as-configured request writes those.
+AITK_REAL_CAUSES: dict[int, dict[int, list[str]]] = {
+    0: {0: ["cfg"], 1: ["snapping"], 2: [], 3: [], 4: ["cfg", "snapping"]},
+    10: {0: ["cfg"], 1: ["snapping"], 2: ["lora_scale"], 3: [], 4: ["cfg", "snapping"]},
+    20: {0: ["cfg"], 1: ["snapping"], 2: ["lora_scale"], 3: [], 4: ["cfg", "snapping"]},
+}
+
 _ENGINES: dict[tuple[str, str], Any] = {}
 
 
