@@ -1,16 +1,18 @@
 """Attribution: which causes make the reference render differ from the preview, proven.
 
-Static differences between the two settings records are the candidate causes. Each is
-a set of RenderSettings fields (:data:`CAUSE_FIELDS`). The proof:
+Static differences between the two settings records are the candidate causes. Each owns
+fields of :class:`RenderSettings` (:data:`CAUSE_FIELDS`). The proof:
 
 1. Render the reference with *every* candidate switched to the preview's value. When
    that render matches the preview (within the thresholds, codec-matched), the
    explanation is complete; otherwise what remains is an unexplained residual, reported
    with its distance and never guessed at.
 2. For each candidate, render with every candidate switched *except* that one
-   (leave one out). The cause is confirmed when leaving it at the server's value moves
-   the render away from the preview by a clear margin: the one-cause-reverted render is
-   not a match and is farther by more than ``Thresholds.confirm_margin``.
+   (leave one out). When the explanation is complete, a candidate is a cause exactly
+   when its leave-one-out render is not a match: the preview cannot be had without
+   changing it, so a corrected request must change it too. When it is not complete
+   (nothing matches), a candidate is a cause when leaving it out moves the render away
+   from the preview by more than a margin (``confirm_margin``, in ``1 - SSIM``).
 
 With one candidate the leave-one-out render is the reference render itself, so a
 mismatch costs at most (candidates + 1) extra renders, and a match costs none.
@@ -18,41 +20,46 @@ mismatch costs at most (candidates + 1) extra renders, and a match costs none.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from parity.settings import CAUSES, LoraSettings, RenderSettings
+from parity.settings import CAUSES, Cause, LoraApplier, LoraSettings, RenderSettings
 
-#: RenderSettings fields each cause owns.
-CAUSE_FIELDS: dict[str, tuple[str, ...]] = {
-    "snapping": ("width", "height"),
-    "cfg": ("pipeline_guidance",),
-    "scheduler": ("scheduler_shift",),
-    "steps": ("steps",),
-    "library": ("sigmas",),
-    "seed": ("seed", "generator"),
-    "lora_scale": ("lora.scale", "lora.presence"),
-    "lora_not_applied": ("lora.applier",),
+#: RenderSettings fields each cause owns; ``lora.<field>`` is a field of the LoRA.
+#: Switching a LoRA field where one side has no LoRA at all moves the LoRA itself with
+#: ``lora.scale`` (no LoRA acts as scale 0); the other causes then leave it alone.
+CAUSE_FIELDS: dict[Cause, tuple[str, ...]] = {
+    Cause.SNAPPING: ("width", "height"),
+    Cause.CFG: ("pipeline_guidance",),
+    Cause.SCHEDULER: ("scheduler_shift",),
+    Cause.STEPS: ("steps",),
+    Cause.LIBRARY: ("sigmas",),
+    Cause.SEED: ("seed", "generator"),
+    Cause.LORA_SCALE: ("lora.scale",),
+    Cause.LORA_NOT_APPLIED: ("lora.applier",),
     # Merging the LoRA into the weights is a precision matter: W + m*BA is rounded to the
     # weight dtype once, which in bf16 loses much of a small delta.
-    "precision": ("dtype", "quantization", "lora.merged"),
-    "prompt": ("prompt", "negative_prompt"),
+    Cause.PRECISION: ("dtype", "quantization", "lora.merged"),
+    Cause.PROMPT: ("prompt", "negative_prompt"),
 }
 
+#: Name of the counterfactual with every candidate switched.
+ALL = "all"
 
-def switch(
-    base: RenderSettings, target: RenderSettings, causes: tuple[str, ...] | list[str]
-) -> RenderSettings:
+
+def switch(base: RenderSettings, target: RenderSettings, causes: Sequence[Cause]) -> RenderSettings:
     """``base`` with the fields of ``causes`` taken from ``target``."""
     changes: dict[str, Any] = {}
     lora_fields: set[str] = set()
     for cause in causes:
         for name in CAUSE_FIELDS[cause]:
-            if name.startswith("lora."):
-                lora_fields.add(name[5:])
+            owner, _, field_name = name.partition(".")
+            if field_name:
+                lora_fields.add(field_name)
             else:
-                changes[name] = getattr(target, name)
+                changes[owner] = getattr(target, owner)
     if lora_fields:
         changes["lora"] = _switch_lora(base.lora, target.lora, lora_fields)
     return base.replace(**changes)
@@ -61,89 +68,191 @@ def switch(
 def _switch_lora(
     base: LoraSettings | None, target: LoraSettings | None, fields: set[str]
 ) -> LoraSettings | None:
-    if "presence" in fields and (base is None or target is None):
+    if base is None or target is None:
+        if "scale" not in fields:
+            return base
         if target is None:
             return None
-        base = LoraSettings(path=target.path, scale=target.scale, merged=False, applier="peft")
-    if base is None or target is None:
-        return base
-    return LoraSettings(
-        path=base.path,
-        scale=target.scale if "scale" in fields else base.scale,
-        merged=target.merged if "merged" in fields else base.merged,
-        applier=target.applier if "applier" in fields else base.applier,
-    )
+        # The preview's LoRA, applied the way the base side applies LoRAs.
+        return dataclasses.replace(target, merged=False, applier=LoraApplier.PEFT)
+    return dataclasses.replace(base, **{name: getattr(target, name) for name in fields})
 
 
-@dataclass
-class Evidence:
-    """One counterfactual render and how close it came to the preview."""
+@dataclass(frozen=True)
+class Counterfactual:
+    """One render with some causes switched to the preview's values, and how close it came.
 
-    name: str  # "all", or the cause left out
+    Attributes
+    ----------
+    name:
+        :data:`ALL`, or the cause left out (kept at the server's value).
+    switched:
+        The causes set to the preview's value.
+    settings:
+        What was rendered.
+    ssim, psnr, latent_distance:
+        Scores against the preview (:func:`parity.compare.compare`; PSNR in dB;
+        latent distance None without the latent metric).
+    match:
+        Whether the scores pass the match thresholds.
+    image:
+        The render, relative to the run folder (None when not saved).
+    confirmed:
+        For a leave-one-out counterfactual: its cause is confirmed.
+    """
+
+    name: str
+    switched: tuple[Cause, ...]
     settings: RenderSettings
-    comparison: Any
-    distance: float
+    ssim: float
+    psnr: float
+    latent_distance: float | None
     match: bool
-    image_path: str | None = None
+    image: str | None = None
+    confirmed: bool = False
+
+    @property
+    def distance(self) -> float:
+        """``1 - ssim``: lower is closer, 0 for a pixel-exact reproduction."""
+        return 1.0 - self.ssim
+
+    @property
+    def kind(self) -> str:
+        return "all causes switched" if self.name == ALL else "all but this cause"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cause": self.name,
+            "kind": self.kind,
+            "switched": [str(c) for c in self.switched],
+            "image": self.image,
+            "ssim": self.ssim,
+            "psnr": self.psnr,
+            "latent_distance": self.latent_distance,
+            "match": self.match,
+            "confirmed": self.confirmed,
+            "settings": self.settings.to_dict(),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Counterfactual:
+        return cls(
+            name=str(d["cause"]),
+            switched=tuple(Cause(c) for c in d.get("switched", ())),
+            settings=RenderSettings.from_dict(d["settings"]),
+            ssim=float(d["ssim"]),
+            psnr=float(d["psnr"]),
+            latent_distance=d.get("latent_distance"),
+            match=bool(d["match"]),
+            image=d.get("image"),
+            confirmed=bool(d.get("confirmed", False)),
+        )
 
 
-@dataclass
+@dataclass(frozen=True)
 class Attribution:
-    candidates: tuple[str, ...]
-    confirmed: tuple[str, ...]
+    """The proof for one mismatched preview.
+
+    Attributes
+    ----------
+    candidates:
+        Static differences, in :data:`CAUSES` order.
+    confirmed:
+        The causes (see the module docstring for the rule).
+    explained:
+        The all-switched render matches the preview.
+    counterfactuals:
+        The all-switched render first, then one leave-one-out render per candidate.
+    renders:
+        Extra renders made (at most ``len(candidates) + 1``).
+    """
+
+    candidates: tuple[Cause, ...]
+    confirmed: tuple[Cause, ...]
     explained: bool
-    all_switched: Evidence | None
-    left_out: list[Evidence] = field(default_factory=list)
-    renders: int = 0
+    counterfactuals: tuple[Counterfactual, ...]
+    renders: int
+
+    @property
+    def all_switched(self) -> Counterfactual | None:
+        return self.counterfactuals[0] if self.counterfactuals else None
+
+    def left_out(self, cause: Cause) -> Counterfactual | None:
+        """The counterfactual that kept ``cause`` at the server's value."""
+        return next((c for c in self.counterfactuals if c.name == cause), None)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A counterfactual to render: its name, the causes it switches, its settings."""
+
+    name: str
+    switched: tuple[Cause, ...]
+    settings: RenderSettings
+
+
+#: Renders and scores planned counterfactuals in one batch, in order.
+EvaluateMany = Callable[[Sequence[Planned]], Sequence[Counterfactual]]
+
+
+def plan(
+    reference: RenderSettings, preview: RenderSettings, candidates: Sequence[Cause]
+) -> tuple[Planned, ...]:
+    """The renders that prove which ``candidates`` explain a mismatch: everything
+    switched, then each candidate left out (a single candidate's leave-one-out is the
+    reference render itself, so it is not planned)."""
+    ordered = tuple(c for c in CAUSES if c in candidates)
+    if not ordered:
+        return ()
+    planned = [Planned(ALL, ordered, switch(reference, preview, ordered))]
+    if len(ordered) > 1:
+        for cause in ordered:
+            rest = tuple(c for c in ordered if c != cause)
+            planned.append(Planned(str(cause), rest, switch(reference, preview, rest)))
+    return tuple(planned)
 
 
 def attribute(
     *,
     reference: RenderSettings,
     preview: RenderSettings,
-    candidates: tuple[str, ...],
-    reference_evidence: Evidence,
-    evaluate: Callable[[str, RenderSettings], Evidence],
+    candidates: Sequence[Cause],
+    reference_render: Counterfactual,
+    evaluate: EvaluateMany,
     confirm_margin: float,
 ) -> Attribution:
     """Prove which ``candidates`` explain the gap between ``reference`` and ``preview``.
 
     Parameters
     ----------
-    reference_evidence:
-        The as-configured reference render, already compared (it is not re-rendered).
+    reference_render:
+        The reference render, already compared (it is not rendered again): the
+        leave-one-out render of a single candidate.
     evaluate:
-        ``evaluate(name, settings)`` renders ``settings``, compares the render with the
-        preview and returns the Evidence. Called at most ``len(candidates) + 1`` times.
+        Renders the :func:`plan`ned counterfactuals, compares each with the preview and
+        returns their records, in order: at most ``len(candidates) + 1`` renders, scored
+        in one batch.
     confirm_margin:
-        Minimum increase of the distance (same unit as ``Evidence.distance``) for a
-        cause to count as confirmed.
+        Without a complete explanation: minimum increase of ``1 - SSIM`` for a cause.
     """
-    candidates = tuple(c for c in CAUSES if c in candidates)
-    if not candidates:
-        return Attribution((), (), False, None, [], 0)
-    renders = 0
-    all_settings = switch(reference, preview, candidates)
-    all_ev = evaluate("all", all_settings)
-    renders += 1
-    left_out: list[Evidence] = []
-    confirmed: list[str] = []
-    for cause in candidates:
-        rest = tuple(c for c in candidates if c != cause)
-        if not rest:
-            ev = reference_evidence
-            ev = Evidence(cause, ev.settings, ev.comparison, ev.distance, ev.match, ev.image_path)
+    planned = plan(reference, preview, candidates)
+    if not planned:
+        return Attribution((), (), False, (), 0)
+    everything, *others = evaluate(planned)
+    ordered = planned[0].switched
+    if not others:  # one candidate: leaving it out is the reference render
+        others = [dataclasses.replace(reference_render, name=str(ordered[0]), switched=())]
+    left_out = []
+    for record in others:
+        if everything.match:
+            confirmed = not record.match
         else:
-            ev = evaluate(cause, switch(reference, preview, rest))
-            renders += 1
-        left_out.append(ev)
-        if not ev.match and ev.distance > all_ev.distance + confirm_margin:
-            confirmed.append(cause)
+            confirmed = record.distance > everything.distance + confirm_margin
+        left_out.append(dataclasses.replace(record, confirmed=confirmed))
     return Attribution(
-        candidates=candidates,
-        confirmed=tuple(confirmed),
-        explained=all_ev.match,
-        all_switched=all_ev,
-        left_out=left_out,
-        renders=renders,
+        candidates=ordered,
+        confirmed=tuple(Cause(c.name) for c in left_out if c.confirmed),
+        explained=everything.match,
+        counterfactuals=(everything, *left_out),
+        renders=len(planned),
     )

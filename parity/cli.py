@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from parity import __version__
 from parity.errors import LoraError, ModelError, ParityError
+from parity.models import REFERENCE_MODELS
 from parity.settings import (
     DEFAULT_CONFIRM_MARGIN,
     DEFAULT_LATENT_DISTANCE_MAX,
@@ -105,7 +105,7 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         dest="reference_model",
-        choices=["zimage", "zimage_turbo", "zimage_deturbo"],
+        choices=sorted(REFERENCE_MODELS),
         default=None,
         help="reference model id when the job's arch/name_or_path do not say it",
     )
@@ -193,82 +193,6 @@ def _dtype(args: argparse.Namespace) -> Any:
 # --------------------------------------------------------------------- inspect
 
 
-def inspect_rows(
-    job: Any,
-    *,
-    device: str = "cpu",
-    checkpoint_shift: float | None = None,
-    reference_dtype: Any = None,
-    allow_outside_paths: bool = False,
-) -> list[dict]:
-    """One JSON-ready dict per preview: both sides' settings and the static differences."""
-    from parity.run import plan_cases
-    from parity.sides import era_of
-
-    cases = plan_cases(
-        job,
-        job.steps,
-        device=device,
-        checkpoint_shift=checkpoint_shift,
-        reference_dtype=reference_dtype,
-        allow_outside_paths=allow_outside_paths,
-    )
-    rows = []
-    for case in cases:
-        row: dict[str, Any] = {
-            "step": case.step,
-            "index": case.index,
-            "preview": os.path.relpath(case.preview.path, job.root) if case.preview else None,
-            "prompt": case.sample.prompt if case.sample else None,
-            "negative_prompt": case.sample.negative_prompt if case.sample else None,
-            "aitk": None,
-            "reference": None,
-            "differences": [],
-            "aitk_version": job.aitk_version,
-            "error": case.error,
-        }
-        if case.pair is not None and case.sample is not None:
-            p, r, sp = case.pair.preview, case.pair.reference, case.pair.server_prompt
-            checkpoint = job.checkpoint_for_step(case.step)
-            era = era_of(job, checkpoint)
-            row["aitk_version"] = (
-                checkpoint.aitk_version if checkpoint else None
-            ) or job.aitk_version
-            row["era"] = era.label + (f" ({era.note})" if era.note else "")
-            row["aitk"] = {
-                "width": p.width,
-                "height": p.height,
-                "guidance_scale": case.sample.guidance_scale,
-                "pipeline_guidance": p.pipeline_guidance,
-                "steps": p.steps,
-                "seed": p.seed,
-                "network_multiplier": p.lora.scale if p.lora else None,
-                "lora_merged": p.lora.merged if p.lora else None,
-                "scheduler_shift": p.scheduler_shift,
-                "legacy_sigmas": p.sigmas is not None,
-                "dtype": p.dtype,
-                "quantization": {
-                    "qtype": p.quantization.qtype,
-                    "qtype_te": p.quantization.qtype_te,
-                },
-            }
-            row["reference"] = {
-                "model": job.reference_model,
-                "width": r.width,
-                "height": r.height,
-                "guidance_scale": sp.guidance_scale,
-                "pipeline_guidance": r.pipeline_guidance,
-                "steps": r.steps,
-                "seed": r.seed,
-                "network_multiplier": r.lora.scale if r.lora else None,
-                "scheduler_shift": r.scheduler_shift,
-                "dtype": r.dtype,
-            }
-            row["differences"] = list(case.pair.differences)
-        rows.append(row)
-    return rows
-
-
 def _format_table(rows: list[dict]) -> str:
     fields = [
         ("size", lambda s: f"{s['width']}x{s['height']}"),
@@ -310,22 +234,24 @@ def _format_table(rows: list[dict]) -> str:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from parity.job import read_job
     from parity.models import checkpoint_scheduler_shift
+    from parity.plan import describe_cases, plan_cases
 
     _resolve(args)
     job = read_job(args.job, reference_model=args.reference_model)
     shift = None
     try:
         shift = checkpoint_scheduler_shift(_job_source(job, args, validate=False))
-    except Exception as e:  # inspect works without the weights
+    except ParityError as e:  # inspect works without the weights
         log.info("checkpoint scheduler unknown: %s", e)
-    device = args.device or "cpu"
-    rows = inspect_rows(
+    cases = plan_cases(
         job,
-        device=device,
+        job.steps,
+        device=args.device or "cpu",
         checkpoint_shift=shift,
         reference_dtype=_dtype(args),
         allow_outside_paths=args.allow_outside_paths,
     )
+    rows = describe_cases(job, cases)
     if args.format == "json":
         print(json.dumps(rows, indent=2))
     else:
@@ -344,7 +270,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _progress(items: list, desc: str) -> Any:
-    from parity.run import _progress as progress
+    from parity.run import progress
 
     return progress(items, None, desc=desc)
 
@@ -360,48 +286,46 @@ def _finish_renders(out: Path, effective: list[dict], failures: int, what: str) 
 def cmd_preview(args: argparse.Namespace) -> int:
     from parity.engine import RenderEngine
     from parity.job import read_job
+    from parity.plan import parse_steps, plan_cases, select_steps
     from parity.results import save_png
-    from parity.run import outside_path_error, parse_steps, select_steps
-    from parity.sides import preview_settings
 
     _resolve(args)
     job = read_job(args.job, reference_model=args.reference_model)
     steps = select_steps(job, parse_steps(args.step))
     engine = RenderEngine(_job_source(job, args), device=_device(args))
+    cases = plan_cases(
+        job,
+        steps,
+        device=engine.device,
+        checkpoint_shift=engine.checkpoint_scheduler_shift,
+        reference_dtype=_dtype(args),
+        allow_outside_paths=args.allow_outside_paths,
+        check_previews=False,  # the previews are not read: their pixels are rendered anew
+    )
     out = Path(args.out)
     effective: list[dict] = []
     failures = 0
-    todo = [p for p in job.previews if p.step in steps and p.index < len(job.samples)]
-    keys = sorted({(p.step, p.index) for p in todo})
-    for step, index in _progress(keys, "preview"):
-        sample = job.samples[index]
-        entry: dict[str, Any] = {"step": step, "index": index}
+    for case in _progress(cases, "preview"):
+        entry: dict[str, Any] = {"step": case.step, "index": case.index}
         try:
-            if sample.error:
-                raise ParityError(sample.error)
-            checkpoint = job.checkpoint_for_step(step)
-            if checkpoint is None and step != 0:
-                raise ParityError(f"no LoRA checkpoint for step {step}")
-            if checkpoint is not None and not args.allow_outside_paths:
-                outside = outside_path_error(checkpoint.path, job.root, "LoRA checkpoint")
-                if outside:
-                    raise ParityError(outside)
-            settings = preview_settings(job, sample, checkpoint)
+            if case.pair is None:
+                raise ParityError(case.error or "no settings")
+            settings = case.pair.preview
             result = engine.render(settings)
-            save_png(result.image, out / str(step) / f"{index}.png")
-            entry.update(image=f"{step}/{index}.png", settings=settings.to_dict())
+            save_png(result.image, out / str(case.step) / f"{case.index}.png")
+            entry.update(image=f"{case.step}/{case.index}.png", settings=settings.to_dict())
         except ModelError:
             raise
         except ParityError as e:
             failures += 1
             entry["error"] = str(e)
-            print(f"error: step {step} index {index}: {e}", file=sys.stderr)
+            print(f"error: step {case.step} index {case.index}: {e}", file=sys.stderr)
         effective.append(entry)
     return _finish_renders(out, effective, failures, "previews")
 
 
 def _confined(path: Path, root: Path, allow_outside: bool, what: str) -> Path:
-    from parity.run import outside_path_error
+    from parity.plan import outside_path_error
 
     error = None if allow_outside else outside_path_error(path, root, what, "the request's folder")
     if error:
@@ -416,8 +340,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         resolve_reference_model,
         validate_checkpoint,
     )
-    from parity.request import SERVER_MODELS, load_request
     from parity.results import save_png
+    from parity.server import SERVER_MODELS, load_request
     from parity.sides import reference_settings
 
     _resolve(args)
@@ -496,7 +420,8 @@ def _engine_for_job(job: Any, args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _run_options(args: argparse.Namespace, **overrides: Any) -> Any:
-    from parity.run import RunOptions, parse_steps
+    from parity.plan import parse_steps
+    from parity.run import RunOptions
 
     values = dict(
         steps=parse_steps(args.steps),
@@ -590,7 +515,9 @@ def _print_summary(summary: Any) -> None:
     for row in summary.rows:
         if row.verdict == "match":
             continue
-        what = ",".join(row.causes) or ("-" if row.verdict == "error" else "no cause confirmed")
+        what = ",".join(map(str, row.causes)) or (
+            "-" if row.verdict == "error" else "no cause confirmed"
+        )
         state = (
             "explained" if row.explained else ("unexplained" if row.verdict == "mismatch" else "")
         )
@@ -605,7 +532,8 @@ def _print_summary(summary: Any) -> None:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from parity.job import read_job
-    from parity.run import Runner, plan_cases, utc_now
+    from parity.plan import plan_cases
+    from parity.run import Runner, utc_now
     from parity.sides import era_of
 
     _resolve(args)
@@ -628,7 +556,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if case is None:
         raise ParityError(f"{job.root}: no preview for step {args.step} index {args.index}")
     row = Runner(job, engine, out_dir, _run_options(args, steps=(args.step,))).evaluate(case)
-    print(f"{job.name} step {row.step} index {row.index}: {row.verdict.upper()}")
+    print(f"{job.name} step {row.step} index {row.index}: {str(row.verdict).upper()}")
     if row.prompt:
         print(f"prompt: {row.prompt}")
     if case.pair is not None:
@@ -641,10 +569,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
             # The generator kind is provenance only: both draw the same numbers on CPU.
             mark = "" if pv == rv or key == "generator" else "  <-"
             print(f"{key:<20}{pv:<32}{rv:<32}{mark}")
-        print(f"\nstatic differences: {', '.join(case.pair.differences) or 'none'}")
+        print(f"\nstatic differences: {', '.join(map(str, case.pair.differences)) or 'none'}")
     if row.ssim is not None:
         print(
-            f"reference render vs preview: SSIM {row.ssim:.4f}  PSNR {row.psnr:.2f} dB  MS-SSIM {row.ms_ssim:.4f}  "
+            f"reference render vs preview: SSIM {row.ssim:.4f}  PSNR {row.psnr:.2f} dB  "
             f"latent {_fmt(row.latent_distance)}  LPIPS {_fmt(row.lpips)}"
         )
     if row.jpeg_floor:
@@ -652,15 +580,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
             f"JPEG floor (a perfect reproduction): SSIM {row.jpeg_floor.get('ssim', float('nan')):.4f}"
         )
     for cf in row.counterfactuals:
-        flag = "CONFIRMED" if cf["confirmed"] else ""
+        flag = "CONFIRMED" if cf.confirmed else ""
         print(
-            f"  counterfactual {cf['cause']:<18} ({cf['kind']}): SSIM {cf['ssim']:.4f}  "
-            f"{'match' if cf['match'] else 'mismatch':<8} {flag}  {out_dir / cf['image']}"
+            f"  counterfactual {cf.name:<18} ({cf.kind}): SSIM {cf.ssim:.4f}  "
+            f"{'match' if cf.match else 'mismatch':<8} {flag}  {out_dir / (cf.image or '')}"
         )
     if row.verdict == "mismatch":
-        print(
-            f"causes: {', '.join(row.causes) or 'none confirmed'}; explanation {'complete' if row.explained else 'INCOMPLETE (unexplained residual)'}"
-        )
+        state = "complete" if row.explained else "INCOMPLETE (unexplained residual)"
+        print(f"causes: {', '.join(map(str, row.causes)) or 'none confirmed'}; explanation {state}")
     if row.detail:
         print(f"detail: {row.detail}")
     if case.pair is not None:

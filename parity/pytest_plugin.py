@@ -1,28 +1,27 @@
 """pytest plugin: one test per training preview of an ai-toolkit job.
 
-``pytest --parity-job output/my_lora`` collects one item per preview, named
+``pytest --parity-job=output/my_lora`` collects one item per preview, named
 ``<job name>::step<N>::<index>``. The first item of a job runs the whole job through
 :func:`parity.run.run_job` (once per process); every item then looks up its own result
 row and passes when the row's verdict is ``match``. The plugin only collects, calls the
 library and reports: comparison, attribution and the HTML report live in the library.
 
-Every option is read through :func:`_lookup`: the command line wins over the pytest ini
-file (``[tool.pytest.ini_options]``, ``pytest.ini``...). Match thresholds have more
-sources; for each threshold, highest first:
+Options live in one table (:data:`OPTIONS`); each is read by one function,
+:func:`setting`, with one precedence, highest first:
 
 1. the command line (``--parity-ssim-min`` ...),
-2. the job's own ``parity.toml`` (keys ``ssim_min``, ``psnr_min``,
-   ``latent_distance_max``, ``device``),
+2. the job's own ``parity.toml`` (options marked ``per_job``: ``ssim_min``,
+   ``psnr_min``, ``latent_distance_max``, ``device``),
 3. the pytest ini file (``parity_ssim_min`` ...),
-4. ``[tool.parity]`` of the rootdir's ``pyproject.toml`` (same keys as ``parity.toml``),
-5. the defaults of :class:`parity.compare.Thresholds`.
+4. ``[tool.parity]`` of the rootdir's ``pyproject.toml`` (the ``per_job`` keys),
+5. the option's default.
+
+A session without ``--parity-job`` (or ``parity_jobs`` in the ini file) is left alone:
+no markers, no state, nothing read, until a test asks for one of the fixtures.
 
 With pytest-xdist, the items of a job must run on one worker (the job is rendered once
 per process). Item ids start with the job name, so ``--dist loadfile`` keeps a job
 together; the plugin picks ``loadfile`` itself when ``-n`` is given without ``--dist``.
-Items also carry ``xdist_group(name=<job>)`` for ``--dist loadgroup``, which groups only
-where pytest-xdist can rename test ids (not with pytest 9.2 and pytest-xdist 3.8: there
-every item of a ``loadgroup`` run is its own group).
 """
 
 from __future__ import annotations
@@ -34,184 +33,92 @@ import tomllib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
+
+from parity.settings import DEFAULT_LATENT_DISTANCE_MAX, DEFAULT_PSNR_MIN, DEFAULT_SSIM_MIN
 
 #: A reference render counts as unchanged from its baseline when SSIM >= this.
 DRIFT_SSIM_MIN = 0.999
 
-#: Keys a job's parity.toml and ``[tool.parity]`` may set.
-THRESHOLD_KEYS = ("ssim_min", "psnr_min", "latent_distance_max")
-JOB_FILE_KEYS = (*THRESHOLD_KEYS, "device")
+#: File in a job folder with per-job settings.
 JOB_FILE = "parity.toml"
 
 #: Properties recorded per item (junit XML ``<property>`` elements).
-METRIC_PROPERTIES = ("ssim", "psnr", "ms_ssim", "latent_distance")
+METRIC_PROPERTIES = ("ssim", "psnr", "latent_distance")
+
+Kind = Literal["path", "paths", "strings", "string", "float", "bool"]
 
 
 @dataclass(frozen=True)
-class _Opt:
+class Option:
+    """One plugin option.
+
+    ``name`` is its key in a job's parity.toml and in ``[tool.parity]`` (read there only
+    when ``per_job``), ``flag`` its command-line form, ``ini`` its pytest ini name.
+    """
+
+    name: str
     flag: str
-    dest: str
     ini: str
-    ini_type: str  # "string", "linelist" or "bool"
+    kind: Kind
     help: str
-    action: str = "store"
+    default: Any = None
     metavar: str | None = None
+    per_job: bool = False
 
 
-def _options() -> list[_Opt]:
-    from parity.compare import Thresholds
+OPTIONS: tuple[Option, ...] = (
+    Option("job", "--parity-job", "parity_jobs", "paths",
+           "ai-toolkit job folder to check, one test per preview (repeatable)", metavar="DIR"),
+    Option("base_model", "--parity-base-model", "parity_base_model", "path",
+           "local diffusers folder loaded in place of each job's model.name_or_path",
+           metavar="PATH"),
+    Option("model_map", "--parity-model-map", "parity_model_map", "strings",
+           "map a hub id to a local folder (repeatable)", metavar="ID=PATH"),
+    Option("device", "--parity-device", "parity_device", "string",
+           "cpu, cuda, cuda:N (default: cuda if available)", metavar="D", per_job=True),
+    Option("steps", "--parity-steps", "parity_steps", "string",
+           "steps to check: all, last or N,N,... (default all)", default="all",
+           metavar="STEPS"),
+    Option("results", "--parity-results", "parity_results", "path",
+           "folder for run folders <job>/<worker>-<time>/ (default reports/pytest)",
+           metavar="DIR"),
+    Option("ssim_min", "--parity-ssim-min", "parity_ssim_min", "float",
+           f"match: SSIM >= this (default {DEFAULT_SSIM_MIN})", default=DEFAULT_SSIM_MIN,
+           metavar="X", per_job=True),
+    Option("psnr_min", "--parity-psnr-min", "parity_psnr_min", "float",
+           f"match: PSNR >= this, dB (default {DEFAULT_PSNR_MIN})", default=DEFAULT_PSNR_MIN,
+           metavar="DB", per_job=True),
+    Option("latent_distance_max", "--parity-latent-max", "parity_latent_max", "float",
+           f"match: VAE latent distance <= this (default {DEFAULT_LATENT_DISTANCE_MAX})",
+           default=DEFAULT_LATENT_DISTANCE_MAX, metavar="X", per_job=True),
+    Option("no_attribution", "--parity-no-attribution", "parity_no_attribution", "bool",
+           "verdicts only: no counterfactual renders for mismatches", default=False),
+    Option("generate", "--parity-generate", "parity_generate", "bool",
+           "record each preview's reference render as the accepted baseline", default=False),
+    Option("baseline_dir", "--parity-baseline-dir", "parity_baseline_dir", "path",
+           "baseline folder: <dir>/<job>/step<N>/<index>.png (default <job folder>/parity-baseline)",
+           metavar="DIR"),
+)  # fmt: skip
 
-    t = Thresholds()
-    return [
-        _Opt(
-            "--parity-job",
-            "parity_jobs",
-            "parity_jobs",
-            "linelist",
-            "ai-toolkit job folder to check, one test per preview (repeatable)",
-            "append",
-            "DIR",
-        ),
-        _Opt(
-            "--parity-base-model",
-            "parity_base_model",
-            "parity_base_model",
-            "string",
-            "local diffusers folder loaded in place of each job's model.name_or_path",
-            metavar="PATH",
-        ),
-        _Opt(
-            "--parity-model-map",
-            "parity_model_map",
-            "parity_model_map",
-            "linelist",
-            "map a hub id to a local folder (repeatable)",
-            "append",
-            "ID=PATH",
-        ),
-        _Opt(
-            "--parity-device",
-            "parity_device",
-            "parity_device",
-            "string",
-            "cpu, cuda, cuda:N (default: a job's parity.toml device, else cuda if available)",
-            metavar="D",
-        ),
-        _Opt(
-            "--parity-steps",
-            "parity_steps",
-            "parity_steps",
-            "string",
-            "steps to check: all, last or N,N,... (default all)",
-            metavar="STEPS",
-        ),
-        _Opt(
-            "--parity-results",
-            "parity_results",
-            "parity_results",
-            "string",
-            "folder for run folders <job>/<worker>-<time>/ (default reports/pytest)",
-            metavar="DIR",
-        ),
-        _Opt(
-            "--parity-ssim-min",
-            "parity_ssim_min",
-            "parity_ssim_min",
-            "string",
-            f"match: SSIM >= this (default {t.ssim_min})",
-            metavar="X",
-        ),
-        _Opt(
-            "--parity-psnr-min",
-            "parity_psnr_min",
-            "parity_psnr_min",
-            "string",
-            f"match: PSNR >= this, dB (default {t.psnr_min})",
-            metavar="DB",
-        ),
-        _Opt(
-            "--parity-latent-max",
-            "parity_latent_max",
-            "parity_latent_max",
-            "string",
-            f"match: VAE latent distance <= this (default {t.latent_distance_max})",
-            metavar="X",
-        ),
-        _Opt(
-            "--parity-no-attribution",
-            "parity_no_attribution",
-            "parity_no_attribution",
-            "bool",
-            "verdicts only: no counterfactual renders for mismatches",
-            "store_true",
-        ),
-        _Opt(
-            "--parity-generate",
-            "parity_generate",
-            "parity_generate",
-            "bool",
-            "record each preview's reference render as the accepted baseline",
-            "store_true",
-        ),
-        _Opt(
-            "--parity-baseline-dir",
-            "parity_baseline_dir",
-            "parity_baseline_dir",
-            "string",
-            "baseline folder: <dir>/<job>/step<N>/<index>.png (default <job folder>/parity-baseline)",
-            metavar="DIR",
-        ),
-    ]
+_BY_NAME = {o.name: o for o in OPTIONS}
+_INI_TYPES = {"paths": "linelist", "strings": "linelist", "bool": "bool"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("parity", "preview parity of ai-toolkit jobs")
-    for opt in _options():
-        kwargs: dict[str, Any] = {"dest": opt.dest, "help": opt.help, "default": None}
-        if opt.action == "store_true":
+    for opt in OPTIONS:
+        kwargs: dict[str, Any] = {"dest": opt.ini, "help": opt.help, "default": None}
+        if opt.kind == "bool":
             kwargs["action"] = "store_true"
         else:
-            kwargs.update(action=opt.action, metavar=opt.metavar)
+            action = "append" if opt.kind in ("paths", "strings") else "store"
+            kwargs.update(action=action, metavar=opt.metavar)
         group.addoption(opt.flag, **kwargs)
-        parser.addini(opt.ini, f"{opt.help} (like {opt.flag})", type=opt.ini_type, default=None)
-
-
-def _lookup(config: pytest.Config, dest: str) -> tuple[Any, Path | None]:
-    """An option's value and the folder its relative paths are relative to.
-
-    The command line wins over the ini file; ``(None, None)`` when neither sets it.
-    """
-    value = config.getoption(dest, None)
-    if value not in (None, []):
-        return value, Path(config.invocation_params.dir)
-    value = config.getini(dest)
-    if value not in (None, "", []):
-        base = config.inipath.parent if config.inipath else config.rootpath
-        return value, base
-    return None, None
-
-
-def _value(config: pytest.Config, dest: str, default: Any = None) -> Any:
-    value, _ = _lookup(config, dest)
-    return default if value is None else value
-
-
-def _path(config: pytest.Config, dest: str) -> Path | None:
-    value, base = _lookup(config, dest)
-    if value is None:
-        return None
-    assert base is not None
-    return (base / Path(value).expanduser()).resolve()
-
-
-def _float(value: Any, what: str) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise pytest.UsageError(f"{what}: expected a number, got {value!r}") from None
+        ini_type = _INI_TYPES.get(opt.kind, "string")
+        parser.addini(opt.ini, f"{opt.help} (like {opt.flag})", type=ini_type, default=None)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -220,6 +127,95 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise pytest.UsageError(f"{path}: cannot read: {e}") from None
+
+
+def _convert(opt: Option, value: Any, base: Path, source: str) -> Any:
+    """``value`` from ``source`` as the option's kind; relative paths against ``base``."""
+    if opt.kind == "path":
+        return (base / Path(str(value)).expanduser()).resolve()
+    if opt.kind == "paths":
+        values = [value] if isinstance(value, str) else list(value)
+        return [(base / Path(str(v)).expanduser()).resolve() for v in values]
+    if opt.kind == "strings":
+        return [value] if isinstance(value, str) else [str(v) for v in value]
+    if opt.kind == "float":
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise pytest.UsageError(f"{source}: expected a number, got {value!r}") from None
+    if opt.kind == "bool":
+        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+    return str(value)
+
+
+def _given(value: Any) -> bool:
+    return value not in (None, "", [])
+
+
+def setting(config: pytest.Config, name: str, job: JobSettings | None = None) -> Any:
+    """The value of option ``name``, with the precedence of the module docstring."""
+    opt = _BY_NAME[name]
+    layers: list[tuple[Any, Path, str]] = [
+        (config.getoption(opt.ini, None), Path(config.invocation_params.dir), opt.flag)
+    ]
+    if opt.per_job and job is not None:
+        layers.append((job.values.get(name), job.folder, f"{job.folder / JOB_FILE} {name}"))
+    ini_base = config.inipath.parent if config.inipath else config.rootpath
+    layers.append((config.getini(opt.ini), ini_base, f"ini option {opt.ini}"))
+    if opt.per_job:
+        tool, tool_base = _tool_settings(config)
+        layers.append((tool.get(name), tool_base, f"[tool.parity] {name}"))
+    for value, base, source in layers:
+        if _given(value):
+            return _convert(opt, value, base, source)
+    return opt.default
+
+
+def _tool_settings(config: pytest.Config) -> tuple[dict[str, Any], Path]:
+    """``[tool.parity]`` of the rootdir's pyproject.toml (read once per session)."""
+    cached = config.stash.get(_TOOL_KEY, None)
+    if cached is None:
+        path = config.rootpath / "pyproject.toml"
+        tool = _read_toml(path).get("tool", {}).get("parity", {}) if path.is_file() else {}
+        cached = ({k: v for k, v in (tool or {}).items() if k in _BY_NAME}, config.rootpath)
+        config.stash[_TOOL_KEY] = cached
+    return cached
+
+
+_TOOL_KEY = pytest.StashKey[tuple[dict[str, Any], Path]]()
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """A job folder's ``parity.toml``: the ``per_job`` options it sets."""
+
+    folder: Path
+    values: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, folder: Path) -> JobSettings:
+        path = folder / JOB_FILE
+        if not path.is_file():
+            return cls(folder)
+        values = _read_toml(path)
+        known = sorted(o.name for o in OPTIONS if o.per_job)
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise pytest.UsageError(
+                f"{path}: unknown key(s) {unknown}; known keys: {', '.join(known)}"
+            )
+        return cls(folder, values)
+
+
+def thresholds(config: pytest.Config, job: JobSettings | None = None) -> Any:
+    """:class:`parity.compare.Thresholds` for ``job`` (None: the session's)."""
+    from parity.compare import Thresholds
+
+    return Thresholds(
+        ssim_min=setting(config, "ssim_min", job),
+        psnr_min=setting(config, "psnr_min", job),
+        latent_distance_max=setting(config, "latent_distance_max", job),
+    )
 
 
 # --------------------------------------------------------------------- the plugin
@@ -244,65 +240,11 @@ class ParityPlugin:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.worker = getattr(config, "workerinput", {}).get("workerid", "main")
-        self.generate = bool(_value(config, "parity_generate", False))
-        self.attribute = not _value(config, "parity_no_attribution", False)
-        self.results_root = _path(config, "parity_results") or (
-            config.rootpath / "reports" / "pytest"
-        )
-        self.baseline_dir = _path(config, "parity_baseline_dir")
-        self.base_model = _path(config, "parity_base_model")
-        self.model_map = list(_value(config, "parity_model_map", []))
-        self.device = _value(config, "parity_device")
-        self.steps = str(_value(config, "parity_steps", "all"))
-        pyproject = config.rootpath / "pyproject.toml"
-        self.pyproject = pyproject if pyproject.is_file() else None
-        tool = _read_toml(pyproject).get("tool", {}) if self.pyproject else {}
-        self.project_settings = dict(tool.get("parity", {}) or {})
         self.engines: dict[tuple[str, str], Any] = {}
         self.runs: dict[str, _JobRun] = {}
         # nodeid -> (job, status, run folder, worker): filled from reports, so that the
         # xdist controller sees every worker's items.
         self.outcomes: dict[str, tuple[str, str, str, str]] = {}
-
-    # ---- settings
-
-    def job_paths(self) -> list[Path]:
-        values, base = _lookup(self.config, "parity_jobs")
-        if not values:
-            return []
-        assert base is not None
-        return [(base / Path(v).expanduser()).resolve() for v in values]
-
-    def thresholds(self, job_settings: dict[str, Any] | None = None) -> Any:
-        """Thresholds with the documented precedence (see the module docstring)."""
-        from parity.compare import Thresholds
-
-        flags = {
-            "ssim_min": "parity_ssim_min",
-            "psnr_min": "parity_psnr_min",
-            "latent_distance_max": "parity_latent_max",
-        }
-        values: dict[str, float] = {}
-        for key, dest in flags.items():
-            cli = self.config.getoption(dest, None)
-            ini = self.config.getini(dest)
-            for value, what in (
-                (cli, f"--{dest.replace('_', '-')}"),
-                ((job_settings or {}).get(key), f"{JOB_FILE} {key}"),
-                (ini if ini not in (None, "") else None, f"ini {dest}"),
-                (self.project_settings.get(key), f"[tool.parity] {key}"),
-            ):
-                if value is not None:
-                    values[key] = _float(value, what)
-                    break
-        return Thresholds(**values)
-
-    def job_device(self, job_settings: dict[str, Any]) -> str | None:
-        cli = self.config.getoption("parity_device", None)
-        ini = self.config.getini("parity_device") or None
-        return cli or job_settings.get("device") or ini or self.project_settings.get("device")
-
-    # ---- engines and runs
 
     def engine(self, source: Any, device: str | None) -> Any:
         """One RenderEngine per (model, device) for the whole process."""
@@ -322,10 +264,11 @@ class ParityPlugin:
             return self.runs[node.job.name]
         result = _JobRun()
         self.runs[node.job.name] = result
+        from parity.engine import default_device
         from parity.models import job_source
         from parity.run import RunOptions, run_job
 
-        job = node.job
+        config, job = self.config, node.job
         session_items = getattr(node.session, "items", None) or []
         # Only the steps of the items still selected (after -k, deselection...).
         steps = sorted(
@@ -335,20 +278,20 @@ class ParityPlugin:
             source = job_source(
                 job.name_or_path,
                 job.extras_name_or_path,
-                base_model=self.base_model,
-                model_map=self.model_map,
-                pyproject=self.pyproject,
+                base_model=setting(config, "base_model"),
+                model_map=setting(config, "model_map") or [],
+                pyproject=config.rootpath / "pyproject.toml",
             )
-            from parity.engine import default_device
-
             device = node.device or default_device()
             engine = self.engine(source, device)
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-            out_dir = self.results_root / job.name / f"{self.worker}-{stamp}"
+            results = setting(config, "results") or config.rootpath / "reports" / "pytest"
+            out_dir = results / job.name / f"{self.worker}-{stamp}"
             result.out_dir = out_dir
+            generate = setting(config, "generate")
             options = RunOptions(
                 steps=tuple(steps),
-                attribute=self.attribute and not self.generate,
+                attribute=not setting(config, "no_attribution") and not generate,
                 thresholds=node.thresholds,
                 progress=False,
             )
@@ -362,7 +305,7 @@ class ParityPlugin:
         return result
 
     def baseline_path(self, node: ParityJob, step: int, index: int) -> Path:
-        root = self.baseline_dir or (node.job.root / "parity-baseline")
+        root = setting(self.config, "baseline_dir") or (node.job.root / "parity-baseline")
         return root / node.job.name / f"step{step}" / f"{index}.png"
 
     # ---- hooks
@@ -372,7 +315,7 @@ class ParityPlugin:
         self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
     ) -> None:
         seen: set[str] = set()
-        for path in self.job_paths():
+        for path in setting(config, "job") or []:
             node = ParityJob.for_path(session, path)
             if node.name in seen:
                 raise pytest.UsageError(
@@ -436,7 +379,6 @@ class ParityJob(pytest.Collector):
 
     job: Any = None
     job_error: Exception | None = None
-    settings: dict[str, Any]
 
     @classmethod
     def for_path(cls, session: pytest.Session, path: Path) -> ParityJob:
@@ -452,28 +394,15 @@ class ParityJob(pytest.Collector):
         node.job, node.job_error = job, error
         return node
 
-    def _settings(self) -> dict[str, Any]:
-        path = self.path / JOB_FILE
-        if not path.is_file():
-            return {}
-        settings = _read_toml(path)
-        unknown = sorted(set(settings) - set(JOB_FILE_KEYS))
-        if unknown:
-            raise pytest.UsageError(
-                f"{path}: unknown key(s) {unknown}; known keys: {', '.join(JOB_FILE_KEYS)}"
-            )
-        return settings
-
     def collect(self) -> list[ParityItem]:
-        from parity.run import parse_steps, select_steps
+        from parity.plan import parse_steps, select_steps
 
         if self.job_error is not None:
             raise self.job_error
-        plugin = _plugin(self.config)
-        self.settings = self._settings()
-        self.thresholds = plugin.thresholds(self.settings)
-        self.device = plugin.job_device(self.settings)
-        steps = select_steps(self.job, parse_steps(plugin.steps))
+        settings = JobSettings.read(self.path)
+        self.thresholds = thresholds(self.config, settings)
+        self.device = setting(self.config, "device", settings)
+        steps = select_steps(self.job, parse_steps(setting(self.config, "steps")))
         self.steps = tuple(steps)
         keys = sorted({(p.step, p.index) for p in self.job.previews if p.step in steps})
         return [
@@ -544,22 +473,19 @@ class ParityItem(pytest.Item):
                 props.append((name, f"{value:.6g}"))
         props.extend(
             [
-                ("verdict", row.verdict),
-                ("causes", ";".join(row.causes)),
+                ("verdict", str(row.verdict)),
+                ("causes", ";".join(map(str, row.causes))),
                 ("explained", str(row.explained).lower()),
             ]
         )
         assert run.out_dir is not None
         out_dir = run.out_dir.resolve()
-        if row.verdict == "error":
+        if row.verdict == "error" or row.render is None:
             props.append(("status", "error"))
             raise ParityFailure(_describe(node, row, out_dir, run_thresholds=node.thresholds))
         baseline = plugin.baseline_path(node, self.step, self.index)
-        if row.render is None:
-            props.append(("status", "error"))
-            raise ParityFailure(_describe(node, row, out_dir, run_thresholds=node.thresholds))
         render = out_dir / row.render
-        if plugin.generate:
+        if setting(self.config, "generate"):
             baseline.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(render, baseline)
             props.extend([("status", "generated"), ("baseline", str(baseline))])
@@ -579,7 +505,7 @@ class ParityItem(pytest.Item):
                     "  (re-record with --parity-generate once the change is accepted)"
                 )
         status = row.verdict if row.verdict != "match" else ("drift" if problems else "match")
-        props.append(("status", status))
+        props.append(("status", str(status)))
         if problems:
             raise ParityFailure("\n".join(problems))
 
@@ -606,9 +532,9 @@ def _drift(baseline: Path, render: Path) -> float | None:
 def _describe(node: ParityJob, row: Any, out_dir: Path, *, run_thresholds: Any) -> str:
     """The failure message of a mismatch or error row."""
     t = run_thresholds
-    lines = [f"{node.name} step {row.step} preview {row.index}: {row.verdict.upper()}"]
+    lines = [f"{node.name} step {row.step} preview {row.index}: {str(row.verdict).upper()}"]
     if row.verdict == "mismatch":
-        causes = ", ".join(row.causes) or "none confirmed"
+        causes = ", ".join(map(str, row.causes)) or "none confirmed"
         state = (
             "explained (switching these causes reproduces the preview)"
             if row.explained
@@ -627,8 +553,6 @@ def _describe(node: ParityJob, row: Any, out_dir: Path, *, run_thresholds: Any) 
         lines.append(check("SSIM", row.ssim, ">=", t.ssim_min, "{:.4f}"))
         lines.append(check("PSNR", row.psnr, ">=", t.psnr_min, "{:.2f} dB"))
         lines.append(check("latent", row.latent_distance, "<=", t.latent_distance_max, "{:.4f}"))
-        if row.ms_ssim is not None:
-            lines.append(f"  MS-SSIM  {row.ms_ssim:.4f}")
     if row.resized_for_comparison:
         lines.append(
             f"  sizes differ: render {row.width_render}x{row.height_render}, preview "
@@ -645,9 +569,16 @@ def _describe(node: ParityJob, row: Any, out_dir: Path, *, run_thresholds: Any) 
 
 # ------------------------------------------------------------------- registration
 
+_PLUGIN_NAME = "parity-state"
+
 
 def _plugin(config: pytest.Config) -> ParityPlugin:
-    plugin = config.pluginmanager.get_plugin("parity-state")
+    """The session's plugin state, created on first use (a fixture in a session without
+    ``--parity-job`` creates it then)."""
+    plugin = config.pluginmanager.get_plugin(_PLUGIN_NAME)
+    if plugin is None:
+        plugin = ParityPlugin(config)
+        config.pluginmanager.register(plugin, _PLUGIN_NAME)
     assert isinstance(plugin, ParityPlugin)
     return plugin
 
@@ -665,15 +596,15 @@ def _dist_chosen(config: pytest.Config) -> bool:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    if not setting(config, "job"):
+        return  # not a parity session: leave it alone
     config.addinivalue_line("markers", "parity: a preview-parity check of an ai-toolkit job")
     config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one)")
-    plugin = ParityPlugin(config)
-    config.pluginmanager.register(plugin, "parity-state")
+    _plugin(config)
     # Items of one job share one run: keep them on one xdist worker (ids start with the
     # job name, which is loadfile's unit).
     if (
-        plugin.job_paths()
-        and getattr(config.option, "numprocesses", None)
+        getattr(config.option, "numprocesses", None)
         and getattr(config.option, "dist", None) in ("no", "load")
         and not _dist_chosen(config)
     ):
@@ -693,7 +624,7 @@ def parity_engine(pytestconfig: pytest.Config) -> Any:
     plugin = _plugin(pytestconfig)
 
     def make(base_model: Any, device: str | None = None) -> Any:
-        return plugin.engine(base_model, device or plugin.device)
+        return plugin.engine(base_model, device or setting(pytestconfig, "device"))
 
     return make
 
@@ -712,4 +643,4 @@ def parity_job() -> Any:
 @pytest.fixture(scope="session")
 def parity_thresholds(pytestconfig: pytest.Config) -> Any:
     """:class:`parity.compare.Thresholds` from the command line, ini file and [tool.parity]."""
-    return _plugin(pytestconfig).thresholds()
+    return thresholds(pytestconfig)

@@ -266,12 +266,12 @@ def write_report(
         ]
         counterfactuals = [
             {
-                "cause": str(cf.get("cause", "")),
-                "href": _href(run_dir, cf.get("image")),
-                "ssim": cf.get("ssim"),
-                "psnr": cf.get("psnr"),
-                "latent_distance": cf.get("latent_distance"),
-                "confirmed": bool(cf.get("confirmed")),
+                "cause": cf.name,
+                "href": _href(run_dir, cf.image),
+                "ssim": cf.ssim,
+                "psnr": cf.psnr,
+                "latent_distance": cf.latent_distance,
+                "confirmed": cf.confirmed,
             }
             for cf in row.counterfactuals
         ]

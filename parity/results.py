@@ -11,9 +11,13 @@ import io
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from parity.attribute import Attribution, Counterfactual
+from parity.settings import Cause
 
 #: Columns of results.csv, in order.
 CSV_COLUMNS: tuple[str, ...] = (
@@ -37,7 +41,16 @@ CSV_COLUMNS: tuple[str, ...] = (
     "detail",
 )
 
-VERDICTS = ("match", "mismatch", "error")
+
+class Verdict(StrEnum):
+    """A preview's outcome."""
+
+    MATCH = "match"
+    MISMATCH = "mismatch"
+    ERROR = "error"  # the preview could not be judged (the row's detail says why)
+
+
+VERDICTS: tuple[Verdict, ...] = tuple(Verdict)
 
 
 @dataclass
@@ -63,14 +76,14 @@ class ResultRow:
     ms_ssim: float | None = None
     latent_distance: float | None = None
     lpips: float | None = None
-    verdict: str = "error"
-    causes: list[str] = field(default_factory=list)
+    verdict: Verdict = Verdict.ERROR
+    causes: list[Cause] = field(default_factory=list)
     explained: bool = False
     detail: str = ""
     # Extra detail kept in results.json only.
     counterfactual_renders: int = 0
-    candidate_causes: list[str] = field(default_factory=list)
-    counterfactuals: list[dict[str, Any]] = field(default_factory=list)
+    candidate_causes: list[Cause] = field(default_factory=list)
+    counterfactuals: list[Counterfactual] = field(default_factory=list)
     jpeg_floor: dict[str, float] | None = None
     resized_for_comparison: bool = False
     prompt: str = ""
@@ -82,20 +95,45 @@ class ResultRow:
     def key(self) -> tuple[str, int, int]:
         return (self.job, self.step, self.index)
 
+    @property
+    def attribution(self) -> Attribution | None:
+        """The attribution record this row was filled from (None: no counterfactuals)."""
+        if not self.counterfactuals:
+            return None
+        return Attribution(
+            candidates=tuple(self.candidate_causes),
+            confirmed=tuple(self.causes),
+            explained=self.explained,
+            counterfactuals=tuple(self.counterfactuals),
+            renders=self.counterfactual_renders,
+        )
+
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["verdict"] = str(self.verdict)
+        d["causes"] = [str(c) for c in self.causes]
+        d["candidate_causes"] = [str(c) for c in self.candidate_causes]
+        d["counterfactuals"] = [cf.to_json() for cf in self.counterfactuals]
+        return d
 
     def to_csv_row(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = self.to_json()
         out = {k: d[k] for k in CSV_COLUMNS}
-        out["causes"] = ";".join(sorted(self.causes))
+        out["causes"] = ";".join(sorted(d["causes"]))
         out["explained"] = "true" if self.explained else "false"
         return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ResultRow:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        values = {k: v for k, v in d.items() if k in known}
+        values["verdict"] = Verdict(values.get("verdict", Verdict.ERROR))
+        values["causes"] = [Cause(c) for c in values.get("causes", [])]
+        values["candidate_causes"] = [Cause(c) for c in values.get("candidate_causes", [])]
+        values["counterfactuals"] = [
+            Counterfactual.from_json(c) for c in values.get("counterfactuals", [])
+        ]
+        return cls(**values)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> None:

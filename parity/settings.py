@@ -10,24 +10,34 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal
 
 GeneratorKind = Literal["cpu", "global"]
 Dtype = Literal["float32", "float16", "bfloat16"]
 
-#: The causes parity can name, in the order a report lists them.
-CAUSES: tuple[str, ...] = (
-    "snapping",
-    "cfg",
-    "scheduler",
-    "steps",
-    "seed",
-    "lora_scale",
-    "lora_not_applied",
-    "precision",
-    "prompt",
-    "library",
-)
+
+class Cause(StrEnum):
+    """What makes a reference render differ from its preview; declared in report order.
+
+    Each cause owns fields of :class:`RenderSettings` (see
+    :data:`parity.attribute.CAUSE_FIELDS`); a counterfactual switches those fields.
+    """
+
+    SNAPPING = "snapping"  # width, height: floor to 16 (ai-toolkit) vs 32 (server)
+    CFG = "cfg"  # the guidance diffusers receives
+    SCHEDULER = "scheduler"  # FlowMatch shift
+    STEPS = "steps"
+    SEED = "seed"
+    LORA_SCALE = "lora_scale"  # LoRA multiplier, or a LoRA on one side only
+    LORA_NOT_APPLIED = "lora_not_applied"  # keys the server's loader does not take
+    PRECISION = "precision"  # dtype, quantization, merged LoRA, training adapter
+    PROMPT = "prompt"  # text or negative text
+    LIBRARY = "library"  # diffusers era: N-1 vs N updates for N steps
+
+
+#: The causes in the order a report lists them.
+CAUSES: tuple[Cause, ...] = tuple(Cause)
 
 
 #: Default match thresholds (see :class:`parity.compare.Thresholds` for how they were
@@ -37,6 +47,16 @@ DEFAULT_PSNR_MIN = 40.0  # dB
 DEFAULT_LATENT_DISTANCE_MAX = 0.025
 #: A cause is confirmed when reverting it alone raises 1 - SSIM by more than this.
 DEFAULT_CONFIRM_MARGIN = 0.02
+
+
+class LoraApplier(StrEnum):
+    """How a LoRA is attached to the transformer."""
+
+    #: diffusers ``load_lora_weights`` and a PEFT adapter scaled at run time (the
+    #: server's way; keys its loader does not recognise are silently skipped).
+    PEFT = "peft"
+    #: ai-toolkit's own network, which matches module names itself.
+    AITK = "aitk"
 
 
 @dataclass(frozen=True)
@@ -55,15 +75,16 @@ class LoraSettings:
         (ai-toolkit does this when every sample item shares one multiplier and the model
         is not quantized); False when it runs beside the base weights.
     applier:
-        ``"peft"``: diffusers ``load_lora_weights`` and a PEFT adapter scaled at run
-        time (the server's way; unrecognised keys are silently skipped).
-        ``"aitk"``: ai-toolkit's own network, which matches module names itself.
+        How it is attached (:class:`LoraApplier`).
     """
 
     path: str
     scale: float = 1.0
     merged: bool = False
-    applier: Literal["peft", "aitk"] = "peft"
+    applier: LoraApplier = LoraApplier.PEFT
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "applier", LoraApplier(self.applier))  # "peft" -> PEFT
 
 
 @dataclass(frozen=True)

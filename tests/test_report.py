@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from parity.attribute import Counterfactual
 from parity.report import write_diff_heatmap, write_report
 from parity.results import ResultRow
+from parity.settings import Cause, RenderSettings
 
 EVIL_PROMPT = '<script>alert(1)</script> a "cat" & <b>dog</b>'
 
@@ -71,14 +73,25 @@ def make_run(tmp_path: Path) -> tuple[Path, list[ResultRow]]:
             prompt=EVIL_PROMPT,
             best_counterfactual="counterfactuals/100/1/cfg.png",
             counterfactuals=[
-                {
-                    "cause": "cfg",
-                    "image": "counterfactuals/100/1/cfg.png",
-                    "ssim": 0.97,
-                    "psnr": 35.0,
-                    "latent_distance": 0.02,
-                    "confirmed": True,
-                }
+                Counterfactual(
+                    name="cfg",
+                    switched=(Cause.SEED,),
+                    settings=RenderSettings(
+                        prompt=EVIL_PROMPT,
+                        negative_prompt="",
+                        width=32,
+                        height=32,
+                        pipeline_guidance=0.0,
+                        steps=4,
+                        seed=1,
+                    ),
+                    ssim=0.97,
+                    psnr=35.0,
+                    latent_distance=0.02,
+                    match=False,
+                    image="counterfactuals/100/1/cfg.png",
+                    confirmed=True,
+                )
             ],
             corrected_request_note="set cfg to 1.0",
         ),
