@@ -841,9 +841,8 @@ def full_size_variants(
     pipe: Any, job: Path, runs: Path, device: str, dtype_name: str
 ) -> dict[str, dict[str, Any]]:
     """Variants a-d in this process on one built pipeline (building excluded)."""
-    from parity.engine import RenderEngine, _Variant
+    from parity.engine import RenderEngine
     from parity.run import RunOptions, run_job
-    from parity.settings import Quantization
 
     shift = float(pipe.scheduler.config.shift)
     results: dict[str, dict[str, Any]] = {}
@@ -866,9 +865,7 @@ def full_size_variants(
                     pipe.delete_adapters(ADAPTER)
             timers = instrument_parity()
             engine = RenderEngine(str(job), device=device)
-            engine._variants[(dtype_name, Quantization())] = _Variant(
-                pipe, dtype_name, Quantization()
-            )
+            engine.adopt(pipe, dtype_name)
             engine.checkpoint_scheduler_shift = shift
             options = RunOptions(attribute=variant == "attribute", progress=False)
             try:
@@ -1001,8 +998,7 @@ def full_size_benchmark(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():
             raise SystemExit("bench.py: --device cuda given but torch sees no CUDA device")
     set_threads(args.threads)
-    from parity.engine import RenderEngine, _Variant
-    from parity.settings import Quantization
+    from parity.engine import RenderEngine
 
     dtype_name = "bfloat16" if args.device.startswith("cuda") else "float32"
     size = args.size or (1024 if args.scale == "full" else 64)
@@ -1020,7 +1016,7 @@ def full_size_benchmark(args: argparse.Namespace) -> int:
         n_params = sum(p.numel() for p in pipe.transformer.parameters())
         print(f"{model}: built in {built:.1f} s, transformer {n_params / 1e9:.3f} B params")
         engine = RenderEngine("(in process)", device=args.device)
-        engine._variants[(dtype_name, Quantization())] = _Variant(pipe, dtype_name, Quantization())
+        engine.adopt(pipe, dtype_name)
         engine.checkpoint_scheduler_shift = float(pipe.scheduler.config.shift)
         job = full_size_job(work, pipe, engine, turbo=turbo, size=size, dtype_name=dtype_name)
         _drop_engine_adapter(pipe)

@@ -40,8 +40,19 @@ CAUSE_FIELDS: dict[Cause, tuple[str, ...]] = {
     Cause.LORA_SCALE: ("lora.scale",),
     Cause.LORA_NOT_APPLIED: ("lora.applier",),
     # Merging the LoRA into the weights is a precision matter: W + m*BA is rounded to the
-    # weight dtype once, which in bf16 loses much of a small delta.
-    Cause.PRECISION: ("dtype", "quantization", "lora.merged"),
+    # weight dtype once, which in bf16 loses much of a small delta. So is the training
+    # adapter, merged before quantization and run beside the weights at -1.
+    # Below float32 the applier is one too: ai-toolkit's network runs the LoRA in float32,
+    # a PEFT adapter in the model's dtype.
+    Cause.PRECISION: (
+        "dtype",
+        "quantization",
+        "text_encoder_cast",
+        "adapter",
+        "lora.merged",
+        "lora.applier",
+        "lora.rounding_seed",
+    ),
     Cause.PROMPT: ("prompt", "negative_prompt"),
 }
 
@@ -118,7 +129,11 @@ class Counterfactual:
 
     @property
     def kind(self) -> str:
-        return "all causes switched" if self.name == ALL else "all but this cause"
+        if self.name == ALL:
+            return "all causes switched"
+        if self.name.startswith("rounding_"):
+            return "all causes switched, the LoRA moved within its saved rounding"
+        return "all but this cause"
 
     def to_json(self) -> dict[str, Any]:
         return {

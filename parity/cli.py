@@ -365,7 +365,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     engine = RenderEngine(source, device=device)
     for path in lora_paths:  # a LoRA problem is found before the model loads
         try:
-            engine.lora_pairs(path)
+            engine.lora(path)
         except LoraError as e:
             raise LoraError(f"{request_path}: {e}") from None
     shift = checkpoint_scheduler_shift(source)
@@ -774,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("diffusers", "transformers", "peft"):
+    for noisy in ("diffusers", "transformers", "peft", "torchao"):
         logging.getLogger(noisy).setLevel(max(level, logging.ERROR))
     try:
         return args.func(args)

@@ -62,8 +62,13 @@ def blockers(
     checkpoint_shift: float | None,
     lora_not_applied: bool = False,
     server_dtype: str | None = None,
+    rounded_checkpoint: str | None = None,
 ) -> list[str]:
-    """Reasons the server cannot reproduce ``preview`` with any request."""
+    """Reasons the server cannot reproduce ``preview`` with any request.
+
+    ``rounded_checkpoint``: the dtype the step's checkpoint was saved in when that is a
+    rounding of the training weights (``BF16``, ``F16``), else None.
+    """
     reasons = []
     div = RESOLUTION_DIVISOR
     if preview.width % div or preview.height % div:
@@ -87,11 +92,22 @@ def blockers(
             f"guidance {preview.pipeline_guidance:g} exceeds the server's limit of "
             f"{GUIDANCE_BOUNDS[1]:g}"
         )
+    if preview.adapter is not None:
+        reasons.append(
+            f"the preview came from a model with ai-toolkit's training adapter "
+            f"{Path(preview.adapter.path).name} merged before quantization and run at "
+            f"{preview.adapter.multiplier:g} beside it (Q(W + A) - A); the server loads W"
+        )
     if preview.quantization.active:
         q = preview.quantization
         reasons.append(
             f"the preview came from a quantized model (transformer {q.qtype or 'full'}, text "
             f"encoder {q.qtype_te or 'full'}); the server never quantizes"
+        )
+    if rounded_checkpoint is not None:
+        reasons.append(
+            f"checkpoint saved in {rounded_checkpoint}; previews used the fp32 training "
+            "weights, which the job folder does not hold"
         )
     if server_dtype is not None and preview.dtype != server_dtype:
         reasons.append(
@@ -153,9 +169,10 @@ def corrected_requests(
             checkpoint_shift=checkpoint_shift,
             lora_not_applied=lora_not_applied and s.lora is not None,
             server_dtype=server_dtype,
+            rounded_checkpoint=checkpoint.dtype if checkpoint and checkpoint.rounded else None,
         )
         closest = closest_without_precision(attributions.get(index))
-        if reasons and closest is not None and s.quantization.active:
+        if reasons and closest is not None:
             reasons.append(closest)
         if reasons:
             out.cannot[index] = reasons

@@ -3,32 +3,44 @@
 Both sides go through :meth:`RenderEngine.render`; nothing but the RenderSettings record
 decides the pixels. Per run the engine keeps:
 
-- one diffusers ``ZImagePipeline`` per (dtype, quantization) variant, loaded on demand;
+- one diffusers ``ZImagePipeline`` per :class:`VariantKey` (dtype, quantization,
+  text-encoder cast, training adapter), loaded on demand and built the way ai-toolkit
+  builds its model for sampling (see :meth:`RenderEngine.variant`);
 - prompt embeddings per (text, variant), shared by checkpoints and counterfactuals;
-- the LoRA state dicts read once per file.
+- the LoRA files, read once each (:mod:`parity.lora`).
 
 LoRA application comes in two kinds, matching the two sides:
 
-- ``LoraSettings(merged=False)`` on an unquantized variant: a PEFT adapter named
-  ``"lora"`` loaded with diffusers ``load_lora_weights`` and scaled at run time, exactly
-  as the reference server does. Keys diffusers does not recognise are silently not
-  applied, as on the server; the engine counts the modules that did get the adapter.
-- ai-toolkit's network, for previews (``LoraSettings.applier == "aitk"``): the delta is
-  merged into the weights, ``W + m (B A)`` computed in float32, when ``merged`` is
-  True; otherwise it runs beside each Linear, ``y + m B(A x)``, which also works over
-  quantized weights (ai-toolkit never merges into a quantized model).
+- ``LoraApplier.PEFT`` on a plain variant: a PEFT adapter named ``"lora"`` loaded with
+  diffusers ``load_lora_weights`` and scaled at run time, exactly as the reference server
+  does. Keys diffusers does not recognise are silently not applied, as on the server; the
+  engine counts the modules that did get the adapter.
+- ai-toolkit's network (``LoraApplier.AITK``, and always on a quantized variant or one
+  with a training adapter, where ai-toolkit cannot merge): with ``merged`` the update is
+  merged into the weights (``W + m * delta`` in float32, rounded once to the weight dtype)
+  for the render and restored after; otherwise it runs beside each linear through a
+  forward hook (:meth:`parity.lora.ModuleDelta.output`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from parity.errors import PICKLED_SUFFIXES, LoraError, ModelLoadError, ParityError, RenderError
-from parity.settings import Dtype, LoraApplier, LoraSettings, Quantization, RenderSettings
+from parity.errors import LoraError, ModelLoadError, ParityError, RenderError
+from parity.lora import ModuleDelta, audit_keys, module_deltas, perturb_within_rounding, read_lora
+from parity.settings import (
+    Dtype,
+    LoraApplier,
+    LoraSettings,
+    Quantization,
+    RenderSettings,
+    TrainingAdapter,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -37,8 +49,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 LORA_ADAPTER = "lora"
-#: Key prefixes ai-toolkit and diffusers use for transformer LoRA keys.
-LORA_KEY_PREFIXES = ("diffusion_model.", "transformer.", "base_model.model.")
 
 
 @dataclass
@@ -54,7 +64,10 @@ class RenderOutput:
 
     @property
     def lora_not_applied(self) -> bool:
-        return self.settings.lora is not None and self.lora_modules_applied == 0
+        """True when some module of the LoRA file reached no module of the transformer."""
+        return (
+            self.settings.lora is not None and self.lora_modules_applied < self.lora_modules_in_file
+        )
 
 
 def default_device() -> str:
@@ -63,99 +76,40 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-# ----------------------------------------------------------------------- LoRA files
+@dataclass(frozen=True)
+class VariantKey:
+    """What makes two pipelines' weights differ (everything else is per render)."""
 
+    dtype: Dtype
+    quantization: Quantization = Quantization()
+    text_encoder_cast: bool = False
+    adapter: TrainingAdapter | None = None
 
-def read_lora(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a LoRA state dict from safetensors, refusing pickled formats.
-
-    Raises
-    ------
-    LoraError
-        Pickled suffix, missing, empty, truncated or non-safetensors file, NaN/inf values.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if path.suffix.lower() in PICKLED_SUFFIXES:
-        raise LoraError(
-            f"{path}: pickled checkpoint formats ({path.suffix}) are refused; "
-            "convert the LoRA to .safetensors"
+    @classmethod
+    def of(cls, settings: RenderSettings) -> VariantKey:
+        return cls(
+            settings.dtype, settings.quantization, settings.text_encoder_cast, settings.adapter
         )
-    if not path.is_file():
-        raise LoraError(f"{path}: LoRA file not found")
-    size = path.stat().st_size
-    if size == 0:
-        raise LoraError(f"{path}: LoRA file is empty (0 bytes)")
-    try:
-        # safetensors parses a JSON header and raw buffers; it never unpickles anything.
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise LoraError(f"{path}: {_not_safetensors(path, e)}") from None
-    if not state:
-        raise LoraError(f"{path}: safetensors file holds no tensors")
-    for key, tensor in state.items():
-        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
-            raise LoraError(f"{path}: tensor {key} contains NaN or inf values")
-    return state
 
-
-def _not_safetensors(path: Path, error: Exception) -> str:
-    """What a file that safetensors could not parse looks like, for the error message.
-
-    Only called after parsing failed: the first bytes of a valid safetensors file are a
-    little-endian header length, which may by chance start with the same bytes as a zip
-    archive or a pickle, so those are never judged by their first bytes alone.
-    """
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if head[:4] == b"PK\x03\x04":
-        return "a zip archive (torch.save format, which holds pickles), not safetensors; refused"
-    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "a pickle (legacy torch.save format), not safetensors; refused, never unpickled"
-    return f"not a readable safetensors file, truncated or corrupt ({error})"
-
-
-def lora_module_pairs(
-    state: dict[str, torch.Tensor],
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Map module names (prefix stripped) to (A, B) for PEFT- and kohya-style key pairs."""
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in state.items():
-        for down, up in (
-            (".lora_A.weight", ".lora_B.weight"),
-            (".lora_down.weight", ".lora_up.weight"),
-        ):
-            if key.endswith(down):
-                pairs.setdefault(key[: -len(down)], {})["A"] = tensor
-            elif key.endswith(up):
-                pairs.setdefault(key[: -len(up)], {})["B"] = tensor
-    out = {}
-    for name, ab in pairs.items():
-        if "A" not in ab or "B" not in ab:
-            continue
-        for prefix in LORA_KEY_PREFIXES:
-            if name.startswith(prefix):
-                name = name[len(prefix) :]
-                break
-        out[name] = (ab["A"], ab["B"])
-    return out
-
-
-# -------------------------------------------------------------------- the engine
+    @property
+    def plain(self) -> bool:
+        """Weights as loaded: a PEFT adapter can be attached (the server's way)."""
+        return not self.quantization.qtype and self.adapter is None
 
 
 @dataclass
 class _Variant:
-    """A pipeline at one dtype and quantization, with its LoRA state."""
+    """A pipeline built for one :class:`VariantKey`, with its PEFT adapter state."""
 
     pipe: Any
-    dtype: Dtype
-    quantization: Quantization
+    key: VariantKey
     peft_path: str | None = None
     peft_applied: int = 0
     peft_in_file: int = 0
+
+    @property
+    def dtype(self) -> Dtype:
+        return self.key.dtype
 
 
 class RenderEngine:
@@ -178,9 +132,9 @@ class RenderEngine:
             source = ModelSource(transformer=ref, components=ref, scheduler=ref, label=ref)
         self.source = source
         self.device = device or default_device()
-        self._variants: dict[tuple[Dtype, Quantization], _Variant] = {}
-        self._embeddings: dict[tuple[str, Dtype, str | None], Any] = {}
-        self._loras: dict[str, dict[str, tuple[Any, Any]]] = {}
+        self._variants: dict[VariantKey, _Variant] = {}
+        self._embeddings: dict[tuple[str, VariantKey], Any] = {}
+        self._loras: dict[tuple[str, int | None], dict[str, ModuleDelta]] = {}
         self._offloaded = False
         self.renders = 0
         #: ``shift`` of the checkpoint's own scheduler (what zimage_turbo keeps), read
@@ -209,10 +163,34 @@ class RenderEngine:
             self.checkpoint_scheduler_shift = float(shift)
         return pipe
 
-    def variant(self, dtype: Dtype, quantization: Quantization = Quantization()) -> _Variant:
-        key = (dtype, quantization)
+    def variant(
+        self,
+        dtype: Dtype,
+        quantization: Quantization = Quantization(),
+        *,
+        text_encoder_cast: bool = False,
+        adapter: TrainingAdapter | None = None,
+    ) -> _Variant:
+        """The pipeline for these weights, built on first use in ai-toolkit's order.
+
+        1. load every component in ``dtype``;
+        2. ``text_encoder_cast``: cast the text encoder to ``dtype`` again, which rounds its
+           rotary buffers as ai-toolkit's ``text_encoder.to(device, dtype=...)`` does;
+        3. ``adapter``: merge the training adapter at +1 into the transformer's linears
+           (float32 sum of the ``dtype`` weight and the ``dtype``-rounded update, rounded
+           once), before quantization;
+        4. quantize the transformer and the text encoder (:mod:`parity.quantize`);
+        5. ``adapter``: hook it beside the linears at its sampling multiplier (-1), in
+           ``dtype``; these hooks run before any LoRA's, as ai-toolkit's adapter runs
+           inside the training LoRA.
+        """
+        key = VariantKey(dtype, quantization, text_encoder_cast, adapter)
         if key not in self._variants:
             pipe = self._load(dtype)
+            if text_encoder_cast:
+                pipe.text_encoder.to(dtype=_torch_dtype(dtype))
+            if adapter is not None:
+                self._merge_adapter(pipe, adapter, dtype)
             if quantization.active:
                 from parity.quantize import quantize_text_encoder, quantize_transformer
 
@@ -220,16 +198,73 @@ class RenderEngine:
                     quantize_transformer(pipe.transformer, quantization.qtype)
                 if quantization.qtype_te:
                     quantize_text_encoder(pipe.text_encoder, quantization.qtype_te)
-            self._variants[key] = _Variant(pipe, dtype, quantization)
+            if adapter is not None:
+                self._hook_adapter(pipe, adapter, dtype)
+            self._variants[key] = _Variant(pipe, key)
         return self._variants[key]
+
+    def adopt(self, pipe: Any, dtype: Dtype) -> None:
+        """Use an already built pipeline as this engine's plain ``dtype`` variant."""
+        self._variants[VariantKey(dtype)] = _Variant(pipe, VariantKey(dtype))
+
+    # ---- training adapter
+
+    def _adapter_deltas(self, adapter: TrainingAdapter, dtype: Dtype) -> dict[str, ModuleDelta]:
+        """The adapter's updates with their factors rounded to ``dtype`` (ai-toolkit keeps
+        the adapter network in the training dtype)."""
+        import dataclasses
+
+        torch_dtype = _torch_dtype(dtype)
+        return {
+            name: dataclasses.replace(
+                d, first=d.first.to(torch_dtype), second=d.second.to(torch_dtype)
+            )
+            for name, d in self.lora(adapter.path).items()
+        }
+
+    def _merge_adapter(self, pipe: Any, adapter: TrainingAdapter, dtype: Dtype) -> None:
+        import torch
+
+        modules = dict(pipe.transformer.named_modules())
+        with torch.no_grad():
+            for name, delta in self._adapter_deltas(adapter, dtype).items():
+                module = modules.get(name)
+                if not isinstance(module, torch.nn.Linear) or delta.is_zero():
+                    continue
+                weight = module.weight
+                merged = weight.data.float() + delta.weight(1.0).to(weight.device)
+                weight.data.copy_(merged.to(weight.dtype))
+
+    def _hook_adapter(self, pipe: Any, adapter: TrainingAdapter, dtype: Dtype) -> None:
+        import torch
+
+        torch_dtype = _torch_dtype(dtype)
+        modules = dict(pipe.transformer.named_modules())
+        scale = torch.tensor(1.0, dtype=torch_dtype, device=self.device)
+        multiplier = torch.tensor((adapter.multiplier,), dtype=torch_dtype, device=self.device)
+        for name, delta in self._adapter_deltas(adapter, dtype).items():
+            module = modules.get(name)
+            if not isinstance(module, torch.nn.Linear) or delta.is_zero():
+                continue
+            a = delta.first.to(self.device)
+            b = delta.second.to(self.device)
+
+            def run_adapter(mod: Any, args: Any, out: Any, a: Any = a, b: Any = b) -> Any:
+                # All in the adapter's dtype: down, up, times scale and multiplier.
+                x = args[0].to(torch_dtype)
+                y = torch.nn.functional.linear(torch.nn.functional.linear(x, a), b)
+                y = y * scale * multiplier.reshape((-1,) + (1,) * (y.dim() - 1))
+                return out + y.to(out.dtype)
+
+            module.register_forward_hook(run_adapter)
 
     # ---- prompts
 
     def encode(self, text: str, variant: _Variant) -> Any:
-        """Prompt embeddings for ``text``, cached per (text, dtype, text-encoder qtype)."""
+        """Prompt embeddings for ``text``, cached per (text, variant)."""
         import torch
 
-        key = (text, variant.dtype, variant.quantization.qtype_te)
+        key = (text, variant.key)
         if key not in self._embeddings:
             with torch.no_grad():
                 embeds, _ = variant.pipe.encode_prompt(
@@ -240,10 +275,29 @@ class RenderEngine:
 
     # ---- LoRA
 
-    def lora_pairs(self, path: str) -> dict[str, tuple[Any, Any]]:
-        if path not in self._loras:
-            self._loras[path] = lora_module_pairs(read_lora(path))
-        return self._loras[path]
+    def lora(self, path: str, *, rounding_seed: int | None = None) -> dict[str, ModuleDelta]:
+        """The module updates of a LoRA file, read and validated once.
+
+        ``rounding_seed``: every value moved within its own rounding
+        (:func:`parity.lora.perturb_within_rounding`).
+
+        Raises
+        ------
+        LoraError
+            The file is unusable, or holds no LoRA or LoKr update at all.
+        """
+        key = (path, rounding_seed)
+        if key not in self._loras:
+            state = read_lora(path)
+            if rounding_seed is not None:
+                state = perturb_within_rounding(state, seed=rounding_seed)
+            deltas = module_deltas(state)
+            if not deltas:
+                audit = audit_keys(state)
+                why = audit.refused or "no lora_A/lora_B, lora_down/lora_up or lokr_w1/lokr_w2"
+                raise LoraError(f"{path}: holds no LoRA or LoKr update ({why})")
+            self._loras[key] = deltas
+        return self._loras[key]
 
     def _use_peft(self, variant: _Variant, lora: LoraSettings | None) -> None:
         """Make the PEFT adapter match ``lora`` (None: adapter off)."""
@@ -258,21 +312,26 @@ class RenderEngine:
             if variant.peft_path is not None:
                 variant.pipe.delete_adapters(LORA_ADAPTER)
                 variant.peft_path = None
-            pairs = self.lora_pairs(lora.path)  # validates the file first
+            deltas = self.lora(lora.path)  # validates the file first
             path = Path(lora.path)
             try:
                 variant.pipe.load_lora_weights(
                     str(path.parent), weight_name=path.name, adapter_name=LORA_ADAPTER
                 )
             except ValueError as e:
-                # diffusers raises when no module at all is targeted.
+                audit = audit_keys(read_lora(lora.path))
+                if audit.refused:
+                    raise LoraError(
+                        f"{path}: the server's diffusers cannot load this file: {audit.refused}"
+                    ) from None
+                # diffusers also raises when no module at all is targeted.
                 log.warning("%s: diffusers applied no LoRA module (%s)", path, e)
                 variant.peft_path = lora.path
                 variant.peft_applied = 0
-                variant.peft_in_file = len(pairs)
+                variant.peft_in_file = len(deltas)
                 return
             variant.peft_path = lora.path
-            variant.peft_in_file = len(pairs)
+            variant.peft_in_file = len(deltas)
             variant.peft_applied = _count_adapted_modules(transformer, LORA_ADAPTER)
         if variant.peft_applied:
             transformer.enable_lora()
@@ -282,13 +341,15 @@ class RenderEngine:
         """Apply ai-toolkit's network; return (hooks, weight backups, modules applied)."""
         import torch
 
-        pairs = self.lora_pairs(lora.path)
+        deltas = self.lora(lora.path, rounding_seed=lora.rounding_seed)
         modules = dict(variant.pipe.transformer.named_modules())
         hooks: list[Any] = []
         backups: list[tuple[Any, Any]] = []
         applied = 0
-        rank_scale = 1.0  # ai-toolkit saves no alpha: alpha = rank, so alpha / rank = 1
-        for name, (a, b) in pairs.items():
+        # ai-toolkit merges only into plain weights (can_merge_in is False when quantized).
+        merge = lora.merged and not variant.key.quantization.qtype
+        multiplier = torch.tensor((lora.scale,), dtype=torch.float32, device=self.device)
+        for name, delta in deltas.items():
             module = modules.get(name)
             if module is None:
                 continue
@@ -296,30 +357,25 @@ class RenderEngine:
             if not isinstance(base, torch.nn.Linear):
                 continue
             applied += 1
-            a32 = a.to(self.device, torch.float32)
-            b32 = b.to(self.device, torch.float32)
-            if lora.merged and not variant.quantization.qtype:
-                if not (a32.any() and b32.any()):
-                    continue  # ai-toolkit skips zero deltas
+            if merge:
+                if delta.is_zero():
+                    continue  # ai-toolkit skips zero updates
                 weight = base.weight
                 backups.append((weight, weight.data.clone()))
-                merged = weight.data.float() + lora.scale * (b32 @ a32) * rank_scale
+                merged = weight.data.float() + delta.weight(lora.scale).to(weight.device)
                 weight.data.copy_(merged.to(weight.dtype))
-            else:
-                multiplier = torch.tensor((lora.scale,), dtype=torch.float32, device=self.device)
+                continue
+            on_device = type(delta)(
+                delta.format, delta.first.to(self.device), delta.second.to(self.device), delta.scale
+            )
 
-                def add_lora(mod: Any, args: Any, out: Any, a32=a32, b32=b32, m=multiplier) -> Any:
-                    x = args[0]
-                    if hasattr(x, "dequantize") and not isinstance(x, torch.Tensor):
-                        x = x.dequantize()
-                    lora_out = torch.nn.functional.linear(
-                        torch.nn.functional.linear(x.to(torch.float32), a32), b32
-                    )
-                    lora_out = lora_out * rank_scale
-                    lora_out = lora_out * m.reshape((-1,) + (1,) * (lora_out.dim() - 1))
-                    return out + lora_out.to(out.dtype)
+            def run_lora(mod: Any, args: Any, out: Any, d: ModuleDelta = on_device) -> Any:
+                x = args[0]
+                if hasattr(x, "dequantize") and type(x) is not torch.Tensor:
+                    x = x.dequantize()  # a quantized activation (never with weight-only)
+                return out + d.output(x, multiplier, out.dtype)
 
-                hooks.append(base.register_forward_hook(add_lora))
+            hooks.append(base.register_forward_hook(run_lora))
         return hooks, backups, applied
 
     # ---- rendering
@@ -337,10 +393,16 @@ class RenderEngine:
         import torch
 
         started = time.perf_counter()
-        variant = self.variant(settings.dtype, settings.quantization)
+        key = VariantKey.of(settings)
+        variant = self.variant(
+            key.dtype,
+            key.quantization,
+            text_encoder_cast=key.text_encoder_cast,
+            adapter=key.adapter,
+        )
         lora = settings.lora
         use_aitk = lora is not None and (
-            lora.applier is LoraApplier.AITK or lora.merged or settings.quantization.active
+            lora.applier is LoraApplier.AITK or lora.merged or not key.plain
         )
         hooks: list[Any] = []
         backups: list[Any] = []
@@ -348,9 +410,10 @@ class RenderEngine:
         notes: list[str] = []
         try:
             if use_aitk:
+                assert lora is not None
                 self._use_peft(variant, None)
                 hooks, backups, applied = self._aitk_lora(variant, lora)
-                in_file = len(self.lora_pairs(lora.path))
+                in_file = len(self.lora(lora.path))
             else:
                 self._use_peft(variant, lora)
                 if lora is not None:
@@ -441,10 +504,14 @@ class RenderEngine:
         self._loras.clear()
 
 
+def _torch_dtype(dtype: Dtype) -> torch.dtype:
+    import torch
+
+    return getattr(torch, dtype)
+
+
 def _load_failure(source: Any, error: Exception) -> str:
     """One line: which checkpoint could not be loaded, why, and how to fix it."""
-    import os
-
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     parts = {source.transformer, source.components}
     hub_ids = sorted(p for p in parts if not os.path.isdir(p))
@@ -459,10 +526,13 @@ def _load_failure(source: Any, error: Exception) -> str:
 
 
 def _count_adapted_modules(transformer: Any, adapter: str) -> int:
+    """Modules PEFT wrapped with ``adapter`` (a LoRA's ``lora_A``, a LoKr's ``lokr_w1``...)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     count = 0
     for module in transformer.modules():
-        if isinstance(module, BaseTunerLayer) and adapter in getattr(module, "lora_A", {}):
-            count += 1
+        if isinstance(module, BaseTunerLayer):
+            names = getattr(module, "adapter_layer_names", ()) or ("lora_A",)
+            if adapter in getattr(module, names[0], {}):
+                count += 1
     return count

@@ -26,7 +26,8 @@ import yaml
 
 from parity.aitk import SAMPLE_DEFAULTS, aitk_version_from_metadata, floor8
 from parity.errors import PICKLED_SUFFIXES, JobError, SampleError
-from parity.models import REFERENCE_MODELS
+from parity.lora import KeyAudit, audit_keys, describe_dtype, read_header
+from parity.models import REFERENCE_MODELS, ModelMap
 from parity.settings import Quantization
 
 log = logging.getLogger(__name__)
@@ -70,11 +71,121 @@ class SampleSpec:
 
 @dataclass(frozen=True)
 class Checkpoint:
+    """A LoRA checkpoint of the job, known from its safetensors header alone.
+
+    ``dtype`` is the safetensors dtype of its update tensors (``BF16``, ``F32``; None when
+    mixed or unreadable); ``audit`` what the server's loader does with its keys.
+    """
+
     path: Path
     step: int
     is_final: bool
     metadata: dict[str, str]
     aitk_version: str | None
+    dtype: str | None = None
+    audit: KeyAudit | None = None
+
+    @property
+    def rounded(self) -> bool:
+        """Saved below float32: the file holds a rounding of the training weights."""
+        return self.dtype in ("BF16", "F16")
+
+
+@dataclass(frozen=True)
+class Network:
+    """The config's ``network`` section: what was trained.
+
+    ai-toolkit writes Z-Image LoRAs in PEFT format with alpha equal to the rank, so a
+    ``linear_alpha`` other than ``linear`` is ignored (:attr:`alpha_ignored`): training,
+    previews and the file all run at scale 1.0, and so does the server. LoKr keeps its
+    alpha keys (full rank: alpha 1e10, scale 1).
+    """
+
+    type: str = "lora"
+    linear: int | None = None
+    linear_alpha: float | None = None
+
+    @property
+    def alpha_ignored(self) -> bool:
+        return (
+            self.type == "lora"
+            and self.linear_alpha is not None
+            and self.linear is not None
+            and float(self.linear_alpha) != float(self.linear)
+        )
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """The other process keys ai-toolkit's UI writes, read for what they do to previews.
+
+    Attributes
+    ----------
+    process_type:
+        ``sd_trainer`` (older jobs) or ``diffusion_trainer`` (the UI): the same trainer.
+    save_dtype:
+        dtype of the saved checkpoints (``save.dtype``); previews used the float32
+        training weights, so a bf16 save is their rounding.
+    ema:
+        ``train.ema_config.use_ema``: ai-toolkit swaps the EMA weights in before sampling
+        and before saving, so previews and checkpoints hold the same weights.
+    assistant_lora_path:
+        The training adapter as written (``model.assistant_lora_path``), or None.
+    low_vram, layer_offloading, cache_text_embeddings, unload_text_encoder:
+        Where ai-toolkit keeps weights and embeddings; only ``layer_offloading`` changes
+        pixels (qfloat8 becomes torchao float8, see :func:`parity.quantize.preview_qtypes`).
+    skip_first_sample, force_first_sample, disable_sampling:
+        Which previews exist at all.
+    """
+
+    process_type: str = "sd_trainer"
+    network: Network = Network()
+    save_dtype: str = "float16"
+    ema: bool = False
+    assistant_lora_path: str | None = None
+    low_vram: bool = False
+    layer_offloading: bool = False
+    cache_text_embeddings: bool = False
+    unload_text_encoder: bool = False
+    skip_first_sample: bool = False
+    force_first_sample: bool = False
+    disable_sampling: bool = False
+
+    def notes(self) -> list[str]:
+        """What these settings mean for the previews, one line each (``parity inspect``)."""
+        out = []
+        n = self.network
+        if n.alpha_ignored:
+            out.append(
+                f"network.linear_alpha {n.linear_alpha:g} differs from linear {n.linear}: "
+                "ai-toolkit ignores it for Z-Image (PEFT format, alpha = rank), so the LoRA "
+                "runs at scale 1.0 in previews, in the saved file and on the server"
+            )
+        if n.type == "lokr":
+            out.append("network.type lokr: a LoKr file; the server's diffusers loads it as LoKr")
+        if self.ema:
+            out.append(
+                "EMA: ai-toolkit swaps the EMA weights in before sampling and before saving, "
+                "so previews and checkpoints hold the same weights; no cause"
+            )
+        if self.assistant_lora_path:
+            out.append(
+                f"training adapter {self.assistant_lora_path}: previews show Q(W + A) - A "
+                "plus the LoRA, the server W plus the LoRA (a precision cause)"
+            )
+        if self.layer_offloading:
+            out.append("layer_offloading: ai-toolkit quantized with torchao float8, not quanto")
+        if self.cache_text_embeddings or self.unload_text_encoder or self.low_vram:
+            out.append(
+                "low_vram / cache_text_embeddings / unload_text_encoder move weights and "
+                "embeddings between devices; the sample prompts are encoded by the same text "
+                "encoder, so pixels do not change"
+            )
+        if self.disable_sampling:
+            out.append("train.disable_sampling: ai-toolkit rendered no previews for this job")
+        elif self.skip_first_sample:
+            out.append("train.skip_first_sample: no step-0 previews")
+        return out
 
 
 @dataclass(frozen=True)
@@ -108,6 +219,11 @@ class Job:
     problems: tuple[str, ...] = ()
     #: Checkpoint files of a step that were refused (pickled formats), by step.
     refused_checkpoints: Mapping[int, str] = field(default_factory=dict)
+    setup: TrainingSetup = TrainingSetup()
+    #: The training adapter's local file, resolved (None: no adapter, or not found, in
+    #: which case ``adapter_problem`` says why).
+    adapter_path: Path | None = None
+    adapter_problem: str | None = None
 
     @property
     def steps(self) -> list[int]:
@@ -449,29 +565,6 @@ def _resolve_item(
 # --------------------------------------------------------------------- job folder
 
 
-def read_checkpoint_metadata(path: Path) -> dict[str, str]:
-    """Safetensors metadata of a LoRA file, from its JSON header alone.
-
-    Reads the 8-byte little-endian header length and the header; no tensor is loaded
-    (and no tensor library imported), nothing is unpickled.
-    """
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ValueError("file shorter than a safetensors header")
-        size = int.from_bytes(head, "little")
-        if size <= 0 or size > 100_000_000:
-            raise ValueError(f"implausible safetensors header length {size}")
-        raw = f.read(size)
-    if len(raw) < size:
-        raise ValueError("truncated safetensors header")
-    header = json.loads(raw)
-    if not isinstance(header, dict):
-        raise ValueError("safetensors header is not a JSON object")
-    metadata = header.get("__metadata__") or {}
-    return {str(k): str(v) for k, v in metadata.items()}
-
-
 def _scan_checkpoints(
     root: Path, name: str, problems: list[str], refused: dict[int, str]
 ) -> tuple[Checkpoint, ...]:
@@ -484,8 +577,11 @@ def _scan_checkpoints(
         if match and match.group("name") != name:
             continue
         metadata: dict[str, str] = {}
+        dtype, audit = None, None
         try:
-            metadata = read_checkpoint_metadata(path)
+            header = read_header(path)
+            metadata = dict(header.metadata)
+            dtype, audit = describe_dtype(header), audit_keys(header.tensors)
         except Exception as e:  # a half-written file must not stop the others
             problems.append(f"{path}: unreadable safetensors header ({e})")
         step: int | None = int(match.group("step")) if match else None
@@ -498,9 +594,8 @@ def _scan_checkpoints(
         if step is None:
             problems.append(f"{path}: final checkpoint without training_info step; skipped")
             continue
-        found.append(
-            Checkpoint(path, step, is_final, metadata, aitk_version_from_metadata(metadata))
-        )
+        version = aitk_version_from_metadata(metadata)
+        found.append(Checkpoint(path, step, is_final, metadata, version, dtype, audit))
     # Pickled checkpoints (torch.save) are never read: name them so the step's error says why.
     for path in sorted(root.iterdir()):
         stem, dot, suffix = path.name.rpartition(".")
@@ -543,8 +638,77 @@ def _scan_previews(root: Path) -> tuple[Preview, ...]:
     return tuple(previews)
 
 
-def read_job(path: str | Path, *, reference_model: str | None = None) -> Job:
+def _flag(section: Any, key: str) -> bool:
+    return bool(section.get(key, False)) if isinstance(section, dict) else False
+
+
+def read_setup(process: dict[str, Any]) -> TrainingSetup:
+    """The process keys of :class:`TrainingSetup`, with ai-toolkit's defaults."""
+    network = process.get("network") if isinstance(process.get("network"), dict) else {}
+    train = process.get("train") if isinstance(process.get("train"), dict) else {}
+    model = process.get("model") if isinstance(process.get("model"), dict) else {}
+    save = process.get("save") if isinstance(process.get("save"), dict) else {}
+    ema = train.get("ema_config") if isinstance(train.get("ema_config"), dict) else {}
+    linear, alpha = network.get("linear"), network.get("linear_alpha")
+    adapter = model.get("assistant_lora_path")
+    return TrainingSetup(
+        process_type=str(process.get("type") or "sd_trainer"),
+        network=Network(
+            type=str(network.get("type") or "lora").lower(),
+            linear=int(linear) if isinstance(linear, int | float) else None,
+            linear_alpha=float(alpha) if isinstance(alpha, int | float) else None,
+        ),
+        save_dtype=str(save.get("dtype") or "float16"),
+        ema=_flag(ema, "use_ema"),
+        assistant_lora_path=str(adapter) if adapter else None,
+        low_vram=_flag(model, "low_vram"),
+        layer_offloading=_flag(model, "layer_offloading"),
+        cache_text_embeddings=_flag(train, "cache_text_embeddings"),
+        unload_text_encoder=_flag(train, "unload_text_encoder"),
+        skip_first_sample=_flag(train, "skip_first_sample"),
+        force_first_sample=_flag(train, "force_first_sample"),
+        disable_sampling=_flag(train, "disable_sampling"),
+    )
+
+
+def resolve_adapter(
+    written: str, root: Path, training_folder: Any, model_map: ModelMap
+) -> tuple[Path | None, str | None]:
+    """The local file of a training adapter, as ai-toolkit finds it, or why it is missing.
+
+    ai-toolkit opens ``assistant_lora_path`` relative to the folder it ran in, which holds
+    the (relative) ``training_folder`` that holds the job folder; a path that is not a
+    file there is a hub path ``org/repo/file``, here looked up in the model map.
+    """
+    path = Path(written).expanduser()
+    looked: list[Path] = []
+    if path.is_absolute():
+        looked.append(path)
+    elif isinstance(training_folder, str) and not Path(training_folder).is_absolute():
+        depth = len(Path(training_folder).parts) + 1  # <run dir>/<training_folder>/<name>
+        if depth < len(root.parts):
+            looked.append(root.parents[depth - 1] / path)
+    for candidate in looked:
+        if candidate.is_file():
+            return candidate.resolve(), None
+    mapped = model_map.resolve_hub_file(written)
+    if mapped is not None:
+        return mapped, None
+    repo = written.rpartition("/")[0]
+    where = f"not a file at {', '.join(map(str, looked))} and " if looked else ""
+    return None, (
+        f"model.assistant_lora_path {written}: {where}not mapped to a local file; map it with "
+        f"--model-map {written}=/path/to/file.safetensors (or {repo}=/path/to/folder)"
+    )
+
+
+def read_job(
+    path: str | Path, *, reference_model: str | None = None, model_map: ModelMap | None = None
+) -> Job:
     """Read an ai-toolkit job folder (or a job file given directly).
+
+    ``model_map`` resolves a training adapter given as a hub path (default: the model map
+    of the environment and ``pyproject.toml``, see :meth:`parity.models.ModelMap.load`).
 
     Raises
     ------
@@ -597,6 +761,17 @@ def read_job(path: str | Path, *, reference_model: str | None = None) -> Job:
     refused: dict[int, str] = {}
     checkpoints = _scan_checkpoints(root, name, problems, refused)
     previews = _scan_previews(root)
+    setup = read_setup(process)
+    adapter_path = adapter_problem = None
+    if setup.assistant_lora_path:
+        adapter_path, adapter_problem = resolve_adapter(
+            setup.assistant_lora_path,
+            root,
+            process.get("training_folder"),
+            model_map if model_map is not None else ModelMap.load(),
+        )
+        if adapter_problem:
+            problems.append(adapter_problem)
     return Job(
         root=root,
         config_path=config_path,
@@ -620,4 +795,7 @@ def read_job(path: str | Path, *, reference_model: str | None = None) -> Job:
         previews=previews,
         problems=tuple(problems),
         refused_checkpoints=refused,
+        setup=setup,
+        adapter_path=adapter_path,
+        adapter_problem=adapter_problem,
     )

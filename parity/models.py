@@ -198,6 +198,21 @@ class ModelMap:
             )
         return id_or_path
 
+    def resolve_hub_file(self, hub_path: str) -> Path | None:
+        """A hub file path ``org/repo/file`` mapped to a local file, or None.
+
+        Either the whole path is mapped (to the file itself, or to a folder holding the
+        file) or ``org/repo`` is mapped to a folder holding ``file``.
+        """
+        repo, _, filename = hub_path.rpartition("/")
+        for key, name in ((hub_path, Path(filename).name), (repo, filename)):
+            if key and key in self.entries:
+                target = self.entries[key]
+                path = target / name if target.is_dir() else target
+                if path.is_file():
+                    return path.resolve()
+        return None
+
 
 def _parse_pair(text: str, origin: str) -> tuple[str, Path]:
     key, sep, path = text.partition("=")

@@ -155,7 +155,8 @@ def plan_cases(
                 )
             if error is None and sample is not None and sample.error:
                 error = f"{job.config_path}: {sample.error}"
-            error = error or checkpoint_problem
+            # Without its training adapter the preview side cannot be rendered.
+            error = error or checkpoint_problem or job.adapter_problem
             if error is not None:
                 cases.append(Case(step, index, preview, sample, error=error))
                 continue

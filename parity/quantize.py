@@ -1,38 +1,37 @@
 """Weight quantization of the preview side, as ai-toolkit applies it.
 
 ai-toolkit (``model.quantize``, ``model.qtype``, default ``qfloat8``) quantizes the
-Z-Image transformer's weights with optimum-quanto after loading it in the training dtype:
-every ``nn.Linear`` of the transformer except those under ``t_embedder``,
-``cap_embedder``, ``all_x_embedder``, ``all_final_layer`` and ``siglip_embedder``
-(:data:`TRANSFORMER_EXCLUDE`), then freezes them (weights stored quantized, activations
-left in the compute dtype). ``model.quantize_te`` (default: ``quantize``) quantizes every
-linear of the text encoder with ``model.qtype_te`` (default ``qfloat8``) the same way. The
-LoRA network is never merged into a quantized base; it runs beside it in full precision.
+Z-Image transformer's weights after loading it in the training dtype: every
+``nn.Linear`` of the transformer except those under ``t_embedder``, ``cap_embedder``,
+``all_x_embedder``, ``all_final_layer`` and ``siglip_embedder``
+(:data:`TRANSFORMER_EXCLUDE`: 31 of the 37 linears of a 2-layer transformer), weights
+stored quantized, activations left in the compute dtype. ``model.quantize_te``
+(default: ``quantize``) quantizes every linear of the text encoder with
+``model.qtype_te`` (default ``qfloat8``). The LoRA network is never merged into a
+quantized base; it runs beside it.
 
-Some of ai-toolkit's qtypes cannot be reproduced here and raise
-:class:`QuantizationUnavailableError`: the torchao types (``float8``, ``int8``; ai-toolkit
-switches ``qfloat8`` to torchao ``float8`` when an assistant LoRA or layer offloading is
-used, see :func:`preview_qtypes`), ai-toolkit's own backends (``uint2`` ... ``uint8``,
-``orbit*``, ``orbitvq*``, ``convrot*``, ``nvfp4``) and the accuracy recovery adapter form
-``qtype|adapter``.
+Two backends reproduce ai-toolkit's qtypes here, chosen by name as ai-toolkit chooses
+(``toolkit/util/quantize.py get_qtype``):
 
-Order with a LoRA
------------------
-Attach the PEFT LoRA (``pipe.load_lora_weights``) first, then call
-:func:`quantize_transformer`: the LoRA's ``lora_A``/``lora_B`` linears are excluded
-(:data:`ADAPTER_EXCLUDE`) so they stay in full precision, while the wrapped
-``base_layer`` linears are quantized, which is ai-toolkit's arrangement. The adapter
-scale can still be changed afterwards with
-``diffusers.utils.peft_utils.set_weights_and_activate_adapters``; scale 0 gives exactly
-the quantized base model. Checked on CPU with optimum-quanto 0.2.7, torch 2.13,
-diffusers 0.42.1 and peft 0.18.1 (loading the LoRA into an already quantized transformer
-also worked there, with bit-identical renders, but attach-then-quantize is the order this
-module is tested with). Do not fuse a LoRA into a quantized transformer: ai-toolkit never
-does (it keeps ``can_merge_in`` False when quantizing), and ``fuse_lora`` on quanto
-weights does not give the quantized-base-plus-delta result.
+- optimum-quanto (:data:`QUANTO_QTYPES`, ``qfloat8`` first): each linear becomes a
+  ``QLinear``, frozen.
+- torchao (:data:`TORCHAO_QTYPES`): ``float8`` is ``Float8WeightOnlyConfig`` and ``int8``
+  ``Int8WeightOnlyConfig``, applied to each linear on its own; the module stays an
+  ``nn.Linear`` whose weight is a quantized tensor. ai-toolkit switches ``qfloat8`` to
+  ``float8`` when it merges a training adapter first (``assistant_lora_path``) and, for
+  both models, with layer offloading (see :func:`preview_qtypes`). torchao 0.10.0 runs
+  both on CPU with torch 2.13.
+
+ai-toolkit's own backends (``uint2`` ... ``uint8``, ``orbit*``, ``orbitvq*``, ``convrot*``,
+``nvfp4``) and the accuracy recovery adapter form ``qtype|adapter`` are not reproduced
+and raise :class:`QuantizationUnavailableError`: they are ai-toolkit's code (its UIntX
+quantizer and custom kernels), not a library parity can call, and writing them again
+would be a copy of ai-toolkit.
 
 Quantization uses the weights in the dtype the module has when it is called; ai-toolkit
-quantizes in the training dtype (``train.dtype``, usually bf16), so cast first.
+quantizes in the training dtype (``train.dtype``, usually bf16), so cast first. Do not
+fuse a LoRA into a quantized transformer: ai-toolkit never does (``can_merge_in`` is
+False when quantizing).
 """
 
 from __future__ import annotations
@@ -122,12 +121,12 @@ def parse_qtype(qtype: str) -> tuple[str, str | None]:
 
 
 def check_qtype(qtype: str) -> str:
-    """Return the optimum-quanto qtype name for ai-toolkit's ``qtype``, or raise.
+    """Return ai-toolkit's ``qtype`` when parity reproduces it, or raise.
 
     Raises
     ------
     QuantizationUnavailableError
-        torchao or ai-toolkit-backend qtypes, or an accuracy recovery adapter.
+        ai-toolkit-backend qtypes, or an accuracy recovery adapter.
     UnknownQtypeError
         A name ai-toolkit does not know.
     """
@@ -137,13 +136,8 @@ def check_qtype(qtype: str) -> str:
             f"qtype {qtype!r} uses the accuracy recovery adapter {adapter!r} "
             "(ai-toolkit's own quantization plus an adapter); parity cannot reproduce it"
         )
-    if name in QUANTO_QTYPES:
+    if name in QUANTO_QTYPES or name in TORCHAO_QTYPES:
         return name
-    if name in TORCHAO_QTYPES:
-        raise QuantizationUnavailableError(
-            f"qtype {name!r} is quantized by torchao in ai-toolkit, which parity does not "
-            "reproduce; previews of such jobs cannot be matched bit for bit"
-        )
     if name in AITK_BACKEND_QTYPES:
         raise QuantizationUnavailableError(
             f"qtype {name!r} uses ai-toolkit's own quantization backend, which parity does "
@@ -179,44 +173,80 @@ def preview_qtypes(model_config: Mapping[str, Any]) -> tuple[str | None, str | N
 
 def _quantize_linears(module: torch.nn.Module, qtype: str, exclude: Iterable[str]) -> int:
     import torch
-    from optimum.quanto import freeze, qtypes, quantize_module
-    from optimum.quanto.nn import QModuleMixin
 
     patterns = tuple(exclude)
-    weights = qtypes[check_qtype(qtype)]
-    count = 0
+    name = check_qtype(qtype)
+    targets = [
+        (child_name, child)
+        for child_name, child in module.named_modules()
+        if child_name
+        and isinstance(child, torch.nn.Linear)
+        and not any(fnmatch(child_name, pattern) for pattern in patterns)
+    ]
     with torch.no_grad():
-        for name, child in list(module.named_modules()):
-            if not name or isinstance(child, QModuleMixin):
-                continue
-            if any(fnmatch(name, pattern) for pattern in patterns):
-                continue
-            qchild = quantize_module(child, weights=weights)
-            if qchild is None:
-                continue
-            parent_name, _, attr = name.rpartition(".")
-            parent = module.get_submodule(parent_name) if parent_name else module
-            setattr(parent, attr, qchild)
-            count += 1
-        freeze(module)
+        if name in TORCHAO_QTYPES:
+            count = _torchao(targets, name)
+        else:
+            count = _quanto(module, targets, name)
     module.requires_grad_(False)
     logger.info("quantized %d linear layers to %s", count, qtype)
     return count
 
 
-def quantize_transformer(transformer: torch.nn.Module, qtype: str) -> int:
-    """Quantize a Z-Image transformer's weights in place as ai-toolkit does, then freeze.
+def _quanto(module: torch.nn.Module, targets: list[tuple[str, Any]], qtype: str) -> int:
+    from optimum.quanto import freeze, qtypes, quantize_module
+    from optimum.quanto.nn import QModuleMixin
 
-    Every module optimum-quanto can quantize (here the ``nn.Linear`` layers) is replaced
-    by its quantized counterpart (``QLinear``) with ``qtype`` weights, except :data:`TRANSFORMER_EXCLUDE` and PEFT adapter layers
-    (:data:`ADAPTER_EXCLUDE`); already quantized layers are left alone.
+    count = 0
+    for name, child in targets:
+        if isinstance(child, QModuleMixin):
+            continue
+        qchild = quantize_module(child, weights=qtypes[qtype])
+        if qchild is None:
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, attr, qchild)
+        count += 1
+    freeze(module)
+    return count
+
+
+def _torchao(targets: list[tuple[str, Any]], qtype: str) -> int:
+    import warnings
+
+    with warnings.catch_warnings():  # "no triton": irrelevant to the CPU and eager paths
+        warnings.simplefilter("ignore")
+        logging.getLogger("torchao").setLevel(logging.ERROR)
+        from torchao.quantization import (
+            Float8WeightOnlyConfig,
+            Int8WeightOnlyConfig,
+            quantize_,
+        )
+
+    config = Float8WeightOnlyConfig() if qtype == "float8" else Int8WeightOnlyConfig()
+    count = 0
+    for _, child in targets:
+        if "torchao" in type(child.weight).__module__:
+            continue  # already quantized
+        quantize_(child, config)
+        count += 1
+    return count
+
+
+def quantize_transformer(transformer: torch.nn.Module, qtype: str) -> int:
+    """Quantize a Z-Image transformer's linears in place as ai-toolkit does.
+
+    Every ``nn.Linear`` except :data:`TRANSFORMER_EXCLUDE` and PEFT adapter layers
+    (:data:`ADAPTER_EXCLUDE`) gets ``qtype`` weights (see the module docstring for the
+    backend); already quantized layers are left alone.
 
     Parameters
     ----------
     transformer:
-        A ``ZImageTransformer2DModel``, with or without a PEFT LoRA attached.
+        A ``ZImageTransformer2DModel``.
     qtype:
-        ai-toolkit's qtype name (``qfloat8``, ``qint8``, ``qint4``, ...).
+        ai-toolkit's qtype name (``qfloat8``, ``float8``, ``qint8``, ``int8``, ...).
 
     Returns
     -------
@@ -240,7 +270,10 @@ def quantize_text_encoder(text_encoder: torch.nn.Module, qtype: str) -> int:
 
 
 def is_quantized(module: torch.nn.Module) -> bool:
-    """True when any submodule of ``module`` is an optimum-quanto quantized module."""
+    """True when any linear of ``module`` holds quantized weights (quanto or torchao)."""
     from optimum.quanto.nn import QModuleMixin
 
-    return any(isinstance(m, QModuleMixin) for m in module.modules())
+    return any(
+        isinstance(m, QModuleMixin) or "torchao" in type(getattr(m, "weight", None)).__module__
+        for m in module.modules()
+    )

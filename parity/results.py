@@ -88,6 +88,9 @@ class ResultRow:
     resized_for_comparison: bool = False
     prompt: str = ""
     unexplained_residual: dict[str, float] | None = None
+    #: For a bf16-saved checkpoint: how much its rounding moves the render
+    #: (``checkpoint_dtype``, ``draws``, ``spread`` and ``residual`` in 1 - SSIM, ``accounts``).
+    rounding: dict[str, Any] | None = None
     best_counterfactual: str | None = None
     corrected_request_note: str = ""
 

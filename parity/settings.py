@@ -43,7 +43,7 @@ CAUSES: tuple[Cause, ...] = tuple(Cause)
 #: Default match thresholds (see :class:`parity.compare.Thresholds` for how they were
 #: chosen), kept here so the command line can show them without importing numpy.
 DEFAULT_SSIM_MIN = 0.98
-DEFAULT_PSNR_MIN = 40.0  # dB
+DEFAULT_PSNR_MIN = 38.0  # dB
 DEFAULT_LATENT_DISTANCE_MAX = 0.025
 #: A cause is confirmed when reverting it alone raises 1 - SSIM by more than this.
 DEFAULT_CONFIRM_MARGIN = 0.02
@@ -76,15 +76,41 @@ class LoraSettings:
         is not quantized); False when it runs beside the base weights.
     applier:
         How it is attached (:class:`LoraApplier`).
+    rounding_seed:
+        None: the file's values. A seed: every value moved uniformly within its own
+        rounding (a bf16 or fp16 file stands for any float32 value that rounds to it), to
+        measure how much the rounding of a saved checkpoint can move a render
+        (ai-toolkit's applier only).
     """
 
     path: str
     scale: float = 1.0
     merged: bool = False
     applier: LoraApplier = LoraApplier.PEFT
+    rounding_seed: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "applier", LoraApplier(self.applier))  # "peft" -> PEFT
+
+
+@dataclass(frozen=True)
+class TrainingAdapter:
+    """ai-toolkit's training adapter (``model.assistant_lora_path``) as a preview saw it.
+
+    ai-toolkit merges the adapter into the base weights at +1 in the compute dtype before
+    it quantizes them, then runs it beside them at ``multiplier`` (-1) while sampling, so a
+    preview shows ``Q(W + A) - A`` plus the LoRA. The server renders ``W`` plus the LoRA.
+
+    Attributes
+    ----------
+    path:
+        Absolute path of the adapter's safetensors file.
+    multiplier:
+        The adapter's multiplier while sampling.
+    """
+
+    path: str
+    multiplier: float = -1.0
 
 
 @dataclass(frozen=True)
@@ -134,6 +160,13 @@ class RenderSettings:
         Compute dtype of the pipeline.
     quantization:
         Weight quantization (preview side only; the server never quantizes).
+    text_encoder_cast:
+        The whole text encoder was cast to ``dtype`` after loading, as ai-toolkit does
+        (``text_encoder.to(device, dtype=...)``), which also rounds its rotary
+        ``inv_freq`` buffers; loading with ``torch_dtype`` alone (the server) keeps those in
+        float32. Only meaningful below float32.
+    adapter:
+        ai-toolkit's training adapter (preview side of Turbo jobs), or None.
     """
 
     prompt: str
@@ -149,6 +182,8 @@ class RenderSettings:
     lora: LoraSettings | None = None
     dtype: Dtype = "float32"
     quantization: Quantization = field(default_factory=Quantization)
+    text_encoder_cast: bool = False
+    adapter: TrainingAdapter | None = None
 
     def replace(self, **changes: Any) -> RenderSettings:
         """Return a copy with ``changes`` applied (a counterfactual)."""
@@ -167,6 +202,8 @@ class RenderSettings:
         if d.get("lora") is not None:
             d["lora"] = LoraSettings(**d["lora"])
         d["quantization"] = Quantization(**(d.get("quantization") or {}))
+        if d.get("adapter") is not None:
+            d["adapter"] = TrainingAdapter(**d["adapter"])
         if d.get("sigmas") is not None:
             d["sigmas"] = tuple(float(s) for s in d["sigmas"])
         return cls(**d)

@@ -36,6 +36,7 @@ from parity.settings import (
     LoraSettings,
     Quantization,
     RenderSettings,
+    TrainingAdapter,
     legacy_sigmas,
 )
 
@@ -88,6 +89,8 @@ def preview_settings(
             merged=job.merged_lora,
             applier=LoraApplier.AITK,
         )
+    dtype = normalize_dtype(job.train_dtype)
+    adapter = TrainingAdapter(str(job.adapter_path)) if job.adapter_path is not None else None
     return RenderSettings(
         prompt=sample.prompt,
         negative_prompt=sample.negative_prompt,
@@ -100,8 +103,12 @@ def preview_settings(
         seed=sample.seed,
         generator="global",
         lora=lora,
-        dtype=normalize_dtype(job.train_dtype),
+        dtype=dtype,
         quantization=job.quantization,
+        # ai-toolkit casts the loaded text encoder to the training dtype once more
+        # (z_image.py load_model), which rounds its rotary buffers; a no-op in float32.
+        text_encoder_cast=dtype != "float32",
+        adapter=adapter,
     )
 
 
@@ -197,7 +204,13 @@ class SidePair:
 def differences(preview: RenderSettings, reference: RenderSettings) -> tuple[Cause, ...]:
     """Causes visible without rendering, in :data:`parity.settings.CAUSES` order."""
     p_lora, r_lora = preview.lora, reference.lora
-    merged_differs = p_lora is not None and r_lora is not None and p_lora.merged != r_lora.merged
+    both = p_lora is not None and r_lora is not None
+    # How a LoRA is attached changes its arithmetic's precision only below float32.
+    lora_arithmetic_differs = (
+        both
+        and (p_lora.merged != r_lora.merged or p_lora.applier != r_lora.applier)
+        and preview.dtype != "float32"
+    )
     cfg_active = preview.pipeline_guidance > 0 or reference.pipeline_guidance > 0
     found = {
         Cause.SNAPPING: (preview.width, preview.height) != (reference.width, reference.height),
@@ -209,7 +222,9 @@ def differences(preview: RenderSettings, reference: RenderSettings) -> tuple[Cau
         Cause.LORA_SCALE: (p_lora.scale if p_lora else None) != (r_lora.scale if r_lora else None),
         Cause.PRECISION: preview.dtype != reference.dtype
         or preview.quantization != reference.quantization
-        or (merged_differs and preview.dtype != "float32"),
+        or preview.text_encoder_cast != reference.text_encoder_cast
+        or preview.adapter != reference.adapter
+        or lora_arithmetic_differs,
         Cause.PROMPT: preview.prompt != reference.prompt
         or (cfg_active and preview.negative_prompt != reference.negative_prompt),
     }

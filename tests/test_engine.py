@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from parity.engine import RenderEngine, read_lora
+from parity.engine import RenderEngine
 from parity.errors import LoraError, RenderError
 from parity.job import read_job
+from parity.lora import read_lora
 from parity.server import validate_request
 from parity.settings import LoraSettings, RenderSettings
 from parity.sides import preview_settings, reference_settings

@@ -69,7 +69,9 @@ def test_parse_qtype():
 def test_check_qtype():
     assert check_qtype("qfloat8") == "qfloat8"
     assert check_qtype("qint4") == "qint4"
-    for unavailable in ("float8", "int8", "uint4", "orbit3", "qfloat8|org/repo/ara.safetensors"):
+    # torchao's weight-only types, which ai-toolkit uses with a training adapter
+    assert check_qtype("float8") == "float8" and check_qtype("int8") == "int8"
+    for unavailable in ("uint4", "orbit3", "qfloat8|org/repo/ara.safetensors"):
         with pytest.raises(QuantizationUnavailableError):
             check_qtype(unavailable)
     with pytest.raises(UnknownQtypeError, match="qfloat9"):
@@ -100,7 +102,7 @@ def test_unknown_qtype_leaves_the_model_untouched():
     with pytest.raises(UnknownQtypeError):
         quantize_transformer(pipe.transformer, "qfloat9")
     with pytest.raises(QuantizationUnavailableError):
-        quantize_text_encoder(pipe.text_encoder, "float8")
+        quantize_text_encoder(pipe.text_encoder, "uint4")
     assert not is_quantized(pipe.transformer) and not is_quantized(pipe.text_encoder)
 
 
@@ -157,3 +159,29 @@ def test_lora_attached_then_quantized_keeps_adapter_in_full_precision():
     np.testing.assert_array_equal(_render(pipe), quantized_base)
     set_weights_and_activate_adapters(pipe.transformer, ["lora"], [1.0])
     np.testing.assert_array_equal(_render(pipe), full)
+
+
+def test_torchao_float8_quantizes_what_ai_toolkit_quantizes(fp32_render):
+    """31 linears (the embedders and final layer stay), weight-only: each quantized
+    linear computes F.linear with its dequantized weight, in the input's dtype."""
+    import torch
+
+    pipe = _pipe()
+    assert quantize_transformer(pipe.transformer, "float8") == 31
+    kept = [
+        name
+        for name, m in pipe.transformer.named_modules()
+        if isinstance(m, torch.nn.Linear) and "torchao" not in type(m.weight).__module__
+    ]
+    assert kept and all(
+        name.startswith(("t_embedder", "cap_embedder", "all_x_embedder", "all_final_layer"))
+        for name in kept
+    )
+    linear = pipe.transformer.layers[0].attention.to_q
+    assert linear.weight.dequantize().dtype == torch.float32
+    x = torch.randn(2, linear.in_features)
+    expected = torch.nn.functional.linear(x, linear.weight.dequantize(), linear.bias)
+    assert torch.equal(linear(x), expected)
+    first = _render(pipe)
+    np.testing.assert_array_equal(_render(pipe), first)
+    assert not np.array_equal(first, fp32_render)
