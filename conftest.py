@@ -30,10 +30,10 @@ class FloatNoiseRecorder:
         self.node_id = node_id
         self.checks: list = []
 
-    def check(self, name: str, reference, render, *, codec=None):
+    def check(self, name: str, reference, render, *, codec=None, dtype="float32"):
         from parity.compare import same_within_noise
 
-        result = same_within_noise(reference, render, codec=codec)
+        result = same_within_noise(reference, render, codec=codec, dtype=dtype)
         self.checks.append(result)
         assert result.same, f"{name}: {result}"
         return result

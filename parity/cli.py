@@ -160,6 +160,16 @@ def _model_map(args: argparse.Namespace, base_id: str | None) -> Any:
     return ModelMap.load(args.model_map, base_model=base)
 
 
+def _read_job(args: argparse.Namespace, path: str | None = None) -> Any:
+    """The job of ``args`` (or at ``path``), its training adapter resolved through the
+    model map of the command line, the environment and pyproject.toml."""
+    from parity.job import read_job
+
+    return read_job(
+        path or args.job, reference_model=args.reference_model, model_map=_model_map(args, None)
+    )
+
+
 def _job_source(job: Any, args: argparse.Namespace, *, validate: bool = True) -> Any:
     from parity.models import job_source
 
@@ -232,12 +242,11 @@ def _format_table(rows: list[dict]) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from parity.job import read_job
     from parity.models import checkpoint_scheduler_shift
     from parity.plan import describe_cases, plan_cases
 
     _resolve(args)
-    job = read_job(args.job, reference_model=args.reference_model)
+    job = _read_job(args)
     shift = None
     try:
         shift = checkpoint_scheduler_shift(_job_source(job, args, validate=False))
@@ -262,8 +271,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         )
         for problem in job.problems:
             print(f"warning: {problem}")
+        for note in job.setup.notes():
+            print(f"note: {note}")
+        for checkpoint in job.checkpoints:
+            print(f"checkpoint step {checkpoint.step}: {_describe_checkpoint(checkpoint)}")
         print(_format_table(rows))
     return EXIT_OK
+
+
+def _describe_checkpoint(checkpoint: Any) -> str:
+    dtype = checkpoint.dtype or "mixed dtypes"
+    if checkpoint.rounded:
+        dtype += " (a rounding of the fp32 training weights the previews used)"
+    audit = checkpoint.audit.summary() if checkpoint.audit else "keys unreadable"
+    return f"{checkpoint.path.name}, {dtype}; {audit}"
 
 
 # ------------------------------------------------------------------- rendering
@@ -285,12 +306,11 @@ def _finish_renders(out: Path, effective: list[dict], failures: int, what: str) 
 
 def cmd_preview(args: argparse.Namespace) -> int:
     from parity.engine import RenderEngine
-    from parity.job import read_job
     from parity.plan import parse_steps, plan_cases, select_steps
     from parity.results import save_png
 
     _resolve(args)
-    job = read_job(args.job, reference_model=args.reference_model)
+    job = _read_job(args)
     steps = select_steps(job, parse_steps(args.step))
     engine = RenderEngine(_job_source(job, args), device=_device(args))
     cases = plan_cases(
@@ -436,7 +456,6 @@ def _run_options(args: argparse.Namespace, **overrides: Any) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from parity.job import read_job
     from parity.run import default_out_dir, run_job
 
     resume = args.resume is not None
@@ -461,7 +480,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ParityError("give a JOB folder (or --resume DIR)")
         job_path = args.job
     used = _resolve(args, recorded)
-    job = read_job(job_path, reference_model=args.reference_model)
+    job = _read_job(args, job_path)
     if not resume:
         out_dir = Path(args.out) if args.out else default_out_dir(job)
     for problem in job.problems:
@@ -531,13 +550,12 @@ def _print_summary(summary: Any) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from parity.job import read_job
     from parity.plan import plan_cases
     from parity.run import Runner, utc_now
     from parity.sides import era_of
 
     _resolve(args)
-    job = read_job(args.job, reference_model=args.reference_model)
+    job = _read_job(args)
     engine, device = _engine_for_job(job, args)
     out_dir = (
         Path(args.out)

@@ -387,26 +387,32 @@ def perturb_within_rounding(
 ) -> dict[str, torch.Tensor]:
     """``state`` in float32 with every value moved uniformly within its own rounding.
 
-    A bf16 or fp16 file holds roundings of float32 training weights; each value ``v`` stands
-    for any float32 value within half a unit in the last place of ``v``. Rendering with
-    such a perturbed copy shows how much the rounding alone can move a render. Float32
-    tensors come back unchanged. Deterministic for a given ``seed``.
+    A bf16 or fp16 file holds roundings of float32 training weights; each value ``v``
+    stands for any float32 value closer to ``v`` than to its neighbours in the file's
+    format (half the gap to each, which differ at powers of two). Rendering with such a
+    perturbed copy shows how much the rounding alone can move a render. Every perturbed
+    value rounds back to ``v``; zeros and float32 tensors come back unchanged.
+    Deterministic for a given ``seed``.
     """
     import torch
 
-    mantissa = {torch.bfloat16: 7, torch.float16: 10}
     generator = torch.Generator().manual_seed(seed)
     out = {}
     for key in sorted(state):
         tensor = state[key]
-        bits = mantissa.get(tensor.dtype)
         value = tensor.float()
-        if bits is not None:
-            magnitude = value.abs()
-            exponent = torch.floor(torch.log2(torch.where(magnitude > 0, magnitude, 1.0)))
-            ulp = torch.where(magnitude > 0, torch.exp2(exponent - bits), 0.0)
-            noise = torch.rand(value.shape, generator=generator) - 0.5
-            value = value + noise * ulp
+        if tensor.dtype in (torch.bfloat16, torch.float16) and tensor.numel():
+            # Both formats are 16-bit sign-magnitude: the raw bits +-1 are the neighbours
+            # away from zero and towards it.
+            bits = tensor.contiguous().view(torch.int16)
+            away = (bits + 1).view(tensor.dtype).float()
+            toward = (bits - 1).view(tensor.dtype).float()
+            half_away, half_toward = (away - value) / 2, (value - toward) / 2
+            draw = torch.rand(value.shape, generator=generator) * 2 - 1
+            # Strictly inside the interval, so that round-to-nearest-even gives v back.
+            step = torch.where(draw >= 0, draw * half_away, draw * half_toward) * (1 - 2**-6)
+            finite = torch.isfinite(away) & torch.isfinite(toward) & (value != 0)
+            value = torch.where(finite, value + step, value)
         out[key] = value
     return out
 

@@ -230,5 +230,17 @@ def describe_cases(job: Job, cases: list[Case]) -> list[dict[str, Any]]:
                 "dtype": r.dtype,
             }
             row["differences"] = [str(c) for c in case.pair.differences]
+        if checkpoint := job.checkpoint_for_step(case.step):
+            audit = checkpoint.audit
+            row["checkpoint"] = {
+                "file": checkpoint.path.name,
+                "dtype": checkpoint.dtype,
+                "rounded": checkpoint.rounded,
+                "formats": [str(f) for f in audit.formats] if audit else None,
+                "modules": len(audit.modules) if audit else None,
+                "server_takes": audit.taken if audit else None,
+                "server_drops": dict(audit.dropped) if audit else None,
+                "server_refuses": audit.refused if audit else None,
+            }
         rows.append(row)
     return rows

@@ -156,6 +156,27 @@ def test_scheduler_cause_for_a_turbo_job_on_a_shift_6_checkpoint(tmp_path):
     assert (row["causes"], row["explained"]) == (["scheduler"], True)
 
 
+def test_every_cause_the_corrected_request_must_change_is_named(tmp_path):
+    """Turbo at guidance 1 on a shift-6 checkpoint: ai-toolkit gives diffusers 0, the
+    server 1, and they sample with shifts 3 and 6. Leaving either out breaks the match,
+    so both are causes, however much more the scheduler moves the render."""
+    sample = {**ALIGNED, "guidance_scale": 1, "samples": [{"prompt": "[trigger] a lighthouse"}]}
+    folder = write_job(
+        tmp_path,
+        name="turbo_cfg1",
+        sample=sample,
+        arch="zimage:turbo",
+        name_or_path="Tongyi-MAI/Z-Image-Turbo",
+    )
+    row = run(folder, tmp_path / "out")[0]
+    assert (row["causes"], row["explained"]) == (["cfg", "scheduler"], True)
+    left_out = {c["cause"]: c for c in row["counterfactuals"]}
+    assert not left_out["cfg"]["match"] and not left_out["scheduler"]["match"]
+    assert left_out["all"]["match"]
+    corrected = json.loads((tmp_path / "out" / "corrected_requests" / "10.json").read_text())
+    assert corrected["requests"][0]["prompts"][0]["guidance_scale"] == 0
+
+
 def test_lora_whose_keys_the_server_does_not_recognise(tmp_path):
     # Keys without the diffusion_model. prefix: ai-toolkit's network matches them by
     # module name, diffusers' loader silently applies nothing.

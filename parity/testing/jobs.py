@@ -62,14 +62,22 @@ def job_config(
     train_dtype: str = "fp32",
     model_extra: dict[str, Any] | None = None,
     rank: int = 4,
+    save_dtype: str = "float32",
+    process_type: str = "sd_trainer",
+    network_extra: dict[str, Any] | None = None,
+    train_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The job tree ai-toolkit saves as config.yaml."""
+    """The job tree ai-toolkit saves as config.yaml.
+
+    The defaults are a plain fp32 job; :data:`UI_PRESET` holds the keyword arguments of the
+    configuration ai-toolkit's UI writes for Z-Image.
+    """
     process: dict[str, Any] = {
-        "type": "sd_trainer",
+        "type": process_type,
         "training_folder": "output",
         "device": "cpu",
-        "network": {"type": "lora", "linear": rank, "linear_alpha": rank},
-        "save": {"dtype": "float32", "save_every": 10, "max_step_saves_to_keep": 4},
+        "network": {"type": "lora", "linear": rank, "linear_alpha": rank, **(network_extra or {})},
+        "save": {"dtype": save_dtype, "save_every": 10, "max_step_saves_to_keep": 4},
         "datasets": [{"folder_path": "dataset", "caption_ext": "txt", "resolution": [64]}],
         "train": {
             "batch_size": 1,
@@ -77,6 +85,7 @@ def job_config(
             "lr": 1e-4,
             "dtype": train_dtype,
             "optimizer": "adamw",
+            **(train_extra or {}),
         },
         "model": {
             "name_or_path": name_or_path,
@@ -93,6 +102,25 @@ def job_config(
         "config": {"name": name, "process": [process]},
         "meta": {"name": name, "version": "1.0"},
     }
+
+
+#: Keyword arguments of :func:`job_config` (and :func:`write_job`) for the configuration
+#: ai-toolkit's UI writes for a Z-Image job (ui/src/app/jobs/new/options.tsx, jobConfig.ts):
+#: the diffusion trainer, bf16 training and saving, qfloat8 transformer and text encoder,
+#: low VRAM. Add ``arch``/``name_or_path``/``model_extra`` for Turbo with its adapter.
+UI_PRESET: dict[str, Any] = {
+    "process_type": "diffusion_trainer",
+    "train_dtype": "bf16",
+    "save_dtype": "bf16",
+    "model_extra": {"quantize": True, "qtype": "qfloat8", "quantize_te": True, "low_vram": True},
+    "train_extra": {
+        "ema_config": {"use_ema": False, "ema_decay": 0.99},
+        "skip_first_sample": False,
+        "disable_sampling": False,
+        "cache_text_embeddings": False,
+        "unload_text_encoder": False,
+    },
+}
 
 
 def write_job(
@@ -125,6 +153,8 @@ def write_job(
     lossless:
         Also keep each preview's pixels as ``lossless_previews/<name>.png``.
     """
+    import torch
+
     from parity.testing.lora import write_aitk_lora
 
     folder = Path(root) / name
@@ -132,13 +162,18 @@ def write_job(
     config = job_config(name=name, sample=copy.deepcopy(sample), **config_kwargs)
     (folder / "config.yaml").write_text(yaml.dump(config), encoding="utf-8")
     checkpoints = {10: {}} if checkpoints is None else checkpoints
-    for step, kwargs in checkpoints.items():
-        kwargs = {"step": step, "name": name, "aitk_version": aitk_version, **kwargs}
-        write_aitk_lora(folder / f"{name}_{step:09d}.safetensors", base_model, **kwargs)
-    if checkpoints:
-        last = max(checkpoints)
-        kwargs = {"step": last, "name": name, "aitk_version": aitk_version, **checkpoints[last]}
-        write_aitk_lora(folder / f"{name}.safetensors", base_model, **kwargs)
+
+    def write_checkpoints(dtype: Any) -> None:
+        files = {step: folder / f"{name}_{step:09d}.safetensors" for step in checkpoints}
+        if checkpoints:
+            files[None] = folder / f"{name}.safetensors"  # the final file: the last step
+        for step, path in files.items():
+            step = max(checkpoints) if step is None else step
+            kwargs = {"step": step, "name": name, "aitk_version": aitk_version, "dtype": dtype}
+            write_aitk_lora(path, base_model, **{**kwargs, **checkpoints[step]})
+
+    # Previews come from the float32 training weights; ai-toolkit saves them in save.dtype.
+    write_checkpoints(torch.float32)
     if render:
         render_previews(
             folder,
@@ -147,6 +182,9 @@ def write_job(
             transform=preview_transform,
             lossless=lossless,
         )
+    save_dtype = config["config"]["process"][0]["save"]["dtype"]
+    if save_dtype in ("bf16", "bfloat16", "fp16", "float16"):
+        write_checkpoints(torch.bfloat16 if save_dtype.startswith("bf") else torch.float16)
     return folder
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,7 @@ def _serialize(tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> tuple
     for key in sorted(tensors):
         tensor = tensors[key].detach().contiguous().cpu()
         dtype = _DTYPE_NAMES[str(tensor.dtype).removeprefix("torch.")]
-        data = tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        data = tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
         header[key] = {
             "dtype": dtype,
             "shape": list(tensor.shape),
@@ -140,10 +140,18 @@ def _hashes(tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> tuple[st
     return model_hash, legacy_hash
 
 
+def lokr_factors(dimension: int) -> tuple[int, int]:
+    """``(m, n)`` with ``m * n == dimension``, ``m <= n`` and ``m`` as large as possible:
+    the split LyCORIS and ai-toolkit use for a LoKr factor with ``lokr_factor: -1``."""
+    m = max(d for d in range(1, int(dimension**0.5) + 1) if dimension % d == 0)
+    return m, dimension // m
+
+
 def write_aitk_lora(
     path: str | Path,
     transformer_or_config: Any,
     *,
+    kind: str = "lora",
     rank: int = 4,
     seed: int = 0,
     scale_b: float = 0.05,
@@ -154,7 +162,8 @@ def write_aitk_lora(
     dtype: Any = None,
     targets: Iterable[str] | None = None,
     zero_b: bool = False,
-    key_prefix: str = "diffusion_model.",
+    key_prefix: str | Callable[[str], str] = "diffusion_model.",
+    extra_keys: Mapping[str, Any] | None = None,
     tag_frequency: Mapping[str, Mapping[str, int]] | None = None,
 ) -> Path:
     """Write a random LoRA for a Z-Image transformer in ai-toolkit's file format.
@@ -188,7 +197,14 @@ def write_aitk_lora(
     zero_b
         Write zero B matrices, as ai-toolkit's step-0 LoRA (no effect on images).
     key_prefix
-        Prefix of every key.
+        Prefix of every key, or a function of the module name giving it (to mix prefixes).
+    kind
+        ``"lora"``: ``lora_A``/``lora_B`` keys. ``"lokr"``: ai-toolkit's full-rank LoKr
+        (``lokr_full_rank: true, lokr_factor: -1``): ``lokr_w1`` (out_m x in_m),
+        ``lokr_w2`` (out_n x in_n) and ``alpha`` 1e10, with each size split by
+        :func:`lokr_factors`; ``rank`` is then unused.
+    extra_keys
+        More tensors to add as they are (keys the server drops, another trainer's...).
     tag_frequency
         Dataset tag counts for ``ss_tag_frequency``; default ``{"1_<name>": {}}``.
 
@@ -221,12 +237,24 @@ def write_aitk_lora(
     tensors = {}
     for module in sorted(selected):
         in_features, out_features = selected[module]
+        prefix = key_prefix(module) if callable(key_prefix) else key_prefix
+        if kind == "lokr":
+            (out_m, out_n), (in_m, in_n) = lokr_factors(out_features), lokr_factors(in_features)
+            w1 = torch.randn(out_m, in_m, generator=generator) / in_m**0.5
+            w2 = torch.randn(out_n, in_n, generator=generator) * scale_b / in_n**0.5
+            if zero_b:
+                w2.zero_()
+            tensors[f"{prefix}{module}.lokr_w1"] = w1.to(dtype)
+            tensors[f"{prefix}{module}.lokr_w2"] = w2.to(dtype)
+            tensors[f"{prefix}{module}.alpha"] = torch.tensor(9999999999.0).to(dtype)
+            continue
         lora_a = torch.randn(rank, in_features, generator=generator) / in_features**0.5
         lora_b = torch.randn(out_features, rank, generator=generator) * scale_b
         if zero_b:
             lora_b.zero_()
-        tensors[f"{key_prefix}{module}.lora_A.weight"] = lora_a.to(dtype)
-        tensors[f"{key_prefix}{module}.lora_B.weight"] = lora_b.to(dtype)
+        tensors[f"{prefix}{module}.lora_A.weight"] = lora_a.to(dtype)
+        tensors[f"{prefix}{module}.lora_B.weight"] = lora_b.to(dtype)
+    tensors.update(extra_keys or {})
     if name is None:
         stem = path.stem
         head, _, tail = stem.rpartition("_")
