@@ -570,6 +570,21 @@ def test_lpips_is_unavailable_without_cached_weights(tmp_path, monkeypatch):
     assert C.compare(img, img).lpips is None
 
 
+@pytest.mark.skipif(
+    not C.lpips_available()[0],
+    reason=f"LPIPS needs the optional `lpips` extra and its backbone weights in the torch "
+    f"hub cache: {C.lpips_available()[1]}",
+)
+def test_lpips_orders_renders_when_its_weights_are_present():
+    """With the package and weights at hand, LPIPS is 0 for identical images and grows
+    with the difference (the reference implementation is the lpips package itself)."""
+    a = _smooth_image(64, 64)
+    assert C.lpips_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    near, far = C.lpips_distance(a, _noisy(a, 4)), C.lpips_distance(a, _noisy(a, 60))
+    assert 0.0 < near < far
+    assert C.compare(a, _noisy(a, 4)).lpips == pytest.approx(near)
+
+
 # --------------------------------------------------------------------------- real renders
 
 
