@@ -38,6 +38,22 @@ class FloatNoiseRecorder:
         assert result.same, f"{name}: {result}"
         return result
 
+    def check_job_previews(self, job, previews, *, dtype="float32") -> int:
+        """Check every committed preview of ``job`` (``samples/*.jpg``, and its
+        ``lossless_previews/<name>.png`` before JPEG) against ``previews/<step>/<i>.png``
+        as ``parity preview`` writes them; returns how many were checked."""
+        from parity.compare import inspect_codec, load_rgb
+
+        committed = sorted((job / "samples").glob("*.jpg"))
+        for path in committed:
+            step, index = path.stem.split("__")[1].split("_")
+            render = load_rgb(previews / str(int(step)) / f"{index}.png")
+            lossless = job / "lossless_previews" / f"{path.stem}.png"
+            if lossless.is_file():
+                self.check(f"{path.name} before JPEG", load_rgb(lossless), render, dtype=dtype)
+            self.check(path.name, load_rgb(path), render, codec=inspect_codec(path), dtype=dtype)
+        return len(committed)
+
     def summary(self) -> str:
         exact = sum(c.max_abs_diff == 0 for c in self.checks)
         values = sum(c.exact_share for c in self.checks) / max(1, len(self.checks))

@@ -20,7 +20,6 @@ import pytest
 from PIL import Image
 
 from parity.cli import main
-from parity.compare import inspect_codec, load_rgb
 from parity.models import (
     ZIMAGE_DETURBO_HUB_ID,
     ZIMAGE_TURBO_HUB_ID,
@@ -161,11 +160,4 @@ def test_preview_side_loads_the_deturbo_transformer(
     rendered on another machine, within float noise."""
     out = tmp_path / "previews"
     assert main(["preview", str(JOB), *map_flags, "--out", str(out)]) == 0
-    committed = sorted((JOB / "samples").glob("*.jpg"))
-    assert len(committed) == 2
-    for path in committed:
-        step, index = path.stem.split("__")[1].split("_")
-        render = load_rgb(out / str(int(step)) / f"{index}.png")
-        lossless = load_rgb(JOB / "lossless_previews" / f"{path.stem}.png")
-        float_noise.check(f"{path.name} before JPEG", lossless, render)
-        float_noise.check(path.name, load_rgb(path), render, codec=inspect_codec(path))
+    assert float_noise.check_job_previews(JOB, out) == 2

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import render_pipeline
 
 from parity.models import (
     ZIMAGE_DETURBO_HUB_ID,
@@ -263,19 +264,7 @@ def test_validate_checkpoint_errors(tmp_path):
 
 
 def _render(pipe, seed: int = 5) -> np.ndarray:
-    import torch
-
-    generator = torch.Generator("cpu").manual_seed(seed)
-    image = pipe(
-        prompt="a small red house",
-        negative_prompt="blurry",
-        width=64,
-        height=64,
-        num_inference_steps=2,
-        guidance_scale=2.0,
-        generator=generator,
-    ).images[0]
-    return np.asarray(image)
+    return render_pipeline(pipe, prompt="a small red house", seed=seed)
 
 
 def test_split_pipeline_renders_like_the_full_checkpoint(split_dirs):

@@ -19,7 +19,6 @@ import pytest
 from PIL import Image
 
 from parity.cli import main
-from parity.compare import inspect_codec, load_rgb
 from parity.testing.jobs import FIXTURES, TINY_BASE
 
 JOB = FIXTURES / "jobs" / "quantized"
@@ -113,14 +112,7 @@ def test_preview_command_reproduces_committed_previews(tmp_path: Path, float_noi
     out = tmp_path / "previews"
     code = main(["preview", str(JOB), "--base-model", str(TINY_BASE), "--out", str(out)])
     assert code == 0
-    committed = sorted((JOB / "samples").glob("*.jpg"))
-    assert len(committed) == 3
-    for path in committed:
-        step, index = path.stem.split("__")[1].split("_")
-        render = load_rgb(out / str(int(step)) / f"{index}.png")
-        lossless = load_rgb(JOB / "lossless_previews" / f"{path.stem}.png")
-        float_noise.check(f"{path.name} before JPEG", lossless, render)
-        float_noise.check(path.name, load_rgb(path), render, codec=inspect_codec(path))
+    assert float_noise.check_job_previews(JOB, out) == 3
     effective = json.loads((out / "effective.json").read_text(encoding="utf-8"))
     for entry in effective:
         assert entry["settings"]["quantization"] == {"qtype": "qfloat8", "qtype_te": "qfloat8"}

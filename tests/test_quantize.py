@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import render_pipeline
 from skimage.metrics import structural_similarity
 
 from parity.models import ModelSource, load_zimage_pipeline
@@ -31,19 +32,7 @@ def _pipe():
 
 
 def _render(pipe, seed: int = 11) -> np.ndarray:
-    import torch
-
-    generator = torch.Generator("cpu").manual_seed(seed)
-    image = pipe(
-        prompt="sks, a portrait",
-        negative_prompt="blurry",
-        width=64,
-        height=64,
-        num_inference_steps=2,
-        guidance_scale=2.0,
-        generator=generator,
-    ).images[0]
-    return np.asarray(image)
+    return render_pipeline(pipe, prompt="sks, a portrait", seed=seed)
 
 
 def _ssim(a: np.ndarray, b: np.ndarray) -> float:

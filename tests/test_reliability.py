@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import run_job_cli
 
 from parity.cli import main
 from parity.testing.jobs import TINY_BASE, write_job
@@ -64,25 +65,7 @@ def checkpoint(job: Path, step: int) -> Path:
 def run(
     job: Path | str, out: Path, capsys: pytest.CaptureFixture, *extra: str
 ) -> tuple[int, str, dict[tuple[int, int], dict]]:
-    rc = main(
-        [
-            "run",
-            str(job),
-            "--base-model",
-            str(TINY_BASE),
-            "--no-history",
-            "--out",
-            str(out),
-            "--no-attribution",
-            *extra,
-        ]
-    )
-    err = capsys.readouterr().err
-    path = out / "results.json"
-    rows = {}
-    if path.exists():
-        rows = {(r["step"], r["index"]): r for r in json.loads(path.read_text())}
-    return rc, err, rows
+    return run_job_cli(job, out, capsys, *extra)
 
 
 def assert_only_errors(

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import run_job_cli
 
 from parity.cli import main
 from parity.testing.jobs import TINY_BASE, write_job
@@ -47,25 +48,7 @@ def job(base_job: Path, tmp_path: Path) -> Path:
 
 
 def run(job: Path, out: Path, capsys, *extra: str) -> tuple[int, str, dict]:
-    rc = main(
-        [
-            "run",
-            str(job),
-            "--base-model",
-            str(TINY_BASE),
-            "--no-history",
-            "--no-attribution",
-            "--out",
-            str(out),
-            *extra,
-        ]
-    )
-    err = capsys.readouterr().err
-    path = out / "results.json"
-    rows = {}
-    if path.exists():
-        rows = {(r["step"], r["index"]): r for r in json.loads(path.read_text())}
-    return rc, err, rows
+    return run_job_cli(job, out, capsys, *extra)
 
 
 def checkpoint(job: Path, step: int) -> Path:

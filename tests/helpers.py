@@ -1,0 +1,50 @@
+"""Helpers shared by several test modules (pytest puts this folder on sys.path)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from parity.cli import main
+from parity.testing.jobs import TINY_BASE
+
+
+def run_job_cli(
+    job: Path | str,
+    out: Path,
+    capsys: Any,
+    *extra: str,
+    base_model: Path = TINY_BASE,
+    attribution: bool = False,
+) -> tuple[int, str, dict[tuple[int, int], dict]]:
+    """``parity run JOB`` without history: (exit status, stderr, rows by (step, index))."""
+    args = ["run", str(job), "--base-model", str(base_model), "--no-history", "--out", str(out)]
+    if not attribution:
+        args.append("--no-attribution")
+    rc = main([*args, *extra])
+    err = capsys.readouterr().err
+    path = out / "results.json"
+    rows = {}
+    if path.exists():
+        rows = {(r["step"], r["index"]): r for r in json.loads(path.read_text())}
+    return rc, err, rows
+
+
+def render_pipeline(pipe: Any, *, prompt: str, seed: int) -> np.ndarray:
+    """A 64x64, 2-step, cfg 2 render of a diffusers ZImagePipeline, as uint8 RGB."""
+    import torch
+
+    generator = torch.Generator("cpu").manual_seed(seed)
+    image = pipe(
+        prompt=prompt,
+        negative_prompt="blurry",
+        width=64,
+        height=64,
+        num_inference_steps=2,
+        guidance_scale=2.0,
+        generator=generator,
+    ).images[0]
+    return np.asarray(image)
