@@ -470,6 +470,13 @@ def run_job(
     steps = select_steps(job, options.steps)
     if job.adapter_problem:  # every preview needs it: the run cannot happen
         raise JobError(job.adapter_problem)
+    if not job.previews:
+        why = (
+            "train.disable_sampling is set, so ai-toolkit rendered none"
+            if job.setup.disable_sampling
+            else f"no <ms>__<step>_<index> images in {job.root / 'samples'}"
+        )
+        raise JobError(f"{job.root}: the job has no previews to check ({why})")
     # Load the reference model before anything is written: a model that cannot be loaded
     # makes the whole run impossible (ModelLoadError), not every preview an error.
     engine.variant(options.reference_dtype or server_dtype(device))

@@ -410,3 +410,16 @@ def test_bf16_saved_checkpoint_is_precision_weighed_by_its_rounding(tmp_path: Pa
     assert all(
         "checkpoint saved in BF16" in " ".join(r) for r in corrected["cannot_reproduce"].values()
     )
+
+
+def test_a_job_without_previews_says_why(tmp_path: Path, capsys) -> None:
+    job = write_job(
+        tmp_path,
+        name="no_samples",
+        sample=ALIGNED,
+        train_extra={"disable_sampling": True},
+        render=False,
+    )
+    code = main(["run", str(job), "--base-model", str(TINY_BASE), "--no-history"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no previews to check" in err and "disable_sampling" in err
