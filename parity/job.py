@@ -108,6 +108,9 @@ class Job:
     problems: tuple[str, ...] = ()
     #: Checkpoint files of a step that were refused (pickled formats), by step.
     refused_checkpoints: Mapping[int, str] = field(default_factory=dict)
+    #: Every checkpoint file by name, with its step: also the final ``<name>.safetensors``
+    #: where a step file of the same step is the one in ``checkpoints``.
+    checkpoint_files: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def steps(self) -> list[int]:
@@ -473,7 +476,11 @@ def read_checkpoint_metadata(path: Path) -> dict[str, str]:
 
 
 def _scan_checkpoints(
-    root: Path, name: str, problems: list[str], refused: dict[int, str]
+    root: Path,
+    name: str,
+    problems: list[str],
+    refused: dict[int, str],
+    files: dict[str, int] | None = None,
 ) -> tuple[Checkpoint, ...]:
     found: list[Checkpoint] = []
     for path in sorted(root.glob("*.safetensors")):
@@ -512,6 +519,8 @@ def _scan_checkpoints(
             )
             problems.append(reason)
             refused.setdefault(int(match.group("step")), reason)
+    if files is not None:
+        files.update({ckpt.path.name: ckpt.step for ckpt in found})
     # Final file and a step file of the same step: prefer the step file.
     by_step: dict[int, Checkpoint] = {}
     for ckpt in found:
@@ -595,7 +604,8 @@ def read_job(path: str | Path, *, reference_model: str | None = None) -> Job:
     multipliers = {s.network_multiplier for s in samples if s.error is None}
     problems: list[str] = []
     refused: dict[int, str] = {}
-    checkpoints = _scan_checkpoints(root, name, problems, refused)
+    files: dict[str, int] = {}
+    checkpoints = _scan_checkpoints(root, name, problems, refused, files)
     previews = _scan_previews(root)
     return Job(
         root=root,
@@ -620,4 +630,5 @@ def read_job(path: str | Path, *, reference_model: str | None = None) -> Job:
         previews=previews,
         problems=tuple(problems),
         refused_checkpoints=refused,
+        checkpoint_files=files,
     )
