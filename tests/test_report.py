@@ -190,8 +190,9 @@ def test_relative_links_resolve(report):
     parser = _Links()
     parser.feed(html)
     images = [v for tag, v in parser.links if tag == "img"]
-    # preview, render, diff for two rows; best counterfactual for one
-    assert len(images) == 7
+    # preview, render, diff for two rows; best counterfactual for one; a thumbnail in the
+    # overview for both; the flip view's preview and render for both
+    assert len(images) == 7 + 2 + 4
     for _, link in parser.links:
         assert not link.startswith(("/", "file:")), link
         if link.startswith("#"):
