@@ -7,6 +7,7 @@ comments), never from parity's own output.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -106,12 +107,19 @@ def test_run_folder_contents(run_rows):
     )
     for row in rows:
         assert (out / row["render"]).is_file()
-        assert (out / row["preview"]).resolve().is_file()
+        # The run keeps the preview it compared: the same bytes as the job's file.
+        kept, source = out / row["preview"], Path(row["preview_source"])
+        assert kept.is_relative_to(out / "previews") and kept.read_bytes() == source.read_bytes()
     for step in (0, 10, 20):
         corrected = json.loads((out / "corrected_requests" / f"{step}.json").read_text())
-        assert corrected["requests"][0]["model"] == "zimage"
+        first = json.loads((out / "corrected_requests" / f"{step}" / "0.json").read_text())
+        assert first["model"] == "zimage"
+        # Step 0 has no LoRA of its own: the earliest checkpoint stands in at scale 0.
+        lora = "aitk_zimage/aitk_zimage_000000010.safetensors" if step < 20 else None
+        assert first["loras"][0]["path"] == (lora or "aitk_zimage/aitk_zimage.safetensors")
         # Sample 1 (80x112) and 4 (96x80) cannot be reproduced by the server.
         assert set(corrected["cannot_reproduce"]) == {"1", "4"}
+        assert set(corrected["placement"]) == {"0", "2", "3"}
     assert (out / "report.html").is_file()
     row = next(r for r in rows if (r["step"], r["index"]) == (20, 1))
     assert (row["width_preview"], row["height_preview"]) == (80, 112)

@@ -12,6 +12,7 @@ under the 0.98 match threshold.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -99,13 +100,18 @@ def test_corrected_request_says_quantized_previews_cannot_be_reproduced(
         assert closest in reasons
         assert "quantized" in row["corrected_request_note"]
         assert closest in row["corrected_request_note"]
-    # The corrected requests fix everything a request can fix: cfg and LoRA scale.
-    requests = corrected["requests"]
-    placement = corrected["placement"]
-    prompt1 = requests[placement["1"]["request"]]["prompts"][placement["1"]["prompt"]]
-    assert prompt1["guidance_scale"] == 3
-    lora2 = requests[placement["2"]["request"]]["loras"][0]
-    assert lora2["network_multiplier"] == 0.5
+    # No request reproduces them, but the closest ones fix everything a request can fix:
+    # cfg and LoRA scale.
+    assert corrected["placement"] == {}
+
+    def closest(index: str) -> tuple[dict, dict]:
+        match = re.search(r"closest request: (\S+) prompt (\d+)", " ".join(cannot[index]))
+        assert match, cannot[index]
+        request = json.loads((run_dir / "corrected_requests" / match[1]).read_text("utf-8"))
+        return request, request["prompts"][int(match[2])]
+
+    assert closest("1")[1]["guidance_scale"] == 3
+    assert closest("2")[0]["loras"][0]["network_multiplier"] == 0.5
 
 
 def test_preview_command_reproduces_committed_previews(tmp_path: Path, float_noise) -> None:
