@@ -16,6 +16,11 @@ Options live in one table (:data:`OPTIONS`); each is read by one function,
 4. ``[tool.parity]`` of the rootdir's ``pyproject.toml`` (the ``per_job`` keys),
 5. the option's default.
 
+``--parity-request`` files apply to the job whose checkpoint their ``loras[0].path``
+names (under ``--parity-lora-root``, default each job's training folder): that job's
+previews of that step are compared with the request's prompts instead of the
+as-configured request.
+
 A session without ``--parity-job`` (or ``parity_jobs`` in the ini file) is left alone:
 no markers, no state, nothing read, until a test asks for one of the fixtures.
 

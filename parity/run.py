@@ -1,8 +1,9 @@
 """A parity run: every preview of a job rendered the server's way, compared, attributed.
 
 Data flow per preview: planned case (:mod:`parity.plan`) → reference render → comparison
-with the stored preview → (mismatch) counterfactual renders (:mod:`parity.attribute`) →
-result row. Rows are written after every preview (atomically), so a killed run leaves a
+with the stored preview (kept in the run folder, ``previews/<step>/``) and, where given,
+with the image the server returned → (mismatch) counterfactual renders
+(:mod:`parity.attribute`) → result row. Rows are written after every preview (atomically), so a killed run leaves a
 readable ``results.json`` of what was finished and ``resume=True`` continues from it.
 After the last preview, the corrected requests (:mod:`parity.correct`), run.json and the
 report are written.
