@@ -552,11 +552,26 @@ def _run_options(args: argparse.Namespace, **overrides: Any) -> Any:
     return RunOptions(**values)
 
 
-def _steps_of_requests(args: argparse.Namespace, used: dict[str, Any], requests: list) -> None:
-    """Without --steps, a run with --request covers the steps its requests name."""
+def _steps_of_requests(
+    job: Any, args: argparse.Namespace, used: dict[str, Any], requests: list
+) -> None:
+    """Without --steps, a run with --request covers the steps its requests name; with
+    it, a step it leaves out would leave a request unused, which is refused."""
+    from parity.plan import parse_steps, select_steps
+
     if requests and not args.steps_given:
         args.steps = ",".join(str(s) for s in sorted({u.step for u in requests}))
         used["steps"] = args.steps
+    _requests_in_steps(requests, select_steps(job, parse_steps(args.steps)), "--steps")
+
+
+def _requests_in_steps(requests: list, steps: list[int], option: str) -> None:
+    for user in requests:
+        if user.step not in steps:
+            raise ParityError(
+                f"{user.source}: names the checkpoint of step {user.step}, which {option} "
+                f"leaves out ({', '.join(map(str, steps))}); add it or drop the request"
+            )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -588,7 +603,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     used = _resolve(args, recorded)
     job = read_job(job_path, reference_model=args.reference_model)
     requests = _user_requests(job, args)
-    _steps_of_requests(args, used, requests)
+    _steps_of_requests(job, args, used, requests)
     options = _run_options(args)
     if not resume:
         out_dir = Path(args.out) if args.out else default_out_dir(job)
@@ -685,6 +700,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 + (f"; these name steps {steps})" if steps else ")")
             )
         step = steps[0]
+    _requests_in_steps(requests, [step], "--step")
     request_plan = _request_plan(job, args, requests)
     engine, device = _engine_for_job(job, args)
     out_dir = (

@@ -650,6 +650,8 @@ def describe_cases(job: Job, cases: list[Case]) -> list[dict[str, Any]]:
             row["request"] = case.request.to_json() if case.request else None
             row["reference"] = {
                 "model": job.reference_model,
+                "prompt": r.prompt,
+                "negative_prompt": r.negative_prompt,
                 "width": r.width,
                 "height": r.height,
                 "guidance_scale": sp.guidance_scale,

@@ -225,6 +225,8 @@ def test_requests_that_cannot_apply_are_exit_2_with_one_line(tmp_path, capsys):
     assert "outside the LoRA root" in err and "--allow-outside-paths" in err
     err = run({**REQUEST, "model": "zimage_turbo"})
     assert "model 'zimage_turbo'" in err and "Tongyi-MAI/Z-Image" in err
+    err = run(REQUEST, "--steps", "20")
+    assert "names the checkpoint of step 10, which --steps leaves out (20)" in err
     err = run(REQUEST, "--served", str(tmp_path), "--served", str(tmp_path))
     assert "got 2 --served for 1 --request" in err
     # A LoRA that is not a usable safetensors file is found before the model loads.
