@@ -660,7 +660,9 @@ def _print_summary(summary: Any) -> None:
     if summary.served_drift:
         print(
             f"{summary.served_drift} served image(s) differ from parity's reference render: "
-            "the deployed server is not the reference parity renders (see each row)"
+            "the deployed server is not the reference parity renders, so the causes explain "
+            "parity's reference, not that server; dtype, library era or hardware could "
+            "explain it (--dtype, --server-diffusers, --device; see results.json served_note)"
         )
     for row in summary.rows:
         if row.verdict == "match" and not row.served_note:
@@ -677,8 +679,12 @@ def _print_summary(summary: Any) -> None:
         )
         if row.detail:
             print(f"      {row.detail}")
-        if row.served_note:
-            print(f"      served: {row.served_note}")
+        if row.served and row.served["verdict"] == "drift":
+            diff = row.served["max_abs_diff"]
+            print(
+                f"      served image: drift, SSIM {row.served['ssim']:.4f}, "
+                + ("sizes differ" if diff is None else f"max difference {diff}/255")
+            )
     print(f"report: {summary.out_dir / 'report.html'}")
 
 

@@ -258,6 +258,12 @@ class Runner:
             row.candidate_causes.append(Cause.LORA_NOT_APPLIED)
         if ref_out.notes:
             row.detail = "; ".join(ref_out.notes)
+        if case.pair.server_prompt.random_seed:
+            row.detail = _join(
+                row.detail,
+                f"the request's seed {case.pair.server_prompt.seed} asks the server for a random "
+                "seed: its image cannot be reproduced; parity rendered that seed as written",
+            )
         if case.served is not None:
             self._check_served(row, case, ref_out.image)
         if reference.match:
@@ -365,7 +371,7 @@ def drift_note(
             f"max difference {check.max_abs_diff}/255 where float noise and the codec allow "
             f"{check.limit}, SSIM {check.ssim:.4f}"
         )
-    era_text = era.label if era is not None else "the installed one"
+    era_text = (era or diffusers_era(None)).label
     return (
         f"the deployed server is not the reference parity renders: its image differs from "
         f"parity's render of the same request ({how}), so the causes above explain parity's "
