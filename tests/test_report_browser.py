@@ -201,6 +201,9 @@ def moved_run(tmp_path):
     run = tmp_path / "reports" / "travel" / "run"
     summary = run_job(read_job(job), shared_engine(TINY_BASE), run, RunOptions(progress=False))
     assert [r.verdict for r in summary.rows] == ["match", "mismatch", "match", "mismatch"]
+    # Same filesystem: the kept previews are hard links, not copies.
+    kept = run / summary.rows[0].preview
+    assert kept.stat().st_ino == Path(summary.rows[0].preview_source).stat().st_ino
     moved = tmp_path / "artifact upload" / "parity run"
     moved.parent.mkdir()
     shutil.move(run, moved)
@@ -238,7 +241,8 @@ def test_moved_run_folder_report_has_no_broken_image(moved_run, tmp_path):
     # The overview links each thumbnail to its card; the flip control is live.
     for row in rows:
         card = f"s{row['step']}-i{row['index']}"
-        assert f'href="#{card}"' in dom and f'id="{card}"' in dom
+        assert re.search(rf'<a class="thumb v-{row["verdict"]}" href="#{card}"', dom)
+        assert f'id="{card}"' in dom
     assert re.search(r'<button type="button" class="flip-button">flip: showing preview', dom)
     # The check would see a missing file: remove one copy and one image breaks.
     (moved_run / rows[1]["preview"]).unlink()

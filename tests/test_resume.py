@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -214,3 +216,30 @@ def test_killed_run_with_options_resumes_from_the_folder_alone(jobs, tmp_path: P
     assert info["options"] == json.loads((straight / "run.json").read_text())["options"]
     assert info["thresholds"]["ssim_min"] == 0.97 and info["confirm_margin"] == 0.05
     assert info["options"]["base_model"] == str(TINY_BASE)
+
+
+def test_kept_files_are_links_or_copies_never_half_written(tmp_path: Path) -> None:
+    from parity.results import link_or_copy
+
+    source = tmp_path / "job" / "preview.jpg"
+    source.parent.mkdir()
+    source.write_bytes(b"\xff\xd8 preview bytes")
+    linked = link_or_copy(source, tmp_path / "run" / "previews" / "10" / "preview.jpg")
+    assert linked.stat().st_ino == source.stat().st_ino  # same filesystem: a hard link
+    assert link_or_copy(source, linked) == linked  # kept as it is
+    copied = link_or_copy(source, tmp_path / "run" / "requests" / "0.json", link=False)
+    assert copied.read_bytes() == source.read_bytes()
+    assert copied.stat().st_ino != source.stat().st_ino
+
+    # Another filesystem (a CI artifact folder, a tmpfs): os.link fails, the file is copied.
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second filesystem to copy across")
+    elsewhere = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        other = link_or_copy(source, elsewhere / "previews" / "preview.jpg")
+        assert other.read_bytes() == source.read_bytes()
+        assert other.stat().st_dev != source.stat().st_dev
+        assert not list(other.parent.glob(".*.tmp"))  # no temporary file left behind
+    finally:
+        shutil.rmtree(elsewhere)
