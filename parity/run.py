@@ -471,8 +471,13 @@ def write_corrected_requests(
         )
         out[step] = corrected
         folder = out_dir / "corrected_requests"
-        for name, body in corrected.request_files().items():
+        files = corrected.request_files()
+        for name, body in files.items():
             atomic_write_text(folder / name, json.dumps(body, indent=2) + "\n")
+        # A request file the index no longer names (an earlier run in this folder) goes.
+        for stale in sorted((folder / str(step)).glob("*.json")):
+            if f"{step}/{stale.name}" not in files:
+                stale.unlink()
         atomic_write_text(
             folder / f"{step}.json", json.dumps(corrected.to_json_dict(), indent=2) + "\n"
         )
