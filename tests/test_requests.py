@@ -402,3 +402,22 @@ def test_the_cfg_threshold_is_in_the_guidance_diffusers_receives(tmp_path):
     assert without_cfg["settings"]["pipeline_guidance"] == 0.0
     reasons = json.loads((tmp_path / "old" / "corrected_requests" / "10.json").read_text())
     assert re.search(r"runs CFG only for g > 1", " ".join(reasons["cannot_reproduce"]["0"]))
+
+
+def test_library_and_steps_switch_independently():
+    from parity.attribute import switch
+    from parity.settings import Cause, RenderSettings, legacy_sigmas
+
+    reference = RenderSettings("a", "", 64, 64, 0.0, steps=8, seed=1)  # N updates
+    preview = reference.replace(steps=6, sigmas=legacy_sigmas(6))  # 5 updates for 6 steps
+    steps_only = switch(reference, preview, [Cause.STEPS])
+    assert (steps_only.steps, steps_only.sigmas) == (6, None)
+    era_only = switch(reference, preview, [Cause.LIBRARY])
+    assert (era_only.steps, era_only.sigmas) == (8, legacy_sigmas(8))
+    both = switch(reference, preview, [Cause.STEPS, Cause.LIBRARY])
+    assert (both.steps, both.sigmas) == (6, legacy_sigmas(6))
+    # Leaving steps at the server's value on a legacy server keeps its schedule's length.
+    legacy_server = reference.replace(sigmas=legacy_sigmas(8))
+    assert switch(legacy_server, preview.replace(sigmas=None), [Cause.STEPS]).sigmas == (
+        legacy_sigmas(6)
+    )
