@@ -25,7 +25,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from parity.settings import CAUSES, Cause, LoraApplier, LoraSettings, RenderSettings
+from parity.settings import (
+    CAUSES,
+    Cause,
+    LoraApplier,
+    LoraSettings,
+    RenderSettings,
+    legacy_sigmas,
+)
 
 #: RenderSettings fields each cause owns; ``lora.<field>`` is a field of the LoRA.
 #: Switching a LoRA field where one side has no LoRA at all moves the LoRA itself with
@@ -73,7 +80,13 @@ def switch(base: RenderSettings, target: RenderSettings, causes: Sequence[Cause]
                 changes[owner] = getattr(target, owner)
     if lora_fields:
         changes["lora"] = _switch_lora(base.lora, target.lora, lora_fields)
-    return base.replace(**changes)
+    result = base.replace(**changes)
+    # ``library`` owns the era (N-1 or N updates), ``steps`` the number of steps: a legacy
+    # schedule is rebuilt for the render's steps, so that switching one leaves the other.
+    era_owner = target if Cause.LIBRARY in causes else base
+    if era_owner.sigmas is not None and era_owner.sigmas == legacy_sigmas(era_owner.steps):
+        result = result.replace(sigmas=legacy_sigmas(result.steps))
+    return result
 
 
 def _switch_lora(

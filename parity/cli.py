@@ -50,7 +50,16 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "psnr_min": DEFAULT_PSNR_MIN,
     "latent_max": DEFAULT_LATENT_DISTANCE_MAX,
     "confirm_margin": DEFAULT_CONFIRM_MARGIN,
+    "request": [],
+    "served": [],
+    "lora_root": None,
+    "match": "index",
+    "server_diffusers": None,
 }
+
+#: Options holding local paths: recorded absolute, so that ``--resume`` works from any
+#: folder.
+PATH_OPTIONS = ("base_model", "lora_root", "request", "served")
 
 
 def _resolve(args: argparse.Namespace, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -66,9 +75,22 @@ def _resolve(args: argparse.Namespace, recorded: dict[str, Any] | None = None) -
         value = getattr(args, name)
         if value is None:
             value = recorded.get(name, default)
+        if name in PATH_OPTIONS and value:
+            value = _absolute(value, local_only=name == "base_model")
         setattr(args, name, value)
         used[name] = value
     return used
+
+
+def _absolute(value: Any, *, local_only: bool = False) -> Any:
+    """Paths made absolute (a list item by item); with ``local_only``, only a path that
+    exists here (a hub id stays as given)."""
+    if isinstance(value, list):
+        return [_absolute(v, local_only=local_only) for v in value]
+    path = Path(str(value)).expanduser()
+    if local_only and not path.exists():
+        return value
+    return str(path.absolute())
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -114,6 +136,54 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="allow previews and checkpoints that resolve outside the job folder (symlinks)",
+    )
+
+
+def _add_request_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--request",
+        metavar="REQ.json",
+        action="append",
+        default=None,
+        help='a request you sent the server (its JSON body, or {"inputs": ...}): the '
+        "previews of the step whose checkpoint its loras[0].path names are compared with "
+        "its prompts instead of the as-configured request (repeatable)",
+    )
+    p.add_argument(
+        "--lora-root",
+        metavar="DIR",
+        default=None,
+        help="the server's workflows folder, where request LoRA paths resolve "
+        "(default: the job's training folder, the job folder's parent, so "
+        "<job name>/<file>.safetensors names a checkpoint)",
+    )
+    p.add_argument(
+        "--match",
+        choices=["index", "prompt"],
+        default=None,
+        help="index: prompt i of a request with preview i of its step (default); prompt: "
+        "by resolved prompt text",
+    )
+    p.add_argument(
+        "--served",
+        metavar="DIR",
+        action="append",
+        default=None,
+        help="the images the server returned for the --request of the same position, "
+        "<prompt index>.png|jpg|jpeg|webp, compared with parity's reference render "
+        "(repeatable)",
+    )
+    _add_server_diffusers(p)
+
+
+def _add_server_diffusers(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--server-diffusers",
+        metavar="VERSION|COMMIT",
+        default=None,
+        help="the diffusers release the server runs, e.g. 0.38.0.dev0 or 072d15ee "
+        "(runcomfy's requirements pin): what N steps and a guidance value mean on the "
+        "reference side (default: the installed diffusers)",
     )
 
 
@@ -200,6 +270,44 @@ def _dtype(args: argparse.Namespace) -> Any:
     return normalize_dtype(args.dtype) if args.dtype else None
 
 
+def _server_era(args: argparse.Namespace) -> Any:
+    """The server's diffusers era from --server-diffusers (None: the installed one)."""
+    from parity.diffusers_era import diffusers_era
+
+    spec = getattr(args, "server_diffusers", None)
+    return diffusers_era(spec) if spec else None
+
+
+def _user_requests(job: Any, args: argparse.Namespace) -> list[Any]:
+    """The --request files, read and bound to the steps of ``job`` they name."""
+    from parity.plan import bind_requests
+    from parity.server import load_request
+
+    paths = [Path(p) for p in getattr(args, "request", None) or []]
+    served = [Path(p) for p in getattr(args, "served", None) or []]
+    if served and not paths:
+        raise ParityError("--served needs the --request it answers (paired in order)")
+    return bind_requests(
+        job,
+        [(path, load_request(path)) for path in paths],
+        lora_root=Path(args.lora_root) if args.lora_root else None,
+        allow_outside_paths=args.allow_outside_paths,
+        served=served,
+    )
+
+
+def _request_plan(job: Any, args: argparse.Namespace, requests: list[Any]) -> Any:
+    """Requests paired with previews; its warnings printed (prompts with no preview)."""
+    from parity.plan import plan_requests
+
+    if not requests:
+        return None
+    request_plan = plan_requests(job, requests, args.match)
+    for line in request_plan.warnings():
+        print(f"warning: {line}", file=sys.stderr)
+    return request_plan
+
+
 # --------------------------------------------------------------------- inspect
 
 
@@ -247,6 +355,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     _resolve(args)
     job = _read_job(args)
+    requests = _user_requests(job, args)
     shift = None
     try:
         shift = checkpoint_scheduler_shift(_job_source(job, args, validate=False))
@@ -259,6 +368,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         checkpoint_shift=shift,
         reference_dtype=_dtype(args),
         allow_outside_paths=args.allow_outside_paths,
+        request_plan=_request_plan(job, args, requests),
+        server_era=_server_era(args),
     )
     rows = describe_cases(job, cases)
     if args.format == "json":
@@ -347,7 +458,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 def _confined(path: Path, root: Path, allow_outside: bool, what: str) -> Path:
     from parity.plan import outside_path_error
 
-    error = None if allow_outside else outside_path_error(path, root, what, "the request's folder")
+    error = None if allow_outside else outside_path_error(path, root, what, "the LoRA root")
     if error:
         raise ParityError(error)
     return path.resolve()
@@ -360,12 +471,13 @@ def cmd_render(args: argparse.Namespace) -> int:
         resolve_reference_model,
         validate_checkpoint,
     )
+    from parity.plan import resolve_lora_path
     from parity.results import save_png
     from parity.server import SERVER_MODELS, load_request
     from parity.sides import reference_settings
 
     _resolve(args)
-    request_path = Path(args.request)
+    request_path = Path(args.request_file)
     request = load_request(request_path)
     server = SERVER_MODELS[request.model]
     model_map = _model_map(args, server.hub_id)
@@ -373,13 +485,14 @@ def cmd_render(args: argparse.Namespace) -> int:
         model_map = _model_map(args, server.transformer_hub_id)
     source = resolve_reference_model(request.model, model_map)
     validate_checkpoint(source)
+    era = _server_era(args)
+    # The LoRA root plays the server's workflows folder: request paths resolve under it.
+    lora_root = Path(args.lora_root) if args.lora_root else request_path.parent
     lora_paths = []
     for lora in request.loras:
-        candidate = Path(lora.path)
-        if not candidate.is_absolute():
-            candidate = request_path.parent / candidate
+        candidate = resolve_lora_path(lora.path, lora_root)
         lora_paths.append(
-            str(_confined(candidate, request_path.parent, args.allow_outside_paths, "LoRA path"))
+            str(_confined(candidate, lora_root, args.allow_outside_paths, "LoRA path"))
         )
     device = _device(args)
     engine = RenderEngine(source, device=device)
@@ -400,6 +513,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             device=device,
             checkpoint_shift=shift,
             dtype=_dtype(args),
+            era=era,
         )
         entry: dict[str, Any] = {"index": i, "settings": settings.to_dict()}
         if (
@@ -450,9 +564,34 @@ def _run_options(args: argparse.Namespace, **overrides: Any) -> Any:
         confirm_margin=args.confirm_margin,
         reference_dtype=_dtype(args),
         allow_outside_paths=getattr(args, "allow_outside_paths", False),
+        server_era=_server_era(args),
+        match=getattr(args, "match", None) or "index",
+        lora_root=Path(args.lora_root) if getattr(args, "lora_root", None) else None,
     )
     values.update(overrides)
     return RunOptions(**values)
+
+
+def _steps_of_requests(
+    job: Any, args: argparse.Namespace, used: dict[str, Any], requests: list
+) -> None:
+    """Without --steps, a run with --request covers the steps its requests name; with
+    it, a step it leaves out would leave a request unused, which is refused."""
+    from parity.plan import parse_steps, select_steps
+
+    if requests and not args.steps_given:
+        args.steps = ",".join(str(s) for s in sorted({u.step for u in requests}))
+        used["steps"] = args.steps
+    _requests_in_steps(requests, select_steps(job, parse_steps(args.steps)), "--steps")
+
+
+def _requests_in_steps(requests: list, steps: list[int], option: str) -> None:
+    for user in requests:
+        if user.step not in steps:
+            raise ParityError(
+                f"{user.source}: names the checkpoint of step {user.step}, which {option} "
+                f"leaves out ({', '.join(map(str, steps))}); add it or drop the request"
+            )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -479,22 +618,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.job is None:
             raise ParityError("give a JOB folder (or --resume DIR)")
         job_path = args.job
+    args.steps_given = args.steps is not None or "steps" in recorded
     used = _resolve(args, recorded)
     job = _read_job(args, job_path)
+    requests = _user_requests(job, args)
+    _steps_of_requests(job, args, used, requests)
+    options = _run_options(args)
     if not resume:
         out_dir = Path(args.out) if args.out else default_out_dir(job)
     for problem in job.problems:
         print(f"warning: {problem}", file=sys.stderr)
+    _request_plan(job, args, requests)  # unusable pairings stop here; warnings printed
     _warn_stack()
     engine, device = _engine_for_job(job, args)
     summary = run_job(
         job,
         engine,
         out_dir,
-        _run_options(args),
+        options,
         resume=resume,
         device=device,
         recorded_options=used,
+        requests=requests,
     )
     if args.history and not args.no_history:
         try:
@@ -531,11 +676,18 @@ def _print_summary(summary: Any) -> None:
     print(
         f"{counts['match']} match, {counts['mismatch']} mismatch, {counts['error']} error  ->  {summary.out_dir}"
     )
+    if summary.served_drift:
+        print(
+            f"{summary.served_drift} served image(s) differ from parity's reference render: "
+            "the deployed server is not the reference parity renders, so the causes explain "
+            "parity's reference, not that server; dtype, library era or hardware could "
+            "explain it (--dtype, --server-diffusers, --device; see results.json served_note)"
+        )
     for row in summary.rows:
-        if row.verdict == "match":
+        if row.verdict == "match" and not row.served_note:
             continue
         what = ",".join(map(str, row.causes)) or (
-            "-" if row.verdict == "error" else "no cause confirmed"
+            "no cause confirmed" if row.verdict == "mismatch" else "-"
         )
         state = (
             "explained" if row.explained else ("unexplained" if row.verdict == "mismatch" else "")
@@ -546,40 +698,67 @@ def _print_summary(summary: Any) -> None:
         )
         if row.detail:
             print(f"      {row.detail}")
+        if row.served and row.served["verdict"] == "drift":
+            diff = row.served["max_abs_diff"]
+            print(
+                f"      served image: drift, SSIM {row.served['ssim']:.4f}, "
+                + ("sizes differ" if diff is None else f"max difference {diff}/255")
+            )
     print(f"report: {summary.out_dir / 'report.html'}")
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from parity.plan import plan_cases
-    from parity.run import Runner, utc_now
+    from parity.plan import default_lora_root, plan_cases
+    from parity.run import Runner, utc_now, write_corrected_requests
     from parity.sides import era_of
 
     _resolve(args)
     job = _read_job(args)
+    requests = _user_requests(job, args)
+    step = args.step
+    if step is None:
+        steps = sorted({u.step for u in requests})
+        if len(steps) != 1:
+            raise ParityError(
+                "give --step N (with --request it defaults to the step the request names"
+                + (f"; these name steps {steps})" if steps else ")")
+            )
+        step = steps[0]
+    _requests_in_steps(requests, [step], "--step")
+    request_plan = _request_plan(job, args, requests)
     engine, device = _engine_for_job(job, args)
     out_dir = (
         Path(args.out)
         if args.out
         else Path("reports") / job.name / f"explain-{utc_now().replace(':', '')}"
     )
+    options = _run_options(args, steps=(step,))
     cases = plan_cases(
         job,
-        [args.step],
+        [step],
         device=device,
         checkpoint_shift=engine.checkpoint_scheduler_shift,
         reference_dtype=_dtype(args),
         allow_outside_paths=args.allow_outside_paths,
+        request_plan=request_plan,
+        server_era=options.server_era,
     )
     case = next((c for c in cases if c.index == args.index), None)
     if case is None:
-        raise ParityError(f"{job.root}: no preview for step {args.step} index {args.index}")
-    row = Runner(job, engine, out_dir, _run_options(args, steps=(args.step,))).evaluate(case)
+        raise ParityError(f"{job.root}: no preview for step {step} index {args.index}")
+    for user in requests:  # a LoRA problem is found before the model loads
+        engine.lora(str(user.lora_path))
+    row = Runner(job, engine, out_dir, options).evaluate(case)
     print(f"{job.name} step {row.step} index {row.index}: {str(row.verdict).upper()}")
     if row.prompt:
         print(f"prompt: {row.prompt}")
+    if case.request is not None:
+        print(f"reference side: prompt {case.request.prompt} of {case.request.source}")
     if case.pair is not None:
-        era = era_of(job, job.checkpoint_for_step(args.step))
+        era = era_of(job, job.checkpoint_for_step(step))
         print(f"ai-toolkit {job.aitk_version or 'unknown'}: {era.label}")
+        server_era = options.server_era or _installed_era()
+        print(f"server: {server_era.describe()}")
         print(f"\n{'setting':<20}{'preview (ai-toolkit)':<32}{'reference (server)':<32}")
         p, r = case.pair.preview.to_dict(), case.pair.reference.to_dict()
         for key in p:
@@ -593,15 +772,38 @@ def cmd_explain(args: argparse.Namespace) -> int:
             f"reference render vs preview: SSIM {row.ssim:.4f}  PSNR {row.psnr:.2f} dB  "
             f"latent {_fmt(row.latent_distance)}  LPIPS {_fmt(row.lpips)}"
         )
-    if row.jpeg_floor:
         print(
-            f"JPEG floor (a perfect reproduction): SSIM {row.jpeg_floor.get('ssim', float('nan')):.4f}"
+            "  (the render encoded like the preview before scoring: an exact reproduction "
+            "scores SSIM 1.0000)"
         )
-    for cf in row.counterfactuals:
-        flag = "CONFIRMED" if cf.confirmed else ""
+    if row.jpeg_floor:
+        lossless = _lossless_ssim(out_dir, row)
+        measured = f"{lossless:.4f}" if lossless is not None else "n/a"
         print(
-            f"  counterfactual {cf.name:<18} ({cf.kind}): SSIM {cf.ssim:.4f}  "
-            f"{'match' if cf.match else 'mismatch':<8} {flag}  {out_dir / (cf.image or '')}"
+            f"  without that encoding, the lossless render scores SSIM {measured}; best "
+            f"possible SSIM against this JPEG preview (a perfect reproduction): "
+            f"{row.jpeg_floor.get('ssim', float('nan')):.4f}"
+        )
+    if row.served is not None:
+        served = row.served
+        diff = served["max_abs_diff"]
+        print(
+            f"served image {served['path']}: {served['verdict'].upper()} against parity's "
+            f"reference render (SSIM {served['ssim']:.4f}, max difference "
+            f"{'n/a (sizes differ)' if diff is None else f'{diff}/255'})"
+        )
+        if row.served_note:
+            print(f"  {row.served_note}")
+    if row.counterfactuals:
+        print("counterfactuals (renders of the reference with the preview's values for):")
+    for cf in row.counterfactuals:
+        what = "all causes switched" if cf.name == "all" else f"all but {cf.name}"
+        flag = (
+            ("  CONFIRMED cause" if cf.confirmed else "  not a cause") if cf.name != "all" else ""
+        )
+        print(
+            f"  {what:<24} SSIM {cf.ssim:.4f}  {'match' if cf.match else 'mismatch':<8}"
+            f"{flag}  {out_dir / (cf.image or '')}"
         )
     if row.verdict == "mismatch":
         state = "complete" if row.explained else "INCOMPLETE (unexplained residual)"
@@ -609,20 +811,52 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if row.detail:
         print(f"detail: {row.detail}")
     if case.pair is not None:
-        from parity.run import write_corrected_requests
-
+        lora_root = Path(args.lora_root) if args.lora_root else default_lora_root(job)
         corrected = write_corrected_requests(
-            job, [case], [row], out_dir, engine.checkpoint_scheduler_shift
-        )[args.step]
-        print(f"\ncorrected request (also in {out_dir / 'corrected_requests'}):")
-        print(json.dumps(corrected.requests[0].to_json_dict(), indent=2))
+            job,
+            [case],
+            [row],
+            out_dir,
+            engine.checkpoint_scheduler_shift,
+            server_era=options.server_era,
+            lora_root=lora_root,
+            lora_paths={u.step: u.request.loras[0].path for u in requests},
+        )[step]
+        folder = out_dir / "corrected_requests"
+        placed = corrected.placement.get(args.index) or corrected.closest.get(args.index)
+        if placed is not None:
+            request_file = folder / corrected.file(placed[0])
+            label = "corrected request" if args.index in corrected.placement else "closest request"
+            print(f"\n{label}: {request_file} prompt {placed[1]}")
+            print(json.dumps(corrected.requests[placed[0]].to_json_dict(), indent=2))
+            print(
+                f"render it as the server would: parity render {request_file} "
+                f"--lora-root {lora_root} --out DIR"
+            )
         for reason in corrected.cannot.get(args.index, []):
             print(f"  the server cannot reproduce this preview exactly: {reason}")
     if row.preview:
         print(f"\npreview: {(out_dir / row.preview).resolve()}")
     if row.render:
         print(f"reference render: {(out_dir / row.render).resolve()}")
-    return EXIT_OK if row.verdict == "match" else EXIT_MISMATCH
+    failed = row.verdict != "match" or (row.served or {}).get("verdict") == "drift"
+    return EXIT_MISMATCH if failed else EXIT_OK
+
+
+def _installed_era() -> Any:
+    from parity.diffusers_era import diffusers_era
+
+    return diffusers_era(None)
+
+
+def _lossless_ssim(out_dir: Path, row: Any) -> float | None:
+    """SSIM of the lossless reference render against the preview as stored."""
+    from parity.compare import load_rgb, ssim
+
+    if not row.preview or not row.render:
+        return None
+    preview, render = load_rgb(out_dir / row.preview), load_rgb(out_dir / row.render)
+    return ssim(preview, render) if preview.shape == render.shape else None
 
 
 def _short(value: Any) -> str:
@@ -703,6 +937,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json"], default="table")
     _add_model_options(p)
     _add_job_options(p)
+    _add_request_options(p)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser(
@@ -720,13 +955,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "render", parents=[verbose], help="render an API request the way the reference server does"
     )
-    p.add_argument("request", help="request JSON (the server's schema)")
+    p.add_argument("request_file", metavar="REQUEST", help="request JSON (the server's schema)")
     p.add_argument("--out", required=True, help="output folder: <i>.png and effective.json")
+    p.add_argument(
+        "--lora-root",
+        metavar="DIR",
+        default=None,
+        help="the server's workflows folder, where the request's LoRA paths resolve "
+        "(default: the request file's folder)",
+    )
     p.add_argument(
         "--allow-outside-paths",
         action="store_true",
-        help="allow LoRA paths outside the request's folder",
+        help="allow LoRA paths outside the LoRA root",
     )
+    _add_server_diffusers(p)
     _add_model_options(p)
     p.set_defaults(func=cmd_render)
 
@@ -756,6 +999,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_options(p)
     _add_job_options(p)
+    _add_request_options(p)
     _add_threshold_options(p)
     p.set_defaults(func=cmd_run)
 
@@ -763,12 +1007,15 @@ def build_parser() -> argparse.ArgumentParser:
         "explain", parents=[verbose], help="one preview in depth, with every counterfactual"
     )
     p.add_argument("job")
-    p.add_argument("--step", type=int, required=True)
+    p.add_argument(
+        "--step", type=int, default=None, help="the step (default with --request: its step)"
+    )
     p.add_argument("--index", type=int, required=True)
     p.add_argument("--out", help="where the renders go (default reports/<job>/explain-<time>)")
     p.add_argument("--steps", default=None, help=argparse.SUPPRESS)
     _add_model_options(p)
     _add_job_options(p)
+    _add_request_options(p)
     _add_threshold_options(p)
     p.set_defaults(func=cmd_explain)
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from parity.attribute import Attribution
-from parity.job import Job
+from parity.diffusers_era import DiffusersEra
+from parity.job import Checkpoint, Job
 from parity.server import (
     GUIDANCE_BOUNDS,
     LORA_SCALE_BOUNDS,
@@ -31,20 +32,38 @@ from parity.settings import Cause, RenderSettings
 
 @dataclass
 class CorrectedRequests:
-    """Requests for one checkpoint plus the previews no request can reproduce."""
+    """Requests for one checkpoint plus the previews no request can reproduce.
+
+    Written as ``corrected_requests/<step>/<k>.json`` (:meth:`request_files`: each one a
+    plain request the server takes unchanged) and the index
+    ``corrected_requests/<step>.json`` (:meth:`to_json_dict`). A request file holds either
+    only prompts that reproduce their previews (``placement``) or only the closest
+    prompts for previews no request reproduces (named in ``cannot``, with the file).
+    """
 
     step: int
     requests: list[InferenceRequest] = field(default_factory=list)
     #: Per preview index: the request and prompt position that reproduce it.
     placement: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: Per preview index no request reproduces: where its closest prompt was written.
+    closest: dict[int, tuple[int, int]] = field(default_factory=dict)
     cannot: dict[int, list[str]] = field(default_factory=dict)
 
+    def file(self, request: int) -> str:
+        """Path of request ``request`` relative to ``corrected_requests/``."""
+        return f"{self.step}/{request}.json"
+
+    def request_files(self) -> dict[str, dict]:
+        """``{"<step>/<k>.json": request body}`` for every request."""
+        return {self.file(k): r.to_json_dict() for k, r in enumerate(self.requests)}
+
     def to_json_dict(self) -> dict:
+        """The index: where each preview is reproduced, or why it cannot be."""
         return {
             "step": self.step,
-            "requests": [r.to_json_dict() for r in self.requests],
             "placement": {
-                str(i): {"request": r, "prompt": p} for i, (r, p) in sorted(self.placement.items())
+                str(i): {"file": self.file(r), "prompt": p}
+                for i, (r, p) in sorted(self.placement.items())
             },
             "cannot_reproduce": {str(i): reasons for i, reasons in sorted(self.cannot.items())},
         }
@@ -63,11 +82,14 @@ def blockers(
     lora_not_applied: bool = False,
     server_dtype: str | None = None,
     rounded_checkpoint: str | None = None,
+    server_era: DiffusersEra | None = None,
 ) -> list[str]:
     """Reasons the server cannot reproduce ``preview`` with any request.
 
     ``rounded_checkpoint``: the dtype the step's checkpoint was saved in when that is a
-    rounding of the training weights (``BF16``, ``F16``), else None.
+    rounding of the training weights (``BF16``, ``F16``), else None. ``server_era``: the
+    server's diffusers release (None: the installed one, N updates for N steps and CFG
+    for g > 0).
     """
     reasons = []
     div = RESOLUTION_DIVISOR
@@ -82,10 +104,22 @@ def blockers(
             f"the preview used scheduler shift {preview.scheduler_shift:g}; the server's "
             f"{model} uses {server_shift:g} and a request cannot change it"
         )
-    if preview.sigmas is not None:
+    server_legacy = server_era is not None and server_era.legacy_sigmas
+    if preview.sigmas is not None and not server_legacy:
         reasons.append(
             "the preview came from an ai-toolkit release whose diffusers made N-1 updates for "
             "N steps; the server's diffusers makes N"
+        )
+    if preview.sigmas is None and server_legacy:
+        assert server_era is not None
+        reasons.append(
+            f"the preview's diffusers made N updates for N steps; the server's diffusers "
+            f"{server_era.label} makes N-1 and a request cannot change it"
+        )
+    if server_era is not None and server_era.request_guidance(preview.pipeline_guidance) is None:
+        reasons.append(
+            f"the preview ran CFG with guidance {preview.pipeline_guidance:g}; the server's "
+            f"diffusers {server_era.label} runs CFG only for g > {server_era.cfg_threshold:g}"
         )
     if preview.pipeline_guidance > GUIDANCE_BOUNDS[1]:
         reasons.append(
@@ -142,6 +176,17 @@ def closest_without_precision(attribution: Attribution | None) -> str | None:
     )
 
 
+def request_lora_path(checkpoint: Checkpoint, job: Job, lora_root: Path | None) -> str:
+    """A checkpoint as a request names it: relative to the LoRA root (the server's
+    workflows folder), ``<job name>/<file>`` when the job folder lies elsewhere."""
+    root = Path(lora_root) if lora_root is not None else job.root.parent
+    path = Path(checkpoint.path).resolve()
+    try:
+        return path.relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return f"{job.name}/{path.name}"
+
+
 def corrected_requests(
     job: Job,
     step: int,
@@ -151,16 +196,24 @@ def corrected_requests(
     lora_not_applied: bool = False,
     checkpoint_shift: float | None = None,
     server_dtype: str | None = None,
+    server_era: DiffusersEra | None = None,
+    lora_root: Path | None = None,
+    lora_path: str | None = None,
 ) -> CorrectedRequests:
     """Requests that reproduce the previews of ``step`` (``previews``: index → settings).
 
-    ``attributions`` (index → the preview's attribution, where one was made) add, to a
-    preview no request can reproduce exactly, how close the server gets.
+    Every setting is explicit in the server's semantics (guidance as the server's
+    diffusers must receive it, the preview's seed, steps and exact size), prompts are
+    the sample's text without ``--flags`` (``[trigger]`` left for the server), one
+    request per LoRA scale. ``lora_path`` is how the request names the LoRA (the user's
+    own request's path for the step, where there is one); default: the step's checkpoint
+    relative to ``lora_root``. ``attributions`` (index → the preview's attribution)
+    add, to a preview no request can reproduce, how close the server gets.
     """
     attributions = attributions or {}
     checkpoint = job.checkpoint_for_step(step)
     out = CorrectedRequests(step=step)
-    groups: dict[float | None, list[tuple[int, PromptItem]]] = {}
+    groups: dict[tuple[bool, float | None], list[tuple[int, PromptItem]]] = {}
     for index in sorted(previews):
         s = previews[index]
         reasons = blockers(
@@ -170,6 +223,7 @@ def corrected_requests(
             lora_not_applied=lora_not_applied and s.lora is not None,
             server_dtype=server_dtype,
             rounded_checkpoint=checkpoint.dtype if checkpoint and checkpoint.rounded else None,
+            server_era=server_era,
         )
         closest = closest_without_precision(attributions.get(index))
         if reasons and closest is not None:
@@ -177,45 +231,63 @@ def corrected_requests(
         if reasons:
             out.cannot[index] = reasons
         sample = job.samples[index]
+        guidance = s.pipeline_guidance
+        if server_era is not None:
+            wanted = server_era.request_guidance(guidance)
+            guidance = wanted if wanted is not None else guidance
         item = PromptItem(
             prompt=sample.prompt_template,
             width=int(clamp(s.width, SIZE_BOUNDS)),
             height=int(clamp(s.height, SIZE_BOUNDS)),
             # The server passes guidance to diffusers unchanged.
-            guidance_scale=clamp(_num(s.pipeline_guidance), GUIDANCE_BOUNDS),
+            guidance_scale=clamp(_num(guidance), GUIDANCE_BOUNDS),
             sample_steps=s.steps,
             seed=s.seed,
             neg=s.negative_prompt,
         )
         scale = s.lora.scale if s.lora is not None else None
-        groups.setdefault(scale, []).append((index, item))
+        groups.setdefault((not reasons, scale), []).append((index, item))
     # Step 0 previews show the base model (the LoRA's B matrices are still zero). The
     # server needs exactly one LoRA file, so the earliest checkpoint at scale 0 stands in
     # for "no LoRA": the adapter then adds exactly nothing.
     stand_in = job.checkpoints[0] if checkpoint is None and job.checkpoints else None
-    for scale, items in groups.items():
+    # Requests that reproduce come first, then those holding only closest prompts.
+    for (reproduces, scale), items in sorted(
+        groups.items(), key=lambda kv: (not kv[0][0], kv[1][0][0])
+    ):
         loras = []
         if checkpoint is not None and scale is not None:
             loras.append(
                 LoraItem(
-                    path=Path(checkpoint.path).name,
+                    path=lora_path or request_lora_path(checkpoint, job, lora_root),
                     network_multiplier=_num(clamp(scale, LORA_SCALE_BOUNDS)),
                 )
             )
         elif stand_in is not None:
-            loras.append(LoraItem(path=Path(stand_in.path).name, network_multiplier=0))
+            loras.append(
+                LoraItem(path=request_lora_path(stand_in, job, lora_root), network_multiplier=0)
+            )
         else:
             for index, _ in items:
                 out.cannot.setdefault(index, []).append(
                     "the server requires one LoRA file and the job has no checkpoint to stand in"
                 )
+            continue
         request = InferenceRequest(
             model=job.reference_model,
             trigger_word=job.trigger_word,
             loras=loras,
             prompts=[item for _, item in items],
         )
+        number = len(out.requests)
         for pos, (index, _) in enumerate(items):
-            out.placement[index] = (len(out.requests), pos)
+            if reproduces:
+                out.placement[index] = (number, pos)
+            else:
+                out.closest[index] = (number, pos)
+                out.cannot[index].append(
+                    f"closest request: {out.file(number)} prompt {pos} (every setting a "
+                    "request can set is set to the preview's there)"
+                )
         out.requests.append(request)
     return out

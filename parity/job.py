@@ -224,6 +224,9 @@ class Job:
     #: which case ``adapter_problem`` says why).
     adapter_path: Path | None = None
     adapter_problem: str | None = None
+    #: Every checkpoint file by name, with its step: also the final ``<name>.safetensors``
+    #: where a step file of the same step is the one in ``checkpoints``.
+    checkpoint_files: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def steps(self) -> list[int]:
@@ -566,7 +569,11 @@ def _resolve_item(
 
 
 def _scan_checkpoints(
-    root: Path, name: str, problems: list[str], refused: dict[int, str]
+    root: Path,
+    name: str,
+    problems: list[str],
+    refused: dict[int, str],
+    files: dict[str, int] | None = None,
 ) -> tuple[Checkpoint, ...]:
     found: list[Checkpoint] = []
     for path in sorted(root.glob("*.safetensors")):
@@ -607,6 +614,8 @@ def _scan_checkpoints(
             )
             problems.append(reason)
             refused.setdefault(int(match.group("step")), reason)
+    if files is not None:
+        files.update({ckpt.path.name: ckpt.step for ckpt in found})
     # Final file and a step file of the same step: prefer the step file.
     by_step: dict[int, Checkpoint] = {}
     for ckpt in found:
@@ -759,7 +768,8 @@ def read_job(
     multipliers = {s.network_multiplier for s in samples if s.error is None}
     problems: list[str] = []
     refused: dict[int, str] = {}
-    checkpoints = _scan_checkpoints(root, name, problems, refused)
+    files: dict[str, int] = {}
+    checkpoints = _scan_checkpoints(root, name, problems, refused, files)
     previews = _scan_previews(root)
     setup = read_setup(process)
     adapter_path = adapter_problem = None
@@ -798,4 +808,5 @@ def read_job(
         setup=setup,
         adapter_path=adapter_path,
         adapter_problem=adapter_problem,
+        checkpoint_files=files,
     )

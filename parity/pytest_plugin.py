@@ -16,6 +16,11 @@ Options live in one table (:data:`OPTIONS`); each is read by one function,
 4. ``[tool.parity]`` of the rootdir's ``pyproject.toml`` (the ``per_job`` keys),
 5. the option's default.
 
+``--parity-request`` files apply to the job whose checkpoint their ``loras[0].path``
+names (under ``--parity-lora-root``, default each job's training folder): that job's
+previews of that step are compared with the request's prompts instead of the
+as-configured request.
+
 A session without ``--parity-job`` (or ``parity_jobs`` in the ini file) is left alone:
 no markers, no state, nothing read, until a test asks for one of the fixtures.
 
@@ -80,8 +85,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("device", "--parity-device", "parity_device", "string",
            "cpu, cuda, cuda:N (default: cuda if available)", metavar="D", per_job=True),
     Option("steps", "--parity-steps", "parity_steps", "string",
-           "steps to check: all, last or N,N,... (default all)", default="all",
-           metavar="STEPS"),
+           "steps to check: all, last or N,N,... (default all; with --parity-request, "
+           "the steps its requests name)", metavar="STEPS"),
+    Option("request", "--parity-request", "parity_requests", "paths",
+           "a request you sent the server: the job whose checkpoint its loras[0].path "
+           "names is compared with its prompts (repeatable)", metavar="REQ.json"),
+    Option("lora_root", "--parity-lora-root", "parity_lora_root", "path",
+           "the server's workflows folder, where request LoRA paths resolve (default: "
+           "each job's training folder, the job folder's parent)", metavar="DIR"),
+    Option("match", "--parity-match", "parity_match", "string",
+           "index: request prompt i with preview i (default); prompt: by prompt text",
+           default="index", metavar="HOW"),
+    Option("server_diffusers", "--parity-server-diffusers", "parity_server_diffusers",
+           "string", "the diffusers release the server runs, e.g. 0.38.0.dev0 or 072d15ee "
+           "(default: the installed one)", metavar="VERSION"),
     Option("results", "--parity-results", "parity_results", "path",
            "folder for run folders <job>/<worker>-<time>/ (default reports/pytest)",
            metavar="DIR"),
@@ -245,6 +262,23 @@ class ParityPlugin:
         # nodeid -> (job, status, run folder, worker): filled from reports, so that the
         # xdist controller sees every worker's items.
         self.outcomes: dict[str, tuple[str, str, str, str]] = {}
+        self._requests: list[tuple[Path, Any]] | None = None
+        #: Positions of the --parity-request files some collected job's checkpoint took.
+        self.requests_matched: set[int] = set()
+
+    def user_requests(self) -> list[tuple[Path, Any]]:
+        """The --parity-request files, read once per process."""
+        if self._requests is None:
+            from parity.errors import ParityError
+            from parity.server import load_request
+
+            try:
+                self._requests = [
+                    (path, load_request(path)) for path in setting(self.config, "request") or []
+                ]
+            except ParityError as e:
+                raise pytest.UsageError(f"parity: {e}") from None
+        return self._requests
 
     def engine(self, source: Any, device: str | None) -> Any:
         """One RenderEngine per (model, device) for the whole process."""
@@ -289,13 +323,19 @@ class ParityPlugin:
             out_dir = results / job.name / f"{self.worker}-{stamp}"
             result.out_dir = out_dir
             generate = setting(config, "generate")
+            from parity.diffusers_era import diffusers_era
+
+            era_spec = setting(config, "server_diffusers")
             options = RunOptions(
                 steps=tuple(steps),
                 attribute=not setting(config, "no_attribution") and not generate,
                 thresholds=node.thresholds,
                 progress=False,
+                server_era=diffusers_era(era_spec) if era_spec else None,
+                match=setting(config, "match"),
+                lora_root=node.lora_root,
             )
-            summary = run_job(job, engine, out_dir, options, device=device)
+            summary = run_job(job, engine, out_dir, options, device=device, requests=node.requests)
         except Exception as e:  # every item of the job reports it
             result.error = (
                 f"parity could not run job {job.name} ({job.root}): {type(e).__name__}: {e}"
@@ -315,6 +355,7 @@ class ParityPlugin:
         self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
     ) -> None:
         seen: set[str] = set()
+        collected_ok = True
         for path in setting(config, "job") or []:
             node = ParityJob.for_path(session, path)
             if node.name in seen:
@@ -323,6 +364,17 @@ class ParityPlugin:
                 )
             seen.add(node.name)
             items.extend(session.genitems(node))
+            collected_ok = collected_ok and node.collected
+        plugin = _plugin(config)
+        for k, (path, request) in enumerate(plugin.user_requests()):
+            # A job that failed to collect reports its own error; its requests may be its.
+            if collected_ok and k not in plugin.requests_matched:
+                lora = request.loras[0].path if request.loras else None
+                raise pytest.UsageError(
+                    f"parity: {path}: loras[0].path {lora!r} names no checkpoint of the "
+                    f"collected jobs ({', '.join(sorted(seen)) or 'none'}); set "
+                    "--parity-lora-root to the server's workflows folder"
+                )
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props = dict(report.user_properties)
@@ -379,6 +431,10 @@ class ParityJob(pytest.Collector):
 
     job: Any = None
     job_error: Exception | None = None
+    #: The user's requests that name this job's checkpoints, and their LoRA root.
+    requests: tuple[Any, ...] = ()
+    lora_root: Path | None = None
+    collected: bool = False
 
     @classmethod
     def for_path(cls, session: pytest.Session, path: Path) -> ParityJob:
@@ -402,13 +458,37 @@ class ParityJob(pytest.Collector):
         settings = JobSettings.read(self.path)
         self.thresholds = thresholds(self.config, settings)
         self.device = setting(self.config, "device", settings)
-        steps = select_steps(self.job, parse_steps(setting(self.config, "steps")))
+        self._bind_requests()
+        wanted = setting(self.config, "steps")
+        if wanted is None:
+            wanted = ",".join(str(s) for s in sorted({u.step for u in self.requests})) or "all"
+        steps = select_steps(self.job, parse_steps(wanted))
         self.steps = tuple(steps)
         keys = sorted({(p.step, p.index) for p in self.job.previews if p.step in steps})
+        self.collected = True
         return [
             ParityItem.from_parent(self, name=f"step{step}::{index}", step=step, index=index)
             for step, index in keys
         ]
+
+    def _bind_requests(self) -> None:
+        """Take the --parity-request files whose LoRA names one of this job's checkpoints
+        (a request applies to one job; several jobs may each take some)."""
+        from parity.plan import bind_request, default_lora_root, match_request, plan_requests
+
+        plugin = _plugin(self.config)
+        self.lora_root = setting(self.config, "lora_root") or default_lora_root(self.job)
+        bound = []
+        for k, (path, request) in enumerate(plugin.user_requests()):
+            if match_request(self.job, request, self.lora_root) is None:
+                continue
+            user = bind_request(self.job, path, request, lora_root=self.lora_root, number=k)
+            if user is not None:
+                bound.append(user)
+                plugin.requests_matched.add(k)
+        self.requests = tuple(bound)
+        if bound:  # unusable pairings are this job's collection error
+            plan_requests(self.job, bound, setting(self.config, "match"))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str:  # type: ignore[override]
         from parity.errors import ParityError

@@ -93,6 +93,15 @@ class ResultRow:
     rounding: dict[str, Any] | None = None
     best_counterfactual: str | None = None
     corrected_request_note: str = ""
+    #: The original preview file (``preview`` is its copy in the run folder).
+    preview_source: str | None = None
+    #: The user's request prompt the reference side came from: ``{"file", "prompt"}``.
+    request: dict[str, Any] | None = None
+    #: The server's own image of that prompt against parity's reference render:
+    #: ``{"verdict": "same"|"drift", "ssim", "psnr", "max_abs_diff", "path"}``.
+    served: dict[str, Any] | None = None
+    #: On drift: what it means and what could explain it.
+    served_note: str = ""
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -177,6 +186,33 @@ def _umask() -> int:
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, durable: bool = True) -> None:
     """UTF-8 text twin of :func:`atomic_write_bytes`."""
     atomic_write_bytes(path, text.encode("utf-8"), durable=durable)
+
+
+def link_or_copy(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], *, link: bool = True
+) -> Path:
+    """Put ``src`` at ``dst``: a hard link on the same filesystem (``link``), else a
+    copy; atomic. An existing ``dst`` that already is ``src`` (the same file) is kept.
+    """
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() and os.path.samefile(src, dst):
+        return dst
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        try:
+            if not link:
+                raise OSError("copy asked for")
+            os.link(src, tmp)
+        except OSError:  # another filesystem, or links not allowed
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dst
 
 
 def save_png(image: Any, path: str | os.PathLike[str]) -> None:

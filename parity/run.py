@@ -1,8 +1,9 @@
 """A parity run: every preview of a job rendered the server's way, compared, attributed.
 
 Data flow per preview: planned case (:mod:`parity.plan`) → reference render → comparison
-with the stored preview → (mismatch) counterfactual renders (:mod:`parity.attribute`) →
-result row. Rows are written after every preview (atomically), so a killed run leaves a
+with the stored preview (kept in the run folder, ``previews/<step>/``) and, where given,
+with the image the server returned → (mismatch) counterfactual renders
+(:mod:`parity.attribute`) → result row. Rows are written after every preview (atomically), so a killed run leaves a
 readable ``results.json`` of what was finished and ``resume=True`` continues from it.
 After the last preview, the corrected requests (:mod:`parity.correct`), run.json and the
 report are written.
@@ -24,13 +25,27 @@ from typing import TYPE_CHECKING, Any
 from parity import __version__
 from parity.attribute import Attribution, Counterfactual, Planned, attribute
 from parity.correct import CorrectedRequests, corrected_requests
-from parity.errors import JobError, ModelError, ParityError
+from parity.diffusers_era import DiffusersEra, diffusers_era
+from parity.errors import JobError, LoraError, ModelError, ParityError
 from parity.job import Job
-from parity.plan import Case, Steps, plan_cases, select_steps
+from parity.plan import (
+    Case,
+    Match,
+    RequestPlan,
+    Steps,
+    UserRequest,
+    default_lora_root,
+    outside_path_error,
+    plan_cases,
+    plan_requests,
+    select_steps,
+    unreadable_image,
+)
 from parity.results import (
     ResultRow,
     Verdict,
     atomic_write_text,
+    link_or_copy,
     read_results,
     save_png,
     write_results,
@@ -68,6 +83,13 @@ class RunOptions:
         Show a progress bar (None: only on a terminal outside CI).
     allow_outside_paths:
         Accept previews and checkpoints that resolve outside the job folder.
+    server_era:
+        The diffusers release the server runs (None: the installed one).
+    match:
+        How user requests' prompts meet previews (:func:`parity.plan.plan_requests`).
+    lora_root:
+        The server's workflows folder, where corrected requests' LoRA paths are
+        relative to (None: the job's training folder, its parent).
     """
 
     steps: Steps = "all"
@@ -78,6 +100,9 @@ class RunOptions:
     latent_metric: bool = True
     progress: bool | None = None
     allow_outside_paths: bool = False
+    server_era: DiffusersEra | None = None
+    match: Match = "index"
+    lora_root: Path | None = None
 
 
 @dataclass
@@ -94,8 +119,14 @@ class RunSummary:
         return out
 
     @property
+    def served_drift(self) -> int:
+        """Rows whose served image is not parity's reference render."""
+        return sum(1 for r in self.rows if r.served and r.served.get("verdict") == "drift")
+
+    @property
     def exit_code(self) -> int:
-        return 0 if self.rows and all(r.verdict is Verdict.MATCH for r in self.rows) else 1
+        matched = self.rows and all(r.verdict is Verdict.MATCH for r in self.rows)
+        return 0 if matched and not self.served_drift else 1
 
 
 def utc_now() -> str:
@@ -145,9 +176,12 @@ class Runner:
 
         row = ResultRow(job=self.job.name, step=case.step, index=case.index)
         if case.preview is not None:
-            row.preview = self.rel(case.preview.path)
+            row.preview = self.keep_preview(case)
+            row.preview_source = str(case.preview.path)
         if case.sample is not None:
             row.prompt = case.sample.prompt
+        if case.request is not None:
+            row.request = case.request.to_json()
         if case.error:
             row.detail = case.error
             return row
@@ -225,6 +259,14 @@ class Runner:
             row.candidate_causes.append(Cause.LORA_NOT_APPLIED)
         if ref_out.notes:
             row.detail = "; ".join(ref_out.notes)
+        if case.pair.server_prompt.random_seed:
+            row.detail = _join(
+                row.detail,
+                f"the request's seed {case.pair.server_prompt.seed} asks the server for a random "
+                "seed: its image cannot be reproduced; parity rendered that seed as written",
+            )
+        if case.served is not None:
+            self._check_served(row, case, ref_out.image)
         if reference.match:
             row.verdict = Verdict.MATCH
             row.explained = True
@@ -335,6 +377,50 @@ class Runner:
         else:
             row.detail = _join(row.detail, f"{what}: the rounding accounts for {share:.0%} of it")
 
+    def keep_preview(self, case: Case) -> str:
+        """Link or copy the case's preview into ``previews/<step>/`` of the run folder, so
+        that the folder stays valid when moved; the path to use, relative to it.
+
+        A preview refused as outside the job folder, or unreadable, is not copied (its
+        original path is kept, for the error row).
+        """
+        assert case.preview is not None
+        source = case.preview.path
+        outside = outside_path_error(source, self.job.root, "preview")
+        if (outside and not self.options.allow_outside_paths) or unreadable_image(source):
+            return self.rel(source)
+        target = self.out_dir / "previews" / str(case.step) / source.name
+        try:
+            link_or_copy(source, target)
+        except OSError as e:
+            log.warning("%s: not copied into the run folder (%s)", source, e)
+            return self.rel(source)
+        return target.relative_to(self.out_dir).as_posix()
+
+    def _check_served(self, row: ResultRow, case: Case, render: Any) -> None:
+        """Compare the server's own image of the case's prompt with the reference render."""
+        from parity.compare import check_served
+
+        assert case.served is not None and case.request is not None and case.pair is not None
+        kept = self.out_dir / "served" / str(case.request.request) / case.served.name
+        try:
+            check = check_served(case.served, _to_rgb(render), dtype=case.pair.reference.dtype)
+            link_or_copy(case.served, kept, link=False)
+        except (ParityError, OSError) as e:
+            row.detail = _join(row.detail, f"served image not compared: {e}")
+            return
+        row.served = {
+            "verdict": "same" if check.same else "drift",
+            "ssim": check.ssim,
+            "psnr": check.psnr,
+            "max_abs_diff": check.max_abs_diff,
+            "path": kept.relative_to(self.out_dir).as_posix(),
+        }
+        if not check.same:
+            row.served_note = drift_note(
+                check, case.pair.reference, device=self.engine.device, era=self.options.server_era
+            )
+
     def run(self, cases: list[Case], *, resume: bool = False) -> list[ResultRow]:
         done: dict[tuple[int, int], ResultRow] = {}
         if resume:
@@ -347,6 +433,34 @@ class Runner:
             write_results(self.out_dir, rows, durable=False)
         write_results(self.out_dir, rows)
         return sorted(rows, key=lambda r: r.key)
+
+
+def drift_note(
+    check: Any, reference: RenderSettings, *, device: str, era: DiffusersEra | None
+) -> str:
+    """What a served image that is not parity's reference render means, and which of
+    dtype, library era or hardware could explain it."""
+    if check.max_abs_diff is None:
+        how = (
+            f"it is {check.served_size[0]}x{check.served_size[1]}, parity's render "
+            f"{check.render_size[0]}x{check.render_size[1]}"
+        )
+    else:
+        how = (
+            f"max difference {check.max_abs_diff}/255 where float noise and the codec allow "
+            f"{check.limit}, SSIM {check.ssim:.4f}"
+        )
+    era_text = (era or diffusers_era(None)).label
+    return (
+        f"the deployed server is not the reference parity renders: its image differs from "
+        f"parity's render of the same request ({how}), so the causes above explain parity's "
+        f"reference, not this server. Could explain it: dtype (parity rendered in "
+        f"{reference.dtype} on {device}; the server renders bf16 on CUDA, fp16 where bf16 "
+        f"is unsupported, fp32 on CPU: try --dtype), library era (parity modelled diffusers "
+        f"{era_text}; runcomfy's requirements pin 072d15ee, N-1 updates for N steps: try "
+        f"--server-diffusers), hardware (another GPU or CPU moves pixels by more than float "
+        f"noise: try --device with the server's)"
+    )
 
 
 def _fill_attribution(row: ResultRow, result: Attribution) -> None:
@@ -410,15 +524,25 @@ def write_corrected_requests(
     rows: list[ResultRow],
     out_dir: Path,
     checkpoint_shift: float | None,
+    *,
+    server_era: DiffusersEra | None = None,
+    lora_root: Path | None = None,
+    lora_paths: dict[int, str] | None = None,
 ) -> dict[int, CorrectedRequests]:
-    """Write ``corrected_requests/<step>.json`` from the planned cases and their rows, and
-    note on each row why no request reproduces its preview, where none does."""
+    """Write ``corrected_requests/<step>/<k>.json`` (requests the server takes unchanged)
+    and the index ``corrected_requests/<step>.json`` from the planned cases and their
+    rows, and note on each row why no request reproduces its preview, where none does.
+
+    ``lora_paths`` (step -> LoRA path) name the LoRA as the user's request for that step
+    did; other steps name their checkpoint relative to ``lora_root``.
+    """
     row_of = {(r.step, r.index): r for r in rows}
     by_step: dict[int, dict[int, RenderSettings]] = {}
     for case in cases:
         if case.pair is not None:
             by_step.setdefault(case.step, {})[case.index] = case.pair.preview
     reference_dtype = next((c.pair.reference.dtype for c in cases if c.pair is not None), None)
+    lora_paths = lora_paths or {}
     out = {}
     for step, previews in sorted(by_step.items()):
         step_rows = {i: row_of.get((step, i)) for i in previews}
@@ -433,11 +557,21 @@ def write_corrected_requests(
             ),
             checkpoint_shift=checkpoint_shift,
             server_dtype=reference_dtype,
+            server_era=server_era,
+            lora_root=lora_root,
+            lora_path=lora_paths.get(step),
         )
         out[step] = corrected
+        folder = out_dir / "corrected_requests"
+        files = corrected.request_files()
+        for name, body in files.items():
+            atomic_write_text(folder / name, json.dumps(body, indent=2) + "\n")
+        # A request file the index no longer names (an earlier run in this folder) goes.
+        for stale in sorted((folder / str(step)).glob("*.json")):
+            if f"{step}/{stale.name}" not in files:
+                stale.unlink()
         atomic_write_text(
-            out_dir / "corrected_requests" / f"{step}.json",
-            json.dumps(corrected.to_json_dict(), indent=2),
+            folder / f"{step}.json", json.dumps(corrected.to_json_dict(), indent=2) + "\n"
         )
         for index, reasons in corrected.cannot.items():
             if step_rows.get(index) is not None:
@@ -459,11 +593,14 @@ def run_job(
     resume: bool = False,
     device: str = "cpu",
     recorded_options: dict[str, Any] | None = None,
+    requests: Sequence[UserRequest] = (),
 ) -> RunSummary:
     """Run parity on ``job`` with ``engine``; write everything into ``out_dir``.
 
-    ``recorded_options`` (the command line's options) are kept in run.json, so that
-    ``parity run --resume DIR`` continues with the same ones.
+    ``requests`` are requests the user sent (:func:`parity.plan.bind_requests`): the
+    reference side of the steps they name comes from them instead of the as-configured
+    request. ``recorded_options`` (the command line's options) are kept in run.json, so
+    that ``parity run --resume DIR`` continues with the same ones.
     """
     from parity.stack import stack_record
 
@@ -477,6 +614,13 @@ def run_job(
             else f"no <ms>__<step>_<index> images in {job.root / 'samples'}"
         )
         raise JobError(f"{job.root}: the job has no previews to check ({why})")
+    request_plan = plan_requests(job, requests, options.match) if requests else None
+    # A request's LoRA is checked before the model loads (both are exit-2 problems).
+    for user in requests:
+        try:
+            engine.lora(str(user.lora_path))
+        except LoraError as e:
+            raise LoraError(f"{user.source}: {e}") from None
     # Load the reference model before anything is written: a model that cannot be loaded
     # makes the whole run impossible (ModelLoadError), not every preview an error.
     engine.variant(options.reference_dtype or server_dtype(device))
@@ -487,6 +631,8 @@ def run_job(
     if resume and run_info_path.exists():
         run_info = json.loads(run_info_path.read_text(encoding="utf-8"))
     runner = Runner(job, engine, out_dir, options)
+    era = options.server_era or diffusers_era(None)
+    lora_root = options.lora_root or default_lora_root(job)
     run_info.update(
         {
             "options": dict(recorded_options or run_info.get("options") or {}),
@@ -504,8 +650,14 @@ def run_job(
             "thresholds": asdict(runner.thresholds),
             "confirm_margin": options.confirm_margin,
             "attribution": options.attribute,
+            "server_diffusers": era.to_json(),
+            "lora_root": str(lora_root),
+            "match": options.match,
         }
     )
+    if request_plan is not None:
+        run_info["requests"] = _keep_requests(request_plan, out_dir)
+        run_info.update({k: v for k, v in request_plan.to_json().items() if k != "requests"})
     atomic_write_text(run_info_path, json.dumps(run_info, indent=2))
     shift = engine.checkpoint_scheduler_shift
     cases = plan_cases(
@@ -515,11 +667,25 @@ def run_job(
         checkpoint_shift=shift,
         reference_dtype=options.reference_dtype,
         allow_outside_paths=options.allow_outside_paths,
+        request_plan=request_plan,
+        server_era=options.server_era,
     )
     rows = runner.run(cases, resume=resume)
-    corrected = write_corrected_requests(job, cases, rows, out_dir, shift)
+    corrected = write_corrected_requests(
+        job,
+        cases,
+        rows,
+        out_dir,
+        shift,
+        server_era=options.server_era,
+        lora_root=lora_root,
+        lora_paths={u.step: u.request.loras[0].path for u in requests},
+    )
+    summary = RunSummary(out_dir, rows, corrected)
     run_info["finished"] = utc_now()
-    run_info["counts"] = RunSummary(out_dir, rows).counts
+    run_info["counts"] = summary.counts
+    if request_plan is not None:
+        run_info["served_drift"] = summary.served_drift
     atomic_write_text(run_info_path, json.dumps(run_info, indent=2))
     try:
         from parity.report import write_report
@@ -530,10 +696,29 @@ def run_job(
             job_name=job.name,
             run_info=run_info,
             corrected_requests={s: c.to_json_dict() for s, c in corrected.items()},
+            request_files={
+                name: body for c in corrected.values() for name, body in c.request_files().items()
+            },
         )
     except Exception as e:  # the results are already safe on disk
         log.error("report.html could not be written: %s", e)
-    return RunSummary(out_dir, rows, corrected)
+    return summary
+
+
+def _keep_requests(request_plan: RequestPlan, out_dir: Path) -> list[dict[str, Any]]:
+    """Copy each user request into ``requests/<k>.json`` of the run folder (the folder
+    keeps its evidence when moved); their run.json records."""
+    records = []
+    for k, user in enumerate(request_plan.requests):
+        record = user.to_json()
+        copy = out_dir / "requests" / f"{k}.json"
+        try:
+            link_or_copy(user.source, copy, link=False)
+            record["copy"] = copy.relative_to(out_dir).as_posix()
+        except OSError as e:
+            log.warning("%s: not copied into the run folder (%s)", user.source, e)
+        records.append(record)
+    return records
 
 
 def _source_record(engine: RenderEngine) -> dict[str, Any]:

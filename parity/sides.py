@@ -14,6 +14,7 @@ from pathlib import Path
 
 from parity import aitk, server
 from parity.aitk import Era, era_for_version
+from parity.diffusers_era import DiffusersEra
 from parity.job import Checkpoint, Job, SampleSpec
 from parity.server import (
     GUIDANCE_BOUNDS,
@@ -120,12 +121,15 @@ def reference_settings(
     device: str = "cpu",
     checkpoint_shift: float | None = None,
     dtype: Dtype | None = None,
+    era: DiffusersEra | None = None,
 ) -> tuple[RenderSettings, ServerPrompt]:
     """Settings the server renders prompt ``index`` of ``request`` with.
 
     ``lora_paths`` are the request's LoRA files resolved to local paths (the server
     applies the first). ``checkpoint_shift`` is the shift of the checkpoint's own
-    scheduler, used by ``zimage_turbo`` which keeps it.
+    scheduler, used by ``zimage_turbo`` which keeps it. ``era`` is the diffusers release
+    the server runs (None: the installed one, whose CFG runs for g > 0 and whose N steps
+    make N updates); the settings then make the installed diffusers behave like it.
     """
     model = SERVER_MODELS[request.model]
     prompt = server_prompts(request)[index]
@@ -138,8 +142,12 @@ def reference_settings(
         negative_prompt=prompt.negative_prompt,
         width=prompt.width,
         height=prompt.height,
-        pipeline_guidance=prompt.guidance_scale,
+        # The server passes guidance unchanged; its diffusers decides whether CFG runs.
+        pipeline_guidance=(
+            era.pipeline_guidance(prompt.guidance_scale) if era else prompt.guidance_scale
+        ),
         steps=prompt.steps,
+        sigmas=legacy_sigmas(prompt.steps) if era and era.legacy_sigmas else None,
         seed=prompt.seed,
         scheduler_shift=shift,
         generator="cpu",
@@ -217,7 +225,9 @@ def differences(preview: RenderSettings, reference: RenderSettings) -> tuple[Cau
         Cause.CFG: preview.pipeline_guidance != reference.pipeline_guidance,
         Cause.SCHEDULER: preview.scheduler_shift != reference.scheduler_shift,
         Cause.STEPS: preview.steps != reference.steps,
-        Cause.LIBRARY: preview.sigmas != reference.sigmas,
+        # The diffusers era: N-1 (explicit legacy sigmas) or N updates for N steps; a
+        # different number of steps alone is the steps cause.
+        Cause.LIBRARY: (preview.sigmas is None) != (reference.sigmas is None),
         Cause.SEED: preview.seed != reference.seed,
         Cause.LORA_SCALE: (p_lora.scale if p_lora else None) != (r_lora.scale if r_lora else None),
         Cause.PRECISION: preview.dtype != reference.dtype
@@ -241,9 +251,15 @@ def pair_for(
     device: str = "cpu",
     checkpoint_shift: float | None = None,
     reference_dtype: Dtype | None = None,
+    lora_paths: list[str] | None = None,
+    server_era: DiffusersEra | None = None,
 ) -> SidePair:
+    """Both sides of ``sample``'s preview, the reference from prompt ``request_index`` of
+    ``request``. ``lora_paths``: the request's LoRA files resolved (default: the
+    as-configured request's, which name files of the job folder)."""
     preview = preview_settings(job, sample, checkpoint)
-    lora_paths = [str(Path(job.root) / lo.path) for lo in request.loras]
+    if lora_paths is None:
+        lora_paths = [str(Path(job.root) / lo.path) for lo in request.loras]
     reference, server_prompt = reference_settings(
         request,
         request_index,
@@ -251,5 +267,6 @@ def pair_for(
         device=device,
         checkpoint_shift=checkpoint_shift,
         dtype=reference_dtype,
+        era=server_era,
     )
     return SidePair(preview, reference, server_prompt, differences(preview, reference))

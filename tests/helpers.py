@@ -48,3 +48,26 @@ def render_pipeline(pipe: Any, *, prompt: str, seed: int) -> np.ndarray:
         generator=generator,
     ).images[0]
     return np.asarray(image)
+
+
+def corrected_index(run_dir: Path, step: int) -> dict:
+    """``corrected_requests/<step>.json`` of a run folder."""
+    return json.loads((run_dir / "corrected_requests" / f"{step}.json").read_text("utf-8"))
+
+
+def request_for(run_dir: Path, step: int, index: int) -> tuple[dict, dict]:
+    """The corrected request a preview is placed in, or for a preview no request
+    reproduces the closest one its reasons name: (request, its prompt for the preview)."""
+    import re
+
+    corrected = corrected_index(run_dir, step)
+    place = corrected["placement"].get(str(index))
+    if place is not None:
+        file, prompt = place["file"], place["prompt"]
+    else:
+        reasons = " ".join(corrected["cannot_reproduce"][str(index)])
+        match = re.search(r"closest request: (\S+) prompt (\d+)", reasons)
+        assert match, reasons
+        file, prompt = match[1], int(match[2])
+    request = json.loads((run_dir / "corrected_requests" / file).read_text("utf-8"))
+    return request, request["prompts"][prompt]

@@ -7,6 +7,8 @@ comments), never from parity's own output.
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -106,13 +108,46 @@ def test_run_folder_contents(run_rows):
     )
     for row in rows:
         assert (out / row["render"]).is_file()
-        assert (out / row["preview"]).resolve().is_file()
+        # The run keeps the preview it compared: the same bytes as the job's file.
+        kept, source = out / row["preview"], Path(row["preview_source"])
+        assert kept.is_relative_to(out / "previews") and kept.read_bytes() == source.read_bytes()
     for step in (0, 10, 20):
         corrected = json.loads((out / "corrected_requests" / f"{step}.json").read_text())
-        assert corrected["requests"][0]["model"] == "zimage"
+        first = json.loads((out / "corrected_requests" / f"{step}" / "0.json").read_text())
+        assert first["model"] == "zimage"
+        # Step 0 has no LoRA of its own: the earliest checkpoint stands in at scale 0.
+        lora = "aitk_zimage/aitk_zimage_000000010.safetensors" if step < 20 else None
+        assert first["loras"][0]["path"] == (lora or "aitk_zimage/aitk_zimage.safetensors")
         # Sample 1 (80x112) and 4 (96x80) cannot be reproduced by the server.
         assert set(corrected["cannot_reproduce"]) == {"1", "4"}
+        assert set(corrected["placement"]) == {"0", "2", "3"}
     assert (out / "report.html").is_file()
     row = next(r for r in rows if (r["step"], r["index"]) == (20, 1))
     assert (row["width_preview"], row["height_preview"]) == (80, 112)
     assert (row["width_render"], row["height_render"]) == (64, 96)
+
+
+def test_explain_labels_the_jpeg_floor_and_the_counterfactuals(tmp_path, capsys):
+    common = ["--base-model", str(AITK_REAL_BASE), "--device", "cpu"]
+    # Preview 3 of step 20 is reproduced exactly (see AITK_REAL_CAUSES).
+    main(["explain", str(AITK_REAL_JOB), "--step", "20", "--index", "3", *common,
+          "--out", str(tmp_path / "match")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "reference render vs preview: SSIM 1.0000" in out
+    assert "an exact reproduction scores SSIM 1.0000" in out
+    floor = re.search(r"best possible SSIM against this JPEG preview \(a perfect "
+                      r"reproduction\): (0\.\d{4})", out)  # fmt: skip
+    lossless = re.search(r"the lossless render scores SSIM (0\.\d{4})", out)
+    assert floor and lossless and floor[1] == lossless[1]  # exact: it sits on the floor
+    assert "JPEG floor" not in out
+    # Preview 4 of step 20: cfg and snapping.
+    status = main(["explain", str(AITK_REAL_JOB), "--step", "20", "--index", "4", *common,
+                   "--out", str(tmp_path / "mismatch")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert status == 1
+    lines = {line.split()[0] + " " + line.split()[1]: line for line in out.splitlines()
+             if line.startswith("  all ")}  # fmt: skip
+    assert "CONFIRMED" not in lines["all causes"] and "not a cause" not in lines["all causes"]
+    assert "all but cfg" in out and "all but snapping" in out
+    assert "CONFIRMED cause" in lines["all but"]
+    assert "closest request:" in out and "the server cannot reproduce this preview" in out

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import request_for
 
 from parity.compare import Thresholds
 from parity.job import read_job
@@ -91,44 +92,49 @@ def test_corrected_requests_reproduce_the_previews_or_say_why(mixed, tmp_path):
     from parity.cli import main
 
     out = Path(mixed[0]["out_dir"])
-    corrected = json.loads((out / "corrected_requests" / "10.json").read_text())
-    # One request per LoRA scale: sample 3 (scale 0.5) gets its own.
-    scales = sorted(r["loras"][0]["network_multiplier"] for r in corrected["requests"])
-    assert scales == [0.5, 1]
+    job_dir = Path(mixed[0]["job_dir"])
+    index = json.loads((out / "corrected_requests" / "10.json").read_text())
+    assert set(index) == {"step", "placement", "cannot_reproduce"}
+    # Every preview is placed in a request that reproduces it, or named with a reason.
+    assert set(index["placement"]) | set(index["cannot_reproduce"]) == {"0", "1", "2", "3", "4"}
+    assert not set(index["placement"]) & set(index["cannot_reproduce"])
     assert (
         "80x112 is not a multiple of 32; the server floors it to 64x96"
-        in corrected["cannot_reproduce"]["1"]
+        in index["cannot_reproduce"]["1"]
     )
-    # Render every corrected request the server's way: each reproducible preview matches.
-    job_dir = Path(mixed[0]["job_dir"])
-    for n, request in enumerate(corrected["requests"]):
-        request["loras"] = [{**lo, "path": str(job_dir / lo["path"])} for lo in request["loras"]]
-        path = tmp_path / f"request{n}.json"
-        path.write_text(json.dumps(request))
+    # One request per LoRA scale: sample 3 (scale 0.5) gets its own.
+    files = {place["file"] for place in index["placement"].values()}
+    requests = {f: json.loads((out / "corrected_requests" / f).read_text()) for f in files}
+    scales = sorted(r["loras"][0]["network_multiplier"] for r in requests.values())
+    assert scales == [0.5, 1]
+    # Render each file exactly as written, the server's way, from the job's training
+    # folder: its LoRA paths are <job name>/<file>.
+    from parity.compare import compare, inspect_codec, load_rgb
+
+    for n, name in enumerate(sorted(files)):
+        assert requests[name]["loras"][0]["path"].startswith("mixed/mixed_000000010")
         status = main(
             [
                 "render",
-                str(path),
+                str(out / "corrected_requests" / name),
+                "--lora-root",
+                str(job_dir.parent),
                 "--base-model",
                 str(TINY_BASE),
                 "--device",
                 "cpu",
                 "--out",
                 str(tmp_path / f"r{n}"),
-                "--allow-outside-paths",
             ]
         )
         assert status == 0
-    from parity.compare import compare, inspect_codec, load_rgb
-
-    for index, place in corrected["placement"].items():
-        if index in corrected["cannot_reproduce"]:
-            continue
-        row = mixed[int(index)]
+    rendered = {name: tmp_path / f"r{n}" for n, name in enumerate(sorted(files))}
+    for preview_index, place in index["placement"].items():
+        row = mixed[int(preview_index)]
         preview = out / row["preview"]
-        render = tmp_path / f"r{place['request']}" / f"{place['prompt']}.png"
+        render = rendered[place["file"]] / f"{place['prompt']}.png"
         result = compare(load_rgb(preview), load_rgb(render), codec=inspect_codec(preview))
-        assert Thresholds().is_match(result), (index, result)
+        assert Thresholds().is_match(result), (preview_index, result)
 
 
 def test_steps_cause_when_the_config_leaves_steps_to_the_defaults(tmp_path):
@@ -173,8 +179,7 @@ def test_every_cause_the_corrected_request_must_change_is_named(tmp_path):
     left_out = {c["cause"]: c for c in row["counterfactuals"]}
     assert not left_out["cfg"]["match"] and not left_out["scheduler"]["match"]
     assert left_out["all"]["match"]
-    corrected = json.loads((tmp_path / "out" / "corrected_requests" / "10.json").read_text())
-    assert corrected["requests"][0]["prompts"][0]["guidance_scale"] == 0
+    assert request_for(tmp_path / "out", 10, 0)[1]["guidance_scale"] == 0
 
 
 def test_lora_whose_keys_the_server_does_not_recognise(tmp_path):

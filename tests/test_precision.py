@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import request_for
 from PIL import Image
 
 from parity.cli import main
@@ -98,13 +99,12 @@ def test_corrected_request_says_quantized_previews_cannot_be_reproduced(
         assert closest in reasons
         assert "quantized" in row["corrected_request_note"]
         assert closest in row["corrected_request_note"]
-    # The corrected requests fix everything a request can fix: cfg and LoRA scale.
-    requests = corrected["requests"]
-    placement = corrected["placement"]
-    prompt1 = requests[placement["1"]["request"]]["prompts"][placement["1"]["prompt"]]
-    assert prompt1["guidance_scale"] == 3
-    lora2 = requests[placement["2"]["request"]]["loras"][0]
-    assert lora2["network_multiplier"] == 0.5
+    # No request reproduces them, but the closest ones fix everything a request can fix:
+    # cfg and LoRA scale.
+    assert corrected["placement"] == {}
+
+    assert request_for(run_dir, 10, 1)[1]["guidance_scale"] == 3
+    assert request_for(run_dir, 10, 2)[0]["loras"][0]["network_multiplier"] == 0.5
 
 
 def test_preview_command_reproduces_committed_previews(tmp_path: Path, float_noise) -> None:

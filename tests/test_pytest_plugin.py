@@ -256,3 +256,49 @@ def test_unusable_job_is_a_collection_error_naming_it(
     assert proc.returncode != 0
     assert "ERROR collecting not_a_job" in proc.stdout and str(empty) in proc.stdout
     assert "ERROR collecting job_a" in proc.stdout and "[99]" in proc.stdout
+
+
+def test_a_request_applies_to_the_job_whose_checkpoint_it_names(
+    tiny_jobs: dict[str, Path], tmp_path: Path
+) -> None:
+    jobs = tmp_path / "training"
+    job_a, job_b = _copy(tiny_jobs["job_a"], jobs), _copy(tiny_jobs["job_b"], jobs)
+    # job_b's checkpoint, one prompt, sent with seed 5 where the preview used seed 1.
+    body = {
+        "model": "zimage",
+        "trigger_word": "sks",
+        "loras": [{"path": "job_b/job_b_000000010.safetensors"}],
+        "prompts": [{"prompt": "[trigger] a cat", "width": 64, "height": 64, "seed": 5,
+                     "sample_steps": 3, "guidance_scale": 0}],
+    }  # fmt: skip
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps(body), encoding="utf-8")
+    common = [f"--parity-job={job_a}", f"--parity-job={job_b}", f"--parity-base-model={TINY_BASE}"]
+    proc, cases = run_pytest(tmp_path, *common, f"--parity-request={request}")
+    out = proc.stdout + proc.stderr
+    assert cases["job_a::step10::0"]["outcome"] == "passed", out  # as configured
+    assert cases["job_b::step10::0"]["props"]["causes"] == "seed", out  # from the request
+    assert "MISMATCH" in cases["job_b::step10::0"]["text"]
+    assert "no prompt 1 in" in cases["job_b::step10::1"]["text"]  # preview without prompt
+    # A request whose LoRA no collected job has stops the session with one message.
+    body["loras"] = [{"path": "job_c/job_c_000000010.safetensors"}]
+    request.write_text(json.dumps(body), encoding="utf-8")
+    proc, _ = run_pytest(tmp_path, *common, f"--parity-request={request}")
+    assert proc.returncode == 4
+    assert "names no checkpoint of the collected jobs (job_a, job_b)" in proc.stderr
+    # --parity-lora-root: the server's own workflows folder, holding a copy of job_b's
+    # checkpoint as job_b/<file>, is where the request's path resolves.
+    workflows = tmp_path / "workflows"
+    (workflows / "job_b").mkdir(parents=True)
+    shutil.copy(job_b / "job_b_000000010.safetensors", workflows / "job_b")
+    body["loras"] = [{"path": "job_b/job_b_000000010.safetensors"}]
+    request.write_text(json.dumps(body), encoding="utf-8")
+    proc, cases = run_pytest(
+        tmp_path, *common, f"--parity-request={request}", f"--parity-lora-root={workflows}"
+    )
+    assert cases["job_b::step10::0"]["props"]["causes"] == "seed", proc.stdout + proc.stderr
+    run_dir = Path(cases["job_b::step10::0"]["props"]["run_dir"])
+    info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    assert info["requests"][0]["lora_resolved"] == str(
+        workflows / "job_b" / "job_b_000000010.safetensors"
+    )

@@ -190,8 +190,9 @@ def test_relative_links_resolve(report):
     parser = _Links()
     parser.feed(html)
     images = [v for tag, v in parser.links if tag == "img"]
-    # preview, render, diff for two rows; best counterfactual for one
-    assert len(images) == 7
+    # preview, render, diff for two rows; best counterfactual for one; a thumbnail in the
+    # overview for both; the flip view's preview and render for both
+    assert len(images) == 7 + 2 + 4
     for _, link in parser.links:
         assert not link.startswith(("/", "file:")), link
         if link.startswith("#"):
@@ -263,3 +264,47 @@ def test_diff_heatmap_reflects_differences(tmp_path):
     assert right[0, 0] > left[0, 0] + 300  # bright where different, dark where equal
     same = write_diff_heatmap(tmp_path / "a.png", tmp_path / "a.png", tmp_path / "same.png")
     assert (np.asarray(Image.open(same).convert("RGB"), dtype=np.int32) == heat[0, 0]).all()
+
+
+def test_heatmap_of_a_jpeg_preview_compares_the_render_encoded_alike(tmp_path):
+    rng = np.random.default_rng(0)
+    render = rng.integers(0, 256, size=(48, 48, 3), dtype=np.uint8)
+    Image.fromarray(render).save(tmp_path / "render.png")
+    Image.fromarray(render).save(tmp_path / "preview.jpg")  # ai-toolkit's save: quality 75
+    exact = write_diff_heatmap(
+        tmp_path / "preview.jpg", tmp_path / "render.png", tmp_path / "a.png"
+    )
+    assert np.asarray(Image.open(exact).convert("RGB")).max() <= 4  # black: an exact match
+    lossless = write_diff_heatmap(
+        tmp_path / "preview.jpg", tmp_path / "render.png", tmp_path / "b.png", codec_match=False
+    )
+    assert np.asarray(Image.open(lossless).convert("RGB")).max() > 60  # JPEG noise shows
+
+
+def test_run_panel_is_tables_not_json(tmp_path):
+    run_dir, rows = make_run(tmp_path)
+    info = {
+        **RUN_INFO,
+        "options": {"ssim_min": 0.97, "request": ["/data/req <1>.json"], "no_history": True},
+        "stack": {"python": "3.11.7", "libraries": {"diffusers": "0.42.1"},
+                  "differs_from_pins": []},
+        "server_diffusers": {"label": "072d15ee (0.38.0.dev0)", "legacy_sigmas": True,
+                             "cfg_threshold": 0.0, "note": ""},
+        "requests": [{"file": "/data/req <1>.json", "step": 100, "lora": "my job/x.safetensors",
+                      "prompts": 2, "served": None}],
+    }  # fmt: skip
+    html = write_report(run_dir, rows, job_name="my job", run_info=info).read_text("utf-8")
+    panel = html[html.index('id="run-info"') : html.index('id="overview"')]
+    assert "{" not in panel and "<pre" not in panel
+    assert "<code>--ssim-min</code></th><td>0.97" in panel
+    assert "<code>--request</code></th><td>/data/req &lt;1&gt;.json" in panel
+    assert "072d15ee (0.38.0.dev0): N-1 updates for N steps, CFG for g &gt; 0" in panel
+    assert "<th>diffusers</th><td>0.42.1</td>" in panel
+
+
+def test_counterfactual_rows_are_labelled(report):
+    _, _, _, html = report
+    table = html[html.index('class="list counterfactuals"') :]
+    table = table[: table.index("</table>")]
+    assert "<td>all but cfg</td>" in table and "confirmed" in table
+    assert "all causes switched" in html  # the legend says what the rows are

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -169,3 +170,92 @@ def test_screenshot_kept_with_run(run_dir, tmp_path):
     # a rendered page, not a blank one: many colours, including the verdict colours
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500
     assert pixels.std() > 10
+
+
+# ------------------------------------------------------------ a run folder that travels
+
+TRAVEL_SAMPLE = {
+    "width": 64,
+    "height": 64,
+    "seed": 3,
+    "guidance_scale": 0,
+    "sample_steps": 3,
+    "neg": "",
+    "samples": [
+        {"prompt": "[trigger] a red cube"},  # reproduced exactly at step 0 (no LoRA yet)
+        {"prompt": "[trigger] a tall tower", "guidance_scale": 4},  # cfg: a mismatch
+    ],
+}
+
+
+@pytest.fixture()
+def moved_run(tmp_path):
+    """A finished run whose folder was moved, and whose job folder is gone from where it
+    was: the report may rely on nothing outside the run folder."""
+    from parity.job import read_job
+    from parity.run import RunOptions, run_job
+    from parity.testing.jobs import TINY_BASE, shared_engine, write_job
+
+    job = write_job(tmp_path / "training", name="travel", sample=TRAVEL_SAMPLE,
+                    preview_steps=(0, 10))  # fmt: skip
+    run = tmp_path / "reports" / "travel" / "run"
+    summary = run_job(read_job(job), shared_engine(TINY_BASE), run, RunOptions(progress=False))
+    assert [r.verdict for r in summary.rows] == ["match", "mismatch", "match", "mismatch"]
+    # Same filesystem: the kept previews are hard links, not copies.
+    kept = run / summary.rows[0].preview
+    assert kept.stat().st_ino == Path(summary.rows[0].preview_source).stat().st_ino
+    moved = tmp_path / "artifact upload" / "parity run"
+    moved.parent.mkdir()
+    shutil.move(run, moved)
+    shutil.move(job, tmp_path / "training" / "gone")
+    return moved
+
+
+def _image_counts(dom: str) -> tuple[int, int, int]:
+    loaded = re.search(r'data-images-loaded="(\d+)"', dom)
+    broken = re.search(r'data-images-broken="(\d+)"', dom)
+    assert loaded and broken, dom[:500]
+    return int(loaded[1]), int(broken[1]), len(re.findall(r"<img\b", dom))
+
+
+def _tall_dom(tmp_path: Path, report: Path) -> str:
+    # A window tall enough that every lazily loaded image is in view and loads.
+    proc = _chromium(
+        tmp_path, "--window-size=1280,30000", "--virtual-time-budget=8000", "--dump-dom",
+        report.as_uri(),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_moved_run_folder_report_has_no_broken_image(moved_run, tmp_path):
+    dom = _tall_dom(tmp_path, moved_run / "report.html")
+    loaded, broken, images = _image_counts(dom)
+    # 4 cards: preview, render, heatmap; best counterfactual and flip pair where they apply
+    assert images >= 4 * 3 + 4
+    assert (loaded, broken) == (images, 0)
+    assert "../" not in " ".join(re.findall(r'src="([^"]+)"', dom))
+    # The rows refer to the copies kept in the run folder too.
+    rows = json.loads((moved_run / "results.json").read_text())
+    assert all((moved_run / r["preview"]).is_file() for r in rows)
+    # The overview links each thumbnail to its card; the flip control is live.
+    for row in rows:
+        card = f"s{row['step']}-i{row['index']}"
+        assert re.search(rf'<a class="thumb v-{row["verdict"]}" href="#{card}"', dom)
+        assert f'id="{card}"' in dom
+    assert re.search(r'<button type="button" class="flip-button">flip: showing preview', dom)
+    # The check would see a missing file: remove one copy and one image breaks.
+    (moved_run / rows[1]["preview"]).unlink()
+    loaded, broken, images = _image_counts(_tall_dom(tmp_path, moved_run / "report.html"))
+    assert broken >= 1 and loaded + broken == images
+
+
+def test_exact_reproduction_heatmap_is_black(moved_run):
+    rows = {
+        (r["step"], r["index"]): r for r in json.loads((moved_run / "results.json").read_text())
+    }
+    assert rows[(0, 0)]["ssim"] == 1.0  # step 0 has no LoRA: the same settings exactly
+    heat = np.asarray(Image.open(moved_run / "diffs" / "0" / "0.png").convert("RGB"))
+    assert heat.max() <= 4  # magma's darkest colour everywhere
+    mismatch = np.asarray(Image.open(moved_run / "diffs" / "0" / "1.png").convert("RGB"))
+    assert mismatch.max() > 60

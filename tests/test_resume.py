@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -158,3 +160,86 @@ def test_concurrent_runs_share_one_history(jobs, tmp_path: Path) -> None:
         rows = _rows(tmp_path / job.name)
         got = df[df["job"] == job.name].sort_values(["step", "index"])
         assert list(got["verdict"]) == [r["verdict"] for r in rows]
+
+
+def test_killed_run_with_options_resumes_from_the_folder_alone(jobs, tmp_path: Path) -> None:
+    """A run started with non-default options, killed, continues with ``--resume DIR``
+    alone (run.json records every option) and ends exactly as an uninterrupted run."""
+    job, _ = jobs
+    request = tmp_path / "sent" / "request.json"
+    request.parent.mkdir()
+    prompts = [
+        {"prompt": s["prompt"], "width": 64, "height": 64, "seed": 1, "sample_steps": 3}
+        for s in SAMPLE["samples"]
+    ]
+    body = {"model": "zimage", "loras": [{"path": "job_a/job_a_000000020.safetensors"}]}
+    request.write_text(json.dumps({**body, "prompts": prompts}), encoding="utf-8")
+    options = [
+        *("--steps", "10,20", "--request", str(request), "--server-diffusers", "0.38.0.dev0"),
+        *("--ssim-min", "0.97", "--confirm-margin", "0.05", "--no-history", "--device", "cpu"),
+    ]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _cli("run", str(job), *options, "--out", str(killed)),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 180
+    seen = 0
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                seen = len(_rows(killed))
+            except (FileNotFoundError, json.JSONDecodeError):
+                seen = 0
+            if seen >= 2:
+                break
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, err.decode()
+    assert 2 <= len(_rows(killed)) < 6, err.decode()
+
+    assert main(["run", "--resume", str(killed)]) == 1  # nothing else given
+    straight = tmp_path / "straight"
+    base = ["--base-model", str(TINY_BASE)]
+    assert main(["run", str(job), *options, *base, "--out", str(straight)]) == 1
+    resumed, expected = _rows(killed), _rows(straight)
+    assert resumed == expected
+    # The options really were in force after the resume: the server's era (library on
+    # every row), the request's step 20, the thresholds.
+    assert all("library" in r["causes"] for r in resumed)
+    assert {r["step"] for r in resumed if r["request"]} == {20}
+    info = json.loads((killed / "run.json").read_text())
+    assert info["options"] == json.loads((straight / "run.json").read_text())["options"]
+    assert info["thresholds"]["ssim_min"] == 0.97 and info["confirm_margin"] == 0.05
+    assert info["options"]["base_model"] == str(TINY_BASE)
+
+
+def test_kept_files_are_links_or_copies_never_half_written(tmp_path: Path) -> None:
+    from parity.results import link_or_copy
+
+    source = tmp_path / "job" / "preview.jpg"
+    source.parent.mkdir()
+    source.write_bytes(b"\xff\xd8 preview bytes")
+    linked = link_or_copy(source, tmp_path / "run" / "previews" / "10" / "preview.jpg")
+    assert linked.stat().st_ino == source.stat().st_ino  # same filesystem: a hard link
+    assert link_or_copy(source, linked) == linked  # kept as it is
+    copied = link_or_copy(source, tmp_path / "run" / "requests" / "0.json", link=False)
+    assert copied.read_bytes() == source.read_bytes()
+    assert copied.stat().st_ino != source.stat().st_ino
+
+    # Another filesystem (a CI artifact folder, a tmpfs): os.link fails, the file is copied.
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second filesystem to copy across")
+    elsewhere = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        other = link_or_copy(source, elsewhere / "previews" / "preview.jpg")
+        assert other.read_bytes() == source.read_bytes()
+        assert other.stat().st_dev != source.stat().st_dev
+        assert not list(other.parent.glob(".*.tmp"))  # no temporary file left behind
+    finally:
+        shutil.rmtree(elsewhere)

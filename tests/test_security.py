@@ -3,7 +3,8 @@
 - YAML is read with a safe loader: python tags are refused, never run.
 - LoRAs are read only as safetensors: pickled files (``torch.save``), whatever their
   name, are refused without being unpickled.
-- Paths are confined: request LoRA paths to the request's folder, job previews and
+- Paths are confined: request LoRA paths to the LoRA root (for ``parity render`` by
+  default the request's folder), job previews and
   checkpoints to the job folder (symlinks out of it included), unless
   ``--allow-outside-paths``.
 - The HTML report escapes every user text and loads nothing from the network.

@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import corrected_index, request_for
 
 from parity.cli import main
 from parity.compare import inspect_codec, load_rgb
@@ -129,7 +130,7 @@ def test_real_ui_job_step_0_is_reproduced_and_later_steps_within_their_rounding(
 def test_real_ui_job_corrected_requests_say_what_no_request_can_fix(ui_run) -> None:
     out, rows = ui_run
     for step in (0, 10, 20):
-        corrected = json.loads((out / "corrected_requests" / f"{step}.json").read_text())
+        corrected = corrected_index(out, step)
         for index in ("0", "1", "2"):
             reasons = " ".join(corrected["cannot_reproduce"][index])
             assert "quantized" in reasons and "qfloat8" in reasons
@@ -215,12 +216,12 @@ def test_turbo_preset_run_names_cfg_and_precision(turbo_job: Path, tmp_path: Pat
         everything = next(c for c in row["counterfactuals"] if c["cause"] == "all")
         assert everything["settings"]["adapter"]["multiplier"] == -1.0
         assert everything["settings"]["quantization"]["qtype"] == "float8"
-    corrected = json.loads((tmp_path / "run" / "corrected_requests" / "10.json").read_text())
+    corrected = corrected_index(tmp_path / "run", 10)
     reasons = " ".join(corrected["cannot_reproduce"]["0"])
     assert "training adapter tiny_training_adapter.safetensors" in reasons
     assert "closest the server gets" in reasons
     # What a request can fix, it fixes: the guidance diffusers must receive.
-    assert {p["guidance_scale"] for p in corrected["requests"][0]["prompts"]} == {0}
+    assert {request_for(tmp_path / "run", 10, i)[1]["guidance_scale"] for i in (0, 1)} == {0}
 
 
 def test_turbo_adapter_changes_the_preview_and_is_undone_at_minus_one(turbo_job, tmp_path):
@@ -406,7 +407,7 @@ def test_bf16_saved_checkpoint_is_precision_weighed_by_its_rounding(tmp_path: Pa
     assert code == 1
     for row in rows:
         assert (row["causes"], row["explained"]) == (["cfg", "precision"], True), row["detail"]
-    corrected = json.loads((tmp_path / "run" / "corrected_requests" / "10.json").read_text())
+    corrected = corrected_index(tmp_path / "run", 10)
     assert all(
         "checkpoint saved in BF16" in " ".join(r) for r in corrected["cannot_reproduce"].values()
     )
