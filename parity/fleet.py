@@ -27,6 +27,7 @@ the rows the driver already has, and otherwise reported as that job's error.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -607,9 +608,10 @@ def _exit_text(code: int | None) -> str:
 RAY_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
-def import_ray(*, local: bool) -> Any:
-    """Import Ray; for a ``local`` cluster, first ask it for loopback-only servers."""
-    if local:
+def import_ray(*, loopback: bool) -> Any:
+    """Import Ray; for a cluster on this machine's loopback, first put Ray in its
+    single-machine mode (else it would swap 127.0.0.1 for the machine's address)."""
+    if loopback:
         for key, value in RAY_LOOPBACK_ENV.items():
             os.environ.setdefault(key, value)
     try:
@@ -643,7 +645,8 @@ class RayBackend:
         log_level: int = logging.WARNING,
     ) -> None:
         self.address = address
-        ray = import_ray(local=address == "local")
+        host_port = _head_address(address)
+        ray = import_ray(loopback=address == "local" or _is_loopback(host_port))
         self._ray = ray
         if address == "local":
             ray.init(
@@ -662,12 +665,21 @@ class RayBackend:
                     "fresh process, or set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0"
                 )
         else:
+            if host_port is not None:  # fail in seconds where nothing listens
+                try:
+                    socket.create_connection(host_port, timeout=10).close()
+                except OSError as e:
+                    raise ParityError(
+                        f"cannot connect to the Ray cluster at {address}: nothing answers "
+                        f"there ({e}); start one with 'ray start --head' or use --ray local"
+                    ) from None
             try:
                 ray.init(address=address, logging_level=logging.WARNING)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 raise ParityError(
-                    f"cannot connect to the Ray cluster at {address!r}: {e}; start one with "
-                    "'ray start --head' or use --ray local"
+                    f"cannot connect to the Ray cluster at {address!r}: {e}; a cluster with "
+                    "token authentication (Ray's default) needs RAY_AUTH_MODE=token here and "
+                    "its token (~/.ray/auth_token or RAY_AUTH_TOKEN)"
                 ) from None
         try:
             self.specs, self._resources = _ray_worker_specs(
@@ -720,6 +732,31 @@ class RayBackend:
         self._actors.clear()
         self._streams.clear()
         self._ray.shutdown()  # a local cluster stops; a remote one is left as it was
+
+
+def _head_address(address: str) -> tuple[str, int] | None:
+    """(host, port) of a ``host:port`` head address (None for local, auto, ray://)."""
+    if address in ("local", "auto") or "://" in address:
+        return None
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ParityError(
+            f"--ray {address}: expected local, auto, host:port of a cluster's head, or "
+            "ray://host:port"
+        )
+    return host.strip("[]"), int(port)
+
+
+def _is_loopback(host_port: tuple[str, int] | None) -> bool:
+    if host_port is None:
+        return False
+    host = host_port[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _ray_worker_specs(
@@ -1049,8 +1086,8 @@ class FleetRun:
         if state.attempts < MAX_ATTEMPTS:
             kept = len(state.rows)
             self.progress.line(
-                f"parity: {name}: {reason}; retrying on a new worker with the {kept} rows "
-                f"received (attempt {state.attempts + 1} of {MAX_ATTEMPTS})"
+                f"parity: {name}: {reason}; retrying (attempt {state.attempts + 1} of "
+                f"{MAX_ATTEMPTS}), keeping the {kept} row{'' if kept == 1 else 's'} received"
             )
             state.status = "pending"
             self.pending[state.job.group].appendleft(name)
