@@ -36,9 +36,18 @@ the four variants in that process at 1024x1024 with the real step counts; model 
 is then excluded from all four. ``--scale tiny`` runs the same code path at toy size
 (also on CPU), which is how it is tested.
 
+With ``--noise-floor`` the full-size run also renders one setting with SDPA's math
+kernel vs its default one and with TF32 off vs on, scored with parity's metrics; with
+``--oom-fallback`` it caps GPU memory so that a render runs out of it and the engine's
+offload fallback renders it. ``bench/gpu.sh`` runs all of it as one command.
+
 On CPU the line before the last is ``render ratio: parity-render/bare=<e/f>``; the last
 line of the output is always
 ``ratios: parity/bare=<b/a> attribute/bare=<c/a> server/bare=<d/a>``.
+
+``--fleet`` is another benchmark: jobs per hour of one multi-job ``parity run`` with 1
+and with 2 local workers (``--workers``), ending with
+``fleet ratio: jobs-per-hour workers2/workers1=<r>``.
 """
 
 from __future__ import annotations

@@ -662,13 +662,17 @@ def cmd_run_fleet(args: argparse.Namespace) -> int:
             {"label": s.label, "device": s.device, "threads": s.threads} for s in backend.specs
         ],
     }
-    run = fleet.FleetRun(
-        jobs,
-        backend,
-        summary_path=None if root is None else root / fleet.SUMMARY_FILE,
-        resume=resume,
-        summary_info={"options": shared, "execution": execution},
-    )
+    try:
+        run = fleet.FleetRun(
+            jobs,
+            backend,
+            summary_path=None if root is None else root / fleet.SUMMARY_FILE,
+            resume=resume,
+            summary_info={"options": shared, "execution": execution},
+        )
+    except BaseException:
+        backend.close(abort=True)  # a Ray cluster started for the run stops
+        raise
     states = run.run()
     if root is None:
         from parity.run import RunSummary

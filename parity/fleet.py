@@ -173,7 +173,6 @@ class DoneEvent:
     files: dict[str, bytes]
     run_json: str
     worker: str
-    seconds: float
 
 
 @dataclass(frozen=True)
@@ -301,7 +300,6 @@ class FleetWorker:
         from parity.job import read_job
         from parity.run import run_job
 
-        started = time.perf_counter()
         try:
             job = read_job(task.job_path, reference_model=task.reference_model)
             engine = self.engine(task.source)
@@ -346,7 +344,6 @@ class FleetWorker:
                         files,
                         (work / "run.json").read_text(encoding="utf-8"),
                         self.label,
-                        time.perf_counter() - started,
                     )
                 )
         except ParityError as e:  # the job cannot run (its model cannot load...)

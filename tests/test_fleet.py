@@ -11,6 +11,7 @@ import importlib.util
 import ipaddress
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -261,13 +262,15 @@ def ray_cluster():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     temp = tempfile.mkdtemp(prefix="pr-")  # short: Ray's socket paths must stay short
+    # Token authentication with a token of its own, shared with the drivers that join.
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     ray = Path(sys.executable).with_name("ray")
     cmd = [str(ray), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port)]
     cmd += ["--num-cpus", "2", "--num-gpus", "0", "--include-dashboard", "false"]
     cmd += ["--disable-usage-stats", "--temp-dir", temp, "--block"]
     proc = subprocess.Popen(
         cmd,
-        env={**ENV, **RAY_LOOPBACK_ENV},
+        env={**ENV, **RAY_LOOPBACK_ENV, **auth},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -282,7 +285,7 @@ def ray_cluster():
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("ray start --head did not come up") from None
                 time.sleep(0.2)
-        yield {"address": f"127.0.0.1:{port}", "session": proc.pid}
+        yield {"address": f"127.0.0.1:{port}", "session": proc.pid, "env": auth}
     finally:
         for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
             try:
@@ -392,8 +395,7 @@ def test_killed_ray_actor_loses_only_its_job_in_flight(
     out = jobs["job_a"].parent.parent / "ray-killed"
     signals = tmp_path / "signals"
     signals.mkdir()
-    # The cluster uses Ray's token authentication; its token is in ~/.ray/auth_token.
-    env = {**ENV, "PARITY_FLEET_SIGNAL_DIR": str(signals), "RAY_AUTH_MODE": "token"}
+    env = {**ENV, **ray_cluster["env"], "PARITY_FLEET_SIGNAL_DIR": str(signals)}
     order = [str(jobs[n]) for n in ("job_c", "job_a", "job_b")]
     proc = _parity(
         *order,
