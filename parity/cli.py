@@ -957,7 +957,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--ray",
-        metavar="ADDRESS",
+        metavar="ADDRESS|auto|local",
         default=None,
         help="run the jobs on Ray actors (one per GPU): 'local' starts a one-machine "
         "cluster on 127.0.0.1, 'auto' joins this machine's cluster, or a head address "

@@ -103,10 +103,11 @@ def _assert_same_rows(out: Path, alone: dict[str, list[dict]], names=None) -> No
 
 
 def _kill_when_running(
-    proc: subprocess.Popen, signals: Path, out: Path, job: str, attempt: int
+    proc: subprocess.Popen, signals: Path, out: Path, job: str, attempt: int, kept: int = 0
 ) -> tuple[int, list[dict], int]:
-    """Kill the worker running ``job`` (attempt ``attempt``) once the driver has written
-    a row of that attempt; return (pid, the rows on disk then, the time of the kill)."""
+    """Kill the worker running ``job`` (attempt ``attempt``, which started with ``kept``
+    rows) once the driver has written every row that attempt reported; return (pid, the
+    rows on disk then, the time of the kill)."""
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -116,7 +117,7 @@ def _kill_when_running(
             time.sleep(0.02)
             continue
         received = {(r["step"], r["index"]) for r in rows}
-        if record["attempt"] == attempt and len(received) >= record["rows"] >= 1:
+        if record["attempt"] == attempt and len(received) >= kept + record["rows"] > kept:
             os.kill(record["pid"], signal.SIGKILL)
             return record["pid"], rows, time.time_ns()
         time.sleep(0.02)
@@ -215,7 +216,7 @@ def test_local_workers_retry_a_lost_worker_once_then_fail_only_its_job(
     order = [str(jobs[n]) for n in ("job_c", "job_a", "job_b")]
     proc = _parity(*order, "--workers", "2", "--out", str(out), "--no-history", env=env)
     first_pid, kept, killed_at = _kill_when_running(proc, signals, out, "job_c", attempt=1)
-    second_pid, _, _ = _kill_when_running(proc, signals, out, "job_c", attempt=2)
+    second_pid, _, _ = _kill_when_running(proc, signals, out, "job_c", 2, kept=len(kept))
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 1, stderr[-3000:]
     assert first_pid != second_pid
