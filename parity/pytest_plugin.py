@@ -22,6 +22,8 @@ no markers, no state, nothing read, until a test asks for one of the fixtures.
 With pytest-xdist, the items of a job must run on one worker (the job is rendered once
 per process). Item ids start with the job name, so ``--dist loadfile`` keeps a job
 together; the plugin picks ``loadfile`` itself when ``-n`` is given without ``--dist``.
+With several GPUs, worker ``gwN`` renders on ``cuda:(N mod count)`` when the device is
+``cuda`` or not set (:func:`xdist_device`).
 """
 
 from __future__ import annotations
