@@ -1443,11 +1443,16 @@ def oom_fallback(pipe: Any, job_dir: Path, device: str, dtype_name: str) -> dict
         offloaded=bool(engine._offloaded),
         peak_mib=torch.cuda.max_memory_allocated(index) / 2**20,
     )
-    state = "rendered with model CPU offload" if result.get("rendered") else "FAILED"
+    cap_text = f"cap {result['cap_mib']:.0f} MiB (weights {result['held_mib']:.0f} MiB)"
+    if not result.get("rendered"):
+        what = f"the render FAILED: {result.get('error')}"
+    elif result["offloaded"]:
+        what = "the first attempt ran out of memory; rendered again with model CPU offload"
+    else:
+        what = "the render fitted under the cap: the fallback was NOT exercised"
     print(
-        f"OOM fallback: cap {result['cap_mib']:.0f} MiB (weights {result['held_mib']:.0f} MiB): "
-        f"first attempt out of memory -> offload {result['offloaded']}, {state} in "
-        f"{result['seconds']:.1f} s, peak {result['peak_mib']:.0f} MiB"
+        f"OOM fallback: {cap_text}: {what} in {result['seconds']:.1f} s, "
+        f"peak {result['peak_mib']:.0f} MiB"
     )
     return result
 
