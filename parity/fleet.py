@@ -545,7 +545,11 @@ class LocalBackend:
         self._procs[slot] = (proc, parent)
 
     def submit(self, slot: int, task: JobTask) -> None:
-        self._procs[slot][1].send(task)
+        proc, conn = self._procs[slot]
+        if not proc.is_alive():  # it died while idle: nothing was lost, start another
+            self.start(slot)
+            proc, conn = self._procs[slot]
+        conn.send(task)
 
     def wait(self, busy: set[int], timeout: float) -> list[tuple[int, Event | WorkerLost]]:
         from multiprocessing.connection import wait
