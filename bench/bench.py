@@ -36,9 +36,18 @@ the four variants in that process at 1024x1024 with the real step counts; model 
 is then excluded from all four. ``--scale tiny`` runs the same code path at toy size
 (also on CPU), which is how it is tested.
 
+With ``--noise-floor`` the full-size run also renders one setting with SDPA's math
+kernel vs its default one and with TF32 off vs on, scored with parity's metrics; with
+``--oom-fallback`` it caps GPU memory so that a render runs out of it and the engine's
+offload fallback renders it. ``bench/gpu.sh`` runs all of it as one command.
+
 On CPU the line before the last is ``render ratio: parity-render/bare=<e/f>``; the last
 line of the output is always
 ``ratios: parity/bare=<b/a> attribute/bare=<c/a> server/bare=<d/a>``.
+
+``--fleet`` is another benchmark: jobs per hour of one multi-job ``parity run`` with 1
+and with 2 local workers (``--workers``), ending with
+``fleet ratio: jobs-per-hour workers2/workers1=<r>``.
 """
 
 from __future__ import annotations
@@ -557,18 +566,28 @@ def render_ratio_line(ratios: dict[str, float]) -> str:
 
 
 def environment(args: argparse.Namespace) -> dict[str, Any]:
+    from datetime import UTC, datetime
+
     import diffusers
     import torch
+    import transformers
 
-    return {
+    env = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
         "cpus": os.cpu_count(),
         "threads": args.threads,
         "device": args.device,
         "load_average": os.getloadavg(),
     }
+    if args.device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(torch.device(args.device))
+        env["gpu"] = f"{props.name}, {props.total_memory / 2**30:.0f} GiB"
+        env["cuda"] = torch.version.cuda
+    return env
 
 
 def cpu_benchmark(args: argparse.Namespace) -> int:
@@ -626,6 +645,162 @@ def cpu_benchmark(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(summary, indent=2), encoding="utf-8")
     print(render_ratio_line(summary["ratios"]))
     print(ratios_line(summary["ratios"]))
+    return 0
+
+
+# -------------------------------------------------------------------------- fleet
+
+#: Jobs of the fleet benchmark, and their shape (per job).
+FLEET_JOBS = 4
+FLEET_SHAPE = dict(checkpoints=3, samples=4, size=64, steps=8)
+FLEET_QUICK_SHAPE = dict(checkpoints=1, samples=2, size=64, steps=2)
+FLEET_WORKERS = (1, 2)
+
+
+def build_fleet_jobs(work: Path, base_model: str, shape: dict[str, int]) -> list[Path]:
+    """``FLEET_JOBS`` jobs of one shape on one base model, each with its own seeds."""
+    from parity.testing.jobs import write_job
+
+    jobs = []
+    for i in range(FLEET_JOBS):
+        name = (
+            f"fleet{i}_{shape['checkpoints']}x{shape['samples']}_{shape['size']}px_"
+            f"{shape['steps']}steps"
+        )
+        folder = work / name
+        if not (folder / "bench.done").is_file():
+            sample = sample_config(shape["samples"], shape["size"], shape["steps"], 4.0)
+            sample["seed"] = 42 + 100 * i
+            write_job(
+                work,
+                name=name,
+                sample=sample,
+                checkpoints={
+                    10 * (c + 1): {"seed": 10 * i + c + 1} for c in range(shape["checkpoints"])
+                },
+                base_model=base_model,
+            )
+            (folder / "bench.done").write_text("ok\n", encoding="utf-8")
+        jobs.append(folder)
+    return jobs
+
+
+def spawn_fleet(
+    jobs: list[Path], workers: int, out: Path, args: argparse.Namespace
+) -> tuple[float, float]:
+    """``parity run JOB... --workers N`` in a fresh process: (wall seconds, CPU seconds of
+    the process and its workers, user + system)."""
+    env = dict(os.environ, CI="1")  # no progress bar, one line per finished job
+    cmd = [sys.executable, "-m", "parity.cli", "run", *map(str, jobs), "--workers", str(workers)]
+    cmd += ["--out", str(out), "--base-model", str(args.base_model), "--no-history"]
+    if args.threads > 0:
+        cmd += ["--threads", str(args.threads)]
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode not in (0, 1):
+        raise SystemExit(
+            f"parity run --workers {workers} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+        )
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+_PROBE = (
+    "import time, torch\n"
+    "torch.set_num_threads(1)\n"
+    "a = torch.randn(256, 256)\n"
+    "t = time.perf_counter()\n"
+    "for _ in range(2000):\n"
+    "    a @ a\n"
+    "print(time.perf_counter() - t)\n"
+)
+
+
+def parallel_capacity() -> float:
+    """How much more CPU work two processes get done at once than one alone.
+
+    A fixed one-thread matrix loop is timed alone, then in two processes started
+    together: the capacity is ``2 * alone / together`` (2.0 on two idle cores, about 1.0
+    where other work leaves room for one). It says what a ratio of 1 and 2 workers can
+    reach on this machine at this moment.
+    """
+
+    def run(n: int) -> list[float]:
+        procs = [
+            subprocess.Popen([sys.executable, "-c", _PROBE], stdout=subprocess.PIPE, text=True)
+            for _ in range(n)
+        ]
+        return [float(p.communicate()[0]) for p in procs]
+
+    alone = run(1)[0]
+    together = statistics.mean(run(2))
+    return 2 * alone / together
+
+
+def fleet_benchmark(args: argparse.Namespace) -> int:
+    """Jobs per hour of one multi-job ``parity run`` with 1 and with 2 local workers.
+
+    Both runs render the same ``FLEET_JOBS`` jobs of one base model, in fresh processes,
+    interleaved across repeats (medians reported); wall time from process start to exit,
+    so worker start-up and model loading count. Each worker has ``--threads`` torch
+    threads (default 1), so 2 workers use twice the cores of 1.
+    """
+    from parity.testing.jobs import TINY_BASE
+
+    args.base_model = args.base_model or str(TINY_BASE)
+    work = Path(args.work)
+    shape = FLEET_QUICK_SHAPE if args.quick else FLEET_SHAPE
+    t0 = time.perf_counter()
+    jobs = build_fleet_jobs(work, args.base_model, shape)
+    print(f"fleet: {len(jobs)} jobs ({shape} each) ready in {time.perf_counter() - t0:.1f} s")
+    env = environment(args)
+    print(f"environment: {json.dumps(env)}", flush=True)
+    runs = Path(tempfile.mkdtemp(prefix="fleet-", dir=work))
+    walls: dict[int, list[float]] = {n: [] for n in FLEET_WORKERS}
+    cpus: dict[int, list[float]] = {n: [] for n in FLEET_WORKERS}
+    for r in range(args.repeat):
+        for n in FLEET_WORKERS:  # interleaved, so load changes hit both alike
+            wall, cpu = spawn_fleet(jobs, n, runs / f"workers{n}-{r}", args)
+            walls[n].append(wall)
+            cpus[n].append(cpu)
+            print(
+                f"repeat {r + 1}/{args.repeat} --workers {n}: {wall:.2f} s wall, {cpu:.2f} s CPU",
+                flush=True,
+            )
+    identical = all(
+        same_pixels(runs / "workers1-0" / job.name, runs / "workers2-0" / job.name) for job in jobs
+    )
+    per_hour = {n: len(jobs) * 3600 / statistics.median(w) for n, w in walls.items()}
+    summary = {
+        "environment": {**env, "load_average_end": os.getloadavg()},
+        "jobs": len(jobs),
+        "shape": shape,
+        "threads_per_worker": args.threads,
+        "walls_s": walls,
+        "cpu_s": cpus,
+        "jobs_per_hour": per_hour,
+        "renders_identical": identical,
+    }
+    capacity = parallel_capacity()
+    summary["parallel_capacity"] = capacity
+    print(f"renders identical with 1 and 2 workers: {identical}")
+    print(
+        f"parallel capacity now: 2 processes do {capacity:.2f}x the CPU work of 1 "
+        "(2.00 on two idle cores)"
+    )
+    print(f"medians over {args.repeat} run(s), wall time from process start:")
+    for n in FLEET_WORKERS:
+        print(
+            f"  --workers {n}: {statistics.median(walls[n]):8.2f} s wall "
+            f"{statistics.median(cpus[n]):8.2f} s CPU  {per_hour[n]:8.1f} jobs/hour"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    print(f"fleet ratio: jobs-per-hour workers2/workers1={per_hour[2] / per_hour[1]:.3f}")
     return 0
 
 
@@ -838,15 +1013,26 @@ def _reset_peak(device: str) -> None:
 
 
 def full_size_variants(
-    pipe: Any, job: Path, runs: Path, device: str, dtype_name: str
+    pipe: Any,
+    job: Path,
+    runs: Path,
+    device: str,
+    dtype_name: str,
+    before_server: Callable[[], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Variants a-d in this process on one built pipeline (building excluded)."""
+    """Variants a-d in this process on one built pipeline (building excluded).
+
+    ``before_server`` runs after (c), while the pipeline is still entirely on the
+    device: (d) turns model CPU offload on for good.
+    """
     from parity.engine import RenderEngine
     from parity.run import RunOptions, run_job
 
     shift = float(pipe.scheduler.config.shift)
     results: dict[str, dict[str, Any]] = {}
     for variant in VARIANTS:  # server last: it turns model CPU offload on for good
+        if variant == "server" and before_server is not None:
+            before_server()
         out = runs / variant
         _reset_peak(device)
         started = time.perf_counter()
@@ -1021,9 +1207,23 @@ def full_size_benchmark(args: argparse.Namespace) -> int:
         job = full_size_job(work, pipe, engine, turbo=turbo, size=size, dtype_name=dtype_name)
         _drop_engine_adapter(pipe)
         by_variant: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+        extras: dict[str, Any] = {}
+
+        def gpu_checks(pipe: Any = pipe, job: Path = job, extras: dict = extras) -> None:
+            if args.noise_floor:
+                extras["noise_floor"] = noise_floor(pipe, job, args.device, dtype_name, work)
+            if args.oom_fallback:
+                extras["oom_fallback"] = oom_fallback(pipe, job, args.device, dtype_name)
+
         for r in range(args.repeat):
+            first = r == 0 and model == args.models.split(",")[0]
             results = full_size_variants(
-                pipe, job, work / f"runs-{model}-{r}", args.device, dtype_name
+                pipe,
+                job,
+                work / f"runs-{model}-{r}",
+                args.device,
+                dtype_name,
+                before_server=gpu_checks if first else None,
             )
             for v in VARIANTS:
                 by_variant[v].append(results[v])
@@ -1032,6 +1232,7 @@ def full_size_benchmark(args: argparse.Namespace) -> int:
                 pipe = build_pipeline(args.scale, args.device, dtype_name, turbo=turbo)
         summary = summarize(by_variant, "wall_s")
         summary["build_s"] = built
+        summary.update(extras)
         summary["metrics_per_pair"] = metric_throughput(pipe, size, args.device)
         report["models"][model] = summary
         print_table(summary, f"{model}: {size}x{size}, medians over {args.repeat}, build excluded")
@@ -1039,12 +1240,216 @@ def full_size_benchmark(args: argparse.Namespace) -> int:
         for v in VARIANTS:
             totals[v] += summary["table"][v]["wall_s"]
         del pipe, engine
+        if args.json:  # after each model: a run cut short keeps what it measured
+            Path(args.json).write_text(json.dumps(report, indent=2), encoding="utf-8")
     ratios = {v: totals[v] / totals["bare"] for v in VARIANTS}
     report["ratios"] = ratios
+    floor = next((m["noise_floor"] for m in report["models"].values() if "noise_floor" in m), None)
+    if floor is not None:
+        print(noise_floor_verdict(floor))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2), encoding="utf-8")
     print(ratios_line(ratios))
     return 0
+
+
+# ------------------------------------------------------- GPU noise floor, OOM fallback
+
+
+def _fresh_engine(pipe: Any, device: str, dtype_name: str) -> Any:
+    """A RenderEngine around the built pipeline (no weights loaded from disk)."""
+    from parity.engine import RenderEngine
+
+    engine = RenderEngine("(in process)", device=device)
+    engine.adopt(pipe, dtype_name)
+    engine.checkpoint_scheduler_shift = float(pipe.scheduler.config.shift)
+    return engine
+
+
+def _reference_settings(job_dir: Path, engine: Any, device: str) -> Any:
+    """The reference side of the job's first preview: what the server would render."""
+    from parity.job import read_job
+    from parity.plan import plan_cases
+
+    job = read_job(job_dir)
+    cases = plan_cases(
+        job,
+        job.steps,
+        device=device,
+        checkpoint_shift=engine.checkpoint_scheduler_shift,
+        reference_dtype=None,
+    )
+    return next(c.pair.reference for c in cases if c.pair is not None)
+
+
+def noise_floor(
+    pipe: Any, job_dir: Path, device: str, dtype_name: str, work: Path
+) -> dict[str, Any]:
+    """How far renders of one setting move with the attention kernel and with TF32.
+
+    The job's first reference setting is rendered with PyTorch's defaults and TF32 off
+    (SDPA picks its kernel: flash or memory-efficient attention on CUDA), again with SDPA
+    forced to its math kernel, and again with TF32 on for matmuls and convolutions. Each
+    pair is scored with parity's metrics (:func:`parity.compare.compare`, VAE latents
+    included) twice: lossless, and with the first render stored as a JPEG q75 preview
+    the way ai-toolkit stores previews (the other encoded alike, as a run does). Every
+    pair is judged with the default :class:`parity.compare.Thresholds`. The text encoder
+    runs again for every render, so it sees the same switch.
+    """
+    import numpy as np
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from parity import compare
+
+    engine = _fresh_engine(pipe, device, dtype_name)
+    settings = _reference_settings(job_dir, engine, device)
+    cuda = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = cuda[0].allow_tf32, cuda[1].allow_tf32
+
+    def render() -> np.ndarray:
+        engine._embeddings.clear()
+        return np.array(engine.render(settings).image.convert("RGB"))
+
+    try:
+        cuda[0].allow_tf32 = cuda[1].allow_tf32 = False
+        default = render()
+        with sdpa_kernel(SDPBackend.MATH):
+            math = render()
+        cuda[0].allow_tf32 = cuda[1].allow_tf32 = True
+        tf32 = render()
+    finally:
+        cuda[0].allow_tf32, cuda[1].allow_tf32 = saved
+        _drop_engine_adapter(pipe)
+    encode = compare.make_vae_encoder(pipe.vae)
+    thresholds = compare.Thresholds()
+    preview_path = work / "noise-floor-preview.jpg"
+    from PIL import Image
+
+    Image.fromarray(default).save(preview_path)  # Pillow's defaults: q75 4:2:0
+    codec = compare.inspect_codec(preview_path)
+    preview = compare.load_rgb(preview_path)
+    pairs = {
+        "attention: SDPA default vs math": math,
+        "TF32: off vs on": tf32,
+    }
+    out: dict[str, Any] = {
+        "setting": {"width": settings.width, "height": settings.height, "steps": settings.steps},
+        "pairs": {},
+    }
+    print(f"noise floor at {settings.width}x{settings.height}, {settings.steps} steps:")
+    for name, other in pairs.items():
+        lossless = compare.compare(default, other, encode=encode, device=device)
+        as_preview = compare.compare(preview, other, codec=codec, encode=encode, device=device)
+        entry = {
+            "max_abs_diff": int(np.abs(default.astype(int) - other.astype(int)).max()),
+            "identical_share": float((default == other).mean()),
+            "lossless": _scores(lossless, thresholds),
+            "jpeg_q75_preview": _scores(as_preview, thresholds),
+        }
+        out["pairs"][name] = entry
+        for kind in ("lossless", "jpeg_q75_preview"):
+            sc = entry[kind]
+            print(
+                f"  {name:<34} {kind:<17} SSIM {sc['ssim']:.4f}  PSNR {sc['psnr']:6.2f} dB  "
+                f"latent {sc['latent_distance']:.4f}  -> "
+                f"{'match' if sc['match'] else 'MISMATCH'} under the default thresholds"
+            )
+        print(f"  {name:<34} max |difference| {entry['max_abs_diff']}/255")
+    return out
+
+
+def _scores(c: Any, thresholds: Any) -> dict[str, Any]:
+    latent = c.latent_distance if c.latent_distance is not None else float("nan")
+    return {
+        "ssim": c.ssim,
+        "psnr": c.psnr,
+        "latent_distance": latent,
+        "match": bool(thresholds.is_match(c)),
+    }
+
+
+def noise_floor_verdict(floor: dict[str, Any]) -> str:
+    """One line: whether the default thresholds call any noise-floor pair a mismatch."""
+    bad = [
+        f"{name} ({kind})"
+        for name, entry in floor["pairs"].items()
+        for kind in ("lossless", "jpeg_q75_preview")
+        if not entry[kind]["match"]
+    ]
+    if not bad:
+        return "noise floor: the default thresholds call every pair a match"
+    return (
+        f"noise floor: the default thresholds call {len(bad)} pair(s) mismatches: "
+        f"{', '.join(bad)}; the defaults for CUDA must change"
+    )
+
+
+#: Memory left above what the built pipeline holds when the OOM fallback is exercised:
+#: the weights fit, a render's activations do not.
+OOM_HEADROOM_BYTES = 32 * 2**20
+
+
+def oom_fallback(pipe: Any, job_dir: Path, device: str, dtype_name: str) -> dict[str, Any]:
+    """Exercise the engine's out-of-memory fallback for real.
+
+    The CUDA caching allocator is capped (``torch.cuda.set_per_process_memory_fraction``)
+    just above the memory the pipeline's weights already hold, so the first attempt of a
+    render runs out of memory inside the pipeline; the engine then turns model CPU offload
+    on and renders again, which fits (one model on the GPU at a time). The cap is lifted
+    afterwards. Needs CUDA; on CPU it says so and returns.
+    """
+    if not device.startswith("cuda"):
+        print("OOM fallback: skipped (it caps CUDA memory; this run is on CPU)")
+        return {"skipped": "needs CUDA"}
+    import torch
+
+    from parity.errors import RenderError
+
+    engine = _fresh_engine(pipe, device, dtype_name)
+    settings = _reference_settings(job_dir, engine, device)
+    # Prompt embeddings and the LoRA adapter are made before the cap, so that the first
+    # allocation beyond it happens inside the pipeline, where the fallback catches it.
+    variant = engine.variant(settings.dtype)
+    engine.encode(settings.prompt, variant)
+    engine.encode(settings.negative_prompt, variant)
+    engine._use_peft(variant, settings.lora)
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    torch.cuda.synchronize(index)
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(index).total_memory
+    held = torch.cuda.memory_reserved(index)
+    cap = held + OOM_HEADROOM_BYTES
+    torch.cuda.reset_peak_memory_stats(index)
+    torch.cuda.set_per_process_memory_fraction(cap / total, index)
+    started = time.perf_counter()
+    result: dict[str, Any] = {"held_mib": held / 2**20, "cap_mib": cap / 2**20}
+    try:
+        out = engine.render(settings)
+        result.update(rendered=True, image_size=list(out.image.size))
+    except (RenderError, torch.OutOfMemoryError) as e:
+        result.update(rendered=False, error=f"{type(e).__name__}: {e}")
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, index)
+        _drop_engine_adapter(pipe)
+    result.update(
+        seconds=time.perf_counter() - started,
+        offloaded=bool(engine._offloaded),
+        peak_mib=torch.cuda.max_memory_allocated(index) / 2**20,
+    )
+    cap_text = f"cap {result['cap_mib']:.0f} MiB (weights {result['held_mib']:.0f} MiB)"
+    if not result.get("rendered"):
+        what = f"the render FAILED: {result.get('error')}"
+    elif result["offloaded"]:
+        what = "the first attempt ran out of memory; rendered again with model CPU offload"
+    else:
+        what = "the render fitted under the cap: the fallback was NOT exercised"
+    print(
+        f"OOM fallback: {cap_text}: {what} in {result['seconds']:.1f} s, "
+        f"peak {result['peak_mib']:.0f} MiB"
+    )
+    return result
 
 
 # -------------------------------------------------------------------------- main
@@ -1060,6 +1465,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None, help="full size: px (default 1024)")
     p.add_argument("--repeat", type=int, default=None, help="runs per variant (default 3)")
     p.add_argument("--json", metavar="OUT", help="write all measurements as JSON")
+    p.add_argument(
+        "--noise-floor",
+        action="store_true",
+        help="full size: one setting rendered with SDPA math vs its default kernel and TF32 "
+        "off vs on, scored with parity's metrics (first model)",
+    )
+    p.add_argument(
+        "--oom-fallback",
+        action="store_true",
+        help="full size, CUDA: cap GPU memory so a render runs out of it and the engine's "
+        "offload fallback renders it (first model)",
+    )
+    p.add_argument(
+        "--fleet",
+        action="store_true",
+        help="jobs per hour of 'parity run JOB... --workers N' with 1 and 2 workers (CPU)",
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -1091,6 +1513,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick:
             args.models = args.models.split(",")[0]
         return full_size_benchmark(args)
+    if args.fleet:
+        return fleet_benchmark(args)
     if args.scale != "full":
         raise SystemExit("bench.py: --scale only applies with --full-size")
     return cpu_benchmark(args)

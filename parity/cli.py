@@ -296,6 +296,45 @@ def _user_requests(job: Any, args: argparse.Namespace) -> list[Any]:
     )
 
 
+def _fleet_requests(jobs: list[Any], args: argparse.Namespace) -> dict[str, list[Any]]:
+    """The --request files of a multi-job run, each bound to the job whose checkpoint it
+    names (job name -> its requests); ParityError for one that names none of them."""
+    from parity.plan import bind_request, default_lora_root
+    from parity.server import load_request
+
+    paths = [Path(p) for p in getattr(args, "request", None) or []]
+    served = [Path(p) for p in getattr(args, "served", None) or []]
+    if served and len(served) != len(paths):
+        raise ParityError(
+            f"--served pairs with --request in order: got {len(served)} --served for "
+            f"{len(paths)} --request"
+        )
+    out: dict[str, list[Any]] = {}
+    for number, path in enumerate(paths):
+        request = load_request(path)
+        for job in jobs:
+            root = Path(args.lora_root) if args.lora_root else default_lora_root(job)
+            user = bind_request(
+                job,
+                path,
+                request,
+                lora_root=root,
+                allow_outside_paths=args.allow_outside_paths,
+                served=served[number] if served else None,
+                number=len(out.get(job.name, [])),
+            )
+            if user is not None:
+                out.setdefault(job.name, []).append(user)
+                break
+        else:
+            names = ", ".join(job.name for job in jobs)
+            raise ParityError(
+                f"{path}: loras[0].path {request.loras[0].path!r} names no checkpoint of the "
+                f"jobs of this run ({names}); set --lora-root to the server's workflows folder"
+            )
+    return out
+
+
 def _request_plan(job: Any, args: argparse.Namespace, requests: list[Any]) -> Any:
     """Requests paired with previews; its warnings printed (prompts with no preview)."""
     from parity.plan import plan_requests
@@ -597,6 +636,9 @@ def _requests_in_steps(requests: list, steps: list[int], option: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from parity.run import default_out_dir, run_job
 
+    if _is_fleet_run(args):
+        return cmd_run_fleet(args)
+    args.job = args.job[0] if args.job else None
     resume = args.resume is not None
     recorded: dict[str, Any] = {}
     if resume:
@@ -656,6 +698,227 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"warning: history not updated: {e}", file=sys.stderr)
     _print_summary(summary)
     return summary.exit_code
+
+
+# ------------------------------------------------------------------ many jobs
+
+
+def _is_fleet_run(args: argparse.Namespace) -> bool:
+    """Several jobs, workers, Ray, or the resume of a multi-job folder: parity.fleet."""
+    if len(args.job) > 1 or args.workers is not None or args.ray is not None:
+        return True
+    if args.resume is None:
+        return False
+    folder = Path(args.resume)
+    return not (folder / "run.json").is_file() and _is_fleet_folder(folder)
+
+
+def _is_fleet_folder(folder: Path) -> bool:
+    from parity.fleet import SUMMARY_FILE
+
+    if (folder / SUMMARY_FILE).is_file():
+        return True
+    return folder.is_dir() and any((d / "run.json").is_file() for d in folder.iterdir())
+
+
+def _read_run_info(folder: Path) -> dict[str, Any]:
+    info_path = folder / "run.json"
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ParityError(f"{info_path}: unreadable ({e}); start the run again") from None
+    if not isinstance(info, dict):
+        raise ParityError(f"{info_path}: not a parity run.json; start the run again")
+    return info
+
+
+def _fleet_entries(
+    args: argparse.Namespace,
+) -> tuple[list[tuple[str, Path | None]], Path | None, dict[str, Any]]:
+    """(job path, run folder or None for ROOT/<job name>) per job, the multi-job folder
+    ROOT (None for one job: its run folder is the output) and the options recorded for
+    the whole run (those of a resumed summary.json)."""
+    from datetime import UTC, datetime
+
+    from parity.fleet import SUMMARY_FILE, read_summary
+
+    jobs: list[str] = list(args.job)
+    if args.resume is None:
+        if not jobs:
+            raise ParityError("give one or more JOB folders (or --resume DIR)")
+        if len(jobs) == 1:
+            return [(jobs[0], Path(args.out) if args.out else None)], None, {}
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        root = Path(args.out) if args.out else Path("reports") / "fleet" / stamp
+        return [(job, None) for job in jobs], root, {}
+    root = Path(args.resume)
+    if (root / "run.json").is_file():  # the run folder of one job
+        if len(jobs) > 1:
+            raise ParityError(f"{root} is the run folder of one job; give at most one JOB with it")
+        job_path = jobs[0] if jobs else _read_run_info(root).get("job_path")
+        if not job_path:
+            raise ParityError(f"{root / 'run.json'}: names no job; give the JOB folder too")
+        return [(job_path, root)], None, {}
+    summary = read_summary(root / SUMMARY_FILE) if (root / SUMMARY_FILE).is_file() else None
+    recorded = (summary or {}).get("options") or {}
+    if jobs:
+        return [(job, None) for job in jobs], root, recorded
+    if summary is not None:
+        entries = [(str(j["job_path"]), root / str(j["run_dir"])) for j in summary["jobs"]]
+    else:
+        entries = [
+            (str(_read_run_info(d).get("job_path") or ""), d)
+            for d in sorted(root.iterdir())
+            if (d / "run.json").is_file()
+        ]
+    missing = [str(folder) for path, folder in entries if not path]
+    if missing:
+        raise ParityError(f"{missing[0]}/run.json names no job; give the JOB folders too")
+    if not entries:
+        raise ParityError(
+            f"{root}: nothing to resume (no run.json, summary.json or job folders with "
+            "run.json); start the run again without --resume"
+        )
+    return entries, root, recorded
+
+
+def cmd_run_fleet(args: argparse.Namespace) -> int:
+    """``parity run`` of several jobs, or with ``--workers`` / ``--ray`` (parity.fleet)."""
+    import copy
+    import os
+
+    from parity import fleet
+    from parity.job import read_job
+    from parity.run import default_out_dir
+
+    entries, root, recorded_run = _fleet_entries(args)
+    resume = args.resume is not None
+    jobs: list[Any] = []
+    shared: dict[str, Any] = {}
+    readied = []
+    for job_path, out_dir in entries:
+        job_args = copy.copy(args)
+        recorded = dict(recorded_run)
+        if out_dir is None and resume:  # ROOT/<job name>: the name is in the job
+            reference = args.reference_model or recorded.get("reference_model")
+            out_dir = root / read_job(job_path, reference_model=reference).name
+        if resume and out_dir is not None and (out_dir / "run.json").is_file():
+            recorded = _read_run_info(out_dir).get("options") or recorded
+        job_args.steps_given = job_args.steps is not None or "steps" in recorded
+        used = _resolve(job_args, recorded)
+        shared = shared or used
+        job = _read_job(job_args, job_path)
+        if out_dir is None:
+            out_dir = default_out_dir(job) if root is None else root / job.name
+        readied.append((job_path, out_dir, job_args, used, job))
+    # --request, --served and --lora-root are run-wide: as given, or as every job recorded.
+    requests = _fleet_requests([r[4] for r in readied], readied[0][2] if readied else args)
+    for job_path, out_dir, job_args, used, job in readied:
+        mine = requests.get(job.name, [])
+        _steps_of_requests(job, job_args, used, mine)
+        _request_plan(job, job_args, mine)  # unusable pairings stop here; warnings printed
+        history = job_args.history if job_args.history and not job_args.no_history else None
+        planned = fleet.plan_job(
+            job_path,
+            out_dir=out_dir,
+            options=_run_options(job_args, progress=False),
+            recorded_options=used,
+            reference_model=job_args.reference_model,
+            base_model=job_args.base_model,
+            model_map=job_args.model_map,
+            history=history,
+            run_label=None if root is None else root.name,
+            requests=mine,
+        )
+        jobs.append(planned)
+    fleet.check_unique_names([(j.name, j.job_path) for j in jobs])
+    if root is not None:
+        for job in jobs:
+            if job.out_dir.parent.resolve() != root.resolve():
+                raise ParityError(f"{job.out_dir}: not a job folder of {root}")
+    for job in jobs:
+        for problem in job.problems:
+            print(f"warning: {job.name}: {problem}", file=sys.stderr)
+    _warn_stack()
+
+    signal_dir = os.environ.get(fleet.SIGNAL_DIR_ENV) or None
+    level = logging.getLogger("parity").getEffectiveLevel()
+    if args.ray is not None:
+        backend: Any = fleet.RayBackend(
+            args.ray,
+            workers=args.workers,
+            device=args.device,
+            threads=args.threads,
+            signal_dir=signal_dir,
+            log_level=level,
+        )
+    else:
+        from parity.engine import default_device
+
+        device = args.device or default_device()
+        if args.workers is not None:
+            specs = fleet.local_worker_specs(
+                args.workers, device, args.threads, signal_dir=signal_dir, log_level=level
+            )
+            backend = fleet.LocalBackend(specs)
+        else:
+            backend = fleet.InProcessBackend(
+                fleet.WorkerSpec("in-process", device, args.threads, signal_dir, level)
+            )
+    execution = {
+        "backend": backend.name,
+        "ray_address": args.ray,
+        "workers": [
+            {"label": s.label, "device": s.device, "threads": s.threads} for s in backend.specs
+        ],
+    }
+    try:
+        run = fleet.FleetRun(
+            jobs,
+            backend,
+            summary_path=None if root is None else root / fleet.SUMMARY_FILE,
+            resume=resume,
+            summary_info={"options": shared, "execution": execution},
+        )
+    except BaseException:
+        backend.close(abort=True)  # a Ray cluster started for the run stops
+        raise
+    states = run.run()
+    if root is None:
+        from parity.run import RunSummary
+
+        [state] = states
+        if state.status == "failed":
+            print(f"parity: {state.job.name}: {state.error}", file=sys.stderr)
+        _print_summary(RunSummary(state.job.out_dir, state.sorted_rows()))
+    else:
+        _print_fleet_summary(run, root)
+    return run.exit_code
+
+
+def _print_fleet_summary(run: Any, root: Path) -> None:
+    states = list(run.states.values())
+    counts = run.counts()
+    finished = sum(s.status == "finished" for s in states)
+    failed = sum(s.status == "failed" for s in states)
+    print(
+        f"{len(states)} jobs: {finished} finished, {failed} failed; {counts['match']} match, "
+        f"{counts['mismatch']} mismatch, {counts['error']} error  ->  {root}"
+    )
+    width = max(len(s.job.name) for s in states)
+    for s in states:
+        if s.status == "failed":
+            print(f"  {s.job.name:<{width}}  FAILED: {s.error}")
+            continue
+        c = s.counts
+        retried = f"  (attempt {s.attempts})" if s.attempts > 1 else ""
+        print(
+            f"  {s.job.name:<{width}}  {c['match']} match, {c['mismatch']} mismatch, "
+            f"{c['error']} error  {s.job.out_dir / 'report.html'}{retried}"
+        )
+    from parity.fleet import SUMMARY_FILE
+
+    print(f"summary: {root / SUMMARY_FILE}")
 
 
 def _warn_stack() -> None:
@@ -976,10 +1239,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run", parents=[verbose], help="render, compare and explain every preview of a job"
     )
-    p.add_argument("job", nargs="?", help="ai-toolkit job folder (optional with --resume)")
+    p.add_argument("job", nargs="*", help="ai-toolkit job folder(s) (optional with --resume)")
     p.add_argument("--steps", default=None, help="all, last or N,N,... (default all)")
-    p.add_argument("--out", help="output folder (default reports/<job>/<UTC timestamp>)")
-    p.add_argument("--resume", metavar="DIR", help="continue an interrupted run in DIR")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="output folder: one job's run folder (default reports/<job>/<UTC timestamp>); "
+        "with several jobs DIR/<job name>/ each and DIR/summary.json "
+        "(default reports/fleet/<UTC timestamp>)",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue an interrupted run in DIR: a run folder, or a multi-job folder "
+        "(every job of its summary.json, or the JOBs given)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        default=None,
+        help="N worker processes, each on its own device (cuda:0..N-1, or on CPU an equal "
+        "share of the cores) loading each base model once; with --ray: N actors",
+    )
+    p.add_argument(
+        "--ray",
+        metavar="ADDRESS|auto|local",
+        default=None,
+        help="run the jobs on Ray actors (one per GPU): 'local' starts a one-machine "
+        "cluster on 127.0.0.1, 'auto' joins this machine's cluster, or a head address "
+        "(needs the extra parity[ray])",
+    )
     p.add_argument(
         "--no-attribution",
         action="store_true",

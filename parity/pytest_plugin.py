@@ -27,11 +27,14 @@ no markers, no state, nothing read, until a test asks for one of the fixtures.
 With pytest-xdist, the items of a job must run on one worker (the job is rendered once
 per process). Item ids start with the job name, so ``--dist loadfile`` keeps a job
 together; the plugin picks ``loadfile`` itself when ``-n`` is given without ``--dist``.
+With several GPUs, worker ``gwN`` renders on ``cuda:(N mod count)`` when the device is
+``cuda`` or not set (:func:`xdist_device`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import tomllib
@@ -235,6 +238,43 @@ def thresholds(config: pytest.Config, job: JobSettings | None = None) -> Any:
     )
 
 
+# ------------------------------------------------------------------------ devices
+
+
+def cuda_device_count() -> int:
+    """CUDA devices torch sees (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def xdist_device(worker: str, device: str | None, cuda_count: int) -> str | None:
+    """The device of pytest-xdist worker ``worker`` when several GPUs are present.
+
+    Parameters
+    ----------
+    worker:
+        The xdist worker id (``"gw0"``, ``"gw1"``...) or ``"main"`` without xdist.
+    device:
+        The configured device: None (unset), ``"cuda"``, ``"cuda:N"`` or ``"cpu"``.
+    cuda_count:
+        Number of CUDA devices.
+
+    Returns
+    -------
+    str or None
+        ``"cuda:<N mod cuda_count>"`` for worker ``gwN`` when ``device`` is None or
+        ``"cuda"`` and there are at least two CUDA devices; otherwise ``device``
+        unchanged (an explicit ``cuda:N`` or ``cpu`` always wins).
+    """
+    if device not in (None, "cuda") or cuda_count < 2:
+        return device
+    match = re.fullmatch(r"gw(\d+)", worker)
+    if match is None:
+        return device
+    return f"cuda:{int(match.group(1)) % cuda_count}"
+
+
 # --------------------------------------------------------------------- the plugin
 
 
@@ -245,6 +285,7 @@ class _JobRun:
     out_dir: Path | None = None
     rows: dict[tuple[int, int], Any] = field(default_factory=dict)
     error: str | None = None
+    device: str | None = None
 
 
 class ParityFailure(Exception):
@@ -280,11 +321,19 @@ class ParityPlugin:
                 raise pytest.UsageError(f"parity: {e}") from None
         return self._requests
 
+    def device(self, configured: str | None) -> str:
+        """The device this process renders on: ``configured`` (the option or the job's
+        parity.toml), spread over the GPUs by :func:`xdist_device` under xdist, else
+        CUDA when available."""
+        from parity.engine import default_device
+
+        return xdist_device(self.worker, configured, cuda_device_count()) or default_device()
+
     def engine(self, source: Any, device: str | None) -> Any:
         """One RenderEngine per (model, device) for the whole process."""
-        from parity.engine import RenderEngine, default_device
+        from parity.engine import RenderEngine
 
-        device = device or default_device()
+        device = self.device(device)
         if isinstance(source, (str, Path)) and Path(source).exists():
             source = str(Path(source).resolve())
         key = (repr(source), device)
@@ -298,7 +347,6 @@ class ParityPlugin:
             return self.runs[node.job.name]
         result = _JobRun()
         self.runs[node.job.name] = result
-        from parity.engine import default_device
         from parity.models import job_source
         from parity.run import RunOptions, run_job
 
@@ -316,7 +364,8 @@ class ParityPlugin:
                 model_map=setting(config, "model_map") or [],
                 pyproject=config.rootpath / "pyproject.toml",
             )
-            device = node.device or default_device()
+            device = self.device(node.device)
+            result.device = device
             engine = self.engine(source, device)
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
             results = setting(config, "results") or config.rootpath / "reports" / "pytest"
@@ -536,6 +585,8 @@ class ParityItem(pytest.Item):
         run = plugin.run(node)
         props = self.user_properties
         props.append(("worker", plugin.worker))
+        if run.device is not None:
+            props.append(("device", run.device))
         if run.out_dir is not None:
             props.append(("run_dir", str(run.out_dir.resolve())))
         if run.error:

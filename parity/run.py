@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -145,7 +145,13 @@ class Runner:
     """Renders, compares and attributes the cases of one job into one output folder."""
 
     def __init__(
-        self, job: Job, engine: RenderEngine, out_dir: str | Path, options: RunOptions
+        self,
+        job: Job,
+        engine: RenderEngine,
+        out_dir: str | Path,
+        options: RunOptions,
+        *,
+        relative_to: str | Path | None = None,
     ) -> None:
         from parity import compare
 
@@ -154,10 +160,14 @@ class Runner:
         self.out_dir = Path(out_dir)
         self.options = options
         self.thresholds = options.thresholds or compare.Thresholds()
+        # Rows name previews relative to the run folder. A worker that renders into a
+        # private folder for another one (parity.fleet) gives that final folder here.
+        self.relative_to = Path(relative_to) if relative_to is not None else self.out_dir
         self._encode = None
 
     def rel(self, path: str | Path) -> str:
-        return os.path.relpath(Path(path).resolve(), self.out_dir.resolve())
+        """``path`` relative to the run folder (:attr:`relative_to`)."""
+        return os.path.relpath(Path(path).resolve(), self.relative_to.resolve())
 
     def _encoder(self, dtype: Dtype) -> Any:
         """The VAE encoder of the reference pipeline (loaded anyway for its renders)."""
@@ -421,7 +431,16 @@ class Runner:
                 check, case.pair.reference, device=self.engine.device, era=self.options.server_era
             )
 
-    def run(self, cases: list[Case], *, resume: bool = False) -> list[ResultRow]:
+    def run(
+        self,
+        cases: list[Case],
+        *,
+        resume: bool = False,
+        on_row: Callable[[ResultRow], None] | None = None,
+    ) -> list[ResultRow]:
+        """Evaluate ``cases`` (with ``resume``, those without a row in results.json yet),
+        writing results.json after each one; ``on_row`` is called with each new row once
+        it and its images are on disk."""
         done: dict[tuple[int, int], ResultRow] = {}
         if resume:
             for row in read_results(self.out_dir):
@@ -429,8 +448,11 @@ class Runner:
         rows = list(done.values())
         todo = [c for c in cases if (c.step, c.index) not in done]
         for case in progress(todo, self.options.progress, desc=f"parity {self.job.name}"):
-            rows.append(self.evaluate(case))
+            row = self.evaluate(case)
+            rows.append(row)
             write_results(self.out_dir, rows, durable=False)
+            if on_row is not None:
+                on_row(row)
         write_results(self.out_dir, rows)
         return sorted(rows, key=lambda r: r.key)
 
@@ -504,11 +526,16 @@ def _to_rgb(image: Any) -> Any:
     return np.asarray(image.convert("RGB"))
 
 
+def progress_enabled(enabled: bool | None = None) -> bool:
+    """Whether to draw progress bars: ``enabled``, or when None, on a terminal outside CI."""
+    if enabled is None:
+        return sys.stderr.isatty() and not os.environ.get("CI")
+    return enabled
+
+
 def progress(items: list[Any], enabled: bool | None, *, desc: str) -> Iterable[Any]:
     """``items`` behind a progress bar when ``enabled`` (None: on a terminal outside CI)."""
-    if enabled is None:
-        enabled = sys.stderr.isatty() and not os.environ.get("CI")
-    if not enabled:
+    if not progress_enabled(enabled):
         return items
     from tqdm import tqdm
 
@@ -594,13 +621,22 @@ def run_job(
     device: str = "cpu",
     recorded_options: dict[str, Any] | None = None,
     requests: Sequence[UserRequest] = (),
+    on_row: Callable[[ResultRow], None] | None = None,
+    report: bool = True,
+    relative_to: str | Path | None = None,
 ) -> RunSummary:
     """Run parity on ``job`` with ``engine``; write everything into ``out_dir``.
 
     ``requests`` are requests the user sent (:func:`parity.plan.bind_requests`): the
     reference side of the steps they name comes from them instead of the as-configured
     request. ``recorded_options`` (the command line's options) are kept in run.json, so
-    that ``parity run --resume DIR`` continues with the same ones.
+    that ``parity run --resume DIR`` continues with the same ones. ``on_row`` is called
+    with every new result row once it and its images are written (results.json included).
+
+    A worker of :mod:`parity.fleet` renders into a private folder for a run folder that
+    its driver writes: ``relative_to`` is that final folder (rows name previews relative
+    to it) and ``report=False`` leaves report.html, whose links must resolve from the
+    final folder, to the driver.
     """
     from parity.stack import stack_record
 
@@ -630,7 +666,7 @@ def run_job(
     run_info: dict[str, Any] = {}
     if resume and run_info_path.exists():
         run_info = json.loads(run_info_path.read_text(encoding="utf-8"))
-    runner = Runner(job, engine, out_dir, options)
+    runner = Runner(job, engine, out_dir, options, relative_to=relative_to)
     era = options.server_era or diffusers_era(None)
     lora_root = options.lora_root or default_lora_root(job)
     run_info.update(
@@ -670,7 +706,7 @@ def run_job(
         request_plan=request_plan,
         server_era=options.server_era,
     )
-    rows = runner.run(cases, resume=resume)
+    rows = runner.run(cases, resume=resume, on_row=on_row)
     corrected = write_corrected_requests(
         job,
         cases,
@@ -687,10 +723,8 @@ def run_job(
     if request_plan is not None:
         run_info["served_drift"] = summary.served_drift
     atomic_write_text(run_info_path, json.dumps(run_info, indent=2))
-    try:
-        from parity.report import write_report
-
-        write_report(
+    if report:
+        write_run_report(
             out_dir,
             rows,
             job_name=job.name,
@@ -700,8 +734,6 @@ def run_job(
                 name: body for c in corrected.values() for name, body in c.request_files().items()
             },
         )
-    except Exception as e:  # the results are already safe on disk
-        log.error("report.html could not be written: %s", e)
     return summary
 
 
@@ -719,6 +751,32 @@ def _keep_requests(request_plan: RequestPlan, out_dir: Path) -> list[dict[str, A
             log.warning("%s: not copied into the run folder (%s)", user.source, e)
         records.append(record)
     return records
+
+
+def write_run_report(
+    out_dir: Path,
+    rows: list[ResultRow],
+    *,
+    job_name: str,
+    run_info: dict[str, Any],
+    corrected_requests: dict[int, Any],
+    request_files: dict[str, Any] | None = None,
+) -> None:
+    """Write report.html of a finished run; a failure is logged, never raised (the
+    results are already safe on disk)."""
+    try:
+        from parity.report import write_report
+
+        write_report(
+            out_dir,
+            rows,
+            job_name=job_name,
+            run_info=run_info,
+            corrected_requests=corrected_requests,
+            request_files=request_files,
+        )
+    except Exception as e:
+        log.error("report.html could not be written: %s", e)
 
 
 def _source_record(engine: RenderEngine) -> dict[str, Any]:

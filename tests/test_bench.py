@@ -6,6 +6,7 @@ Timings are never asserted: they depend on the machine and its load.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -113,3 +114,54 @@ def test_full_size_path_runs_at_tiny_scale(tmp_path: Path, capsys: pytest.Captur
     assert RATIOS.match(out.strip().splitlines()[-1]), out
     # parity's functions are unwrapped again after the in-process runs.
     assert (parity.run.attribute, parity.compare.compare) == originals
+
+
+FLEET_RATIO = re.compile(r"^fleet ratio: jobs-per-hour workers2/workers1=\d+\.\d{3}$")
+GPU_SCRIPT = BENCH.with_name("gpu.sh")
+
+
+def test_fleet_benchmark_prints_jobs_per_hour_of_1_and_2_workers(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--fleet", "--quick", "--work", str(tmp_path)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert FLEET_RATIO.match(lines[-1]), lines[-1]
+    assert any(re.search(r"--workers 1: .* jobs/hour$", line) for line in lines)
+    assert any(re.search(r"--workers 2: .* jobs/hour$", line) for line in lines)
+    # The same work was timed: both runs rendered identical images for every job.
+    assert "renders identical with 1 and 2 workers: True" in proc.stdout
+    [runs] = tmp_path.glob("fleet-*")
+    for workers in (1, 2):
+        summary = json.loads((runs / f"workers{workers}-0" / "summary.json").read_text())
+        assert summary["execution"]["backend"] == "local"
+        assert len(summary["execution"]["workers"]) == workers
+        assert [j["status"] for j in summary["jobs"]] == ["finished"] * 4
+
+
+def test_gpu_script_runs_its_tiny_path_on_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {**_env(), "PYTHON": sys.executable, "PARITY_WHEELS": str(tmp_path / "no-wheels")}
+    proc = subprocess.run(
+        ["bash", str(GPU_SCRIPT), "--tiny", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = (out / "full_size.log").read_text(encoding="utf-8")
+    assert RATIOS.match(log.strip().splitlines()[-1]), log[-2000:]
+    assert "OOM fallback: skipped" in log  # it caps CUDA memory: GPU only
+    assert "noise floor: the default thresholds call" in log
+    report = json.loads((out / "full_size.json").read_text(encoding="utf-8"))
+    assert set(report["models"]) == {"turbo", "base"}
+    floor = report["models"]["turbo"]["noise_floor"]
+    assert set(floor["pairs"]) == {"attention: SDPA default vs math", "TF32: off vs on"}
+    for pair in floor["pairs"].values():
+        assert {"lossless", "jpeg_q75_preview"} <= set(pair)
+        assert 0.0 <= pair["lossless"]["ssim"] <= 1.0

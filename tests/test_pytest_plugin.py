@@ -302,3 +302,48 @@ def test_a_request_applies_to_the_job_whose_checkpoint_it_names(
     assert info["requests"][0]["lora_resolved"] == str(
         workflows / "job_b" / "job_b_000000010.safetensors"
     )
+
+
+def test_xdist_worker_n_takes_gpu_n_mod_count() -> None:
+    from parity.pytest_plugin import xdist_device
+
+    # Unset or plain "cuda" with several GPUs: worker gwN on cuda:(N mod count).
+    assert [xdist_device(f"gw{n}", None, 3) for n in range(5)] == [
+        "cuda:0",
+        "cuda:1",
+        "cuda:2",
+        "cuda:0",
+        "cuda:1",
+    ]
+    assert xdist_device("gw3", "cuda", 2) == "cuda:1"
+    # An explicit device, one GPU or none, or no xdist: left as configured.
+    assert xdist_device("gw3", "cuda:0", 2) == "cuda:0"
+    assert xdist_device("gw3", "cpu", 2) == "cpu"
+    assert xdist_device("gw3", None, 1) is None
+    assert xdist_device("gw3", "cuda", 0) == "cuda"
+    assert xdist_device("main", None, 4) is None
+
+
+def test_plugin_spreads_xdist_workers_over_the_gpus(
+    tiny_jobs: dict[str, Path], tmp_path: Path
+) -> None:
+    # This machine has no GPU: the session's conftest says torch sees two. Each worker then
+    # asks for its own GPU, which fails to load here; the device it chose is recorded.
+    (tmp_path / "conftest.py").write_text(
+        "import parity.pytest_plugin as plugin\nplugin.cuda_device_count = lambda: 2\n",
+        encoding="utf-8",
+    )
+    proc, cases = run_pytest(
+        tmp_path,
+        "-n",
+        "2",
+        f"--parity-job={tiny_jobs['job_a']}",
+        f"--parity-job={tiny_jobs['job_b']}",
+        f"--parity-base-model={TINY_BASE}",
+        "--parity-no-attribution",
+    )
+    assert len(cases) == 4, proc.stdout + proc.stderr
+    for case in cases.values():
+        worker, device = case["props"]["worker"], case["props"]["device"]
+        assert device == f"cuda:{int(worker.removeprefix('gw')) % 2}", case
+        assert case["outcome"] == "failed" and "could not run job" in case["text"]
