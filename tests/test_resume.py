@@ -54,31 +54,35 @@ def _rows(out: Path) -> list[dict]:
     return json.loads((out / "results.json").read_text(encoding="utf-8"))
 
 
-def test_killed_run_keeps_rows_and_resume_completes_it(jobs, tmp_path: Path, capsys) -> None:
-    job, _ = jobs
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        _cli("run", str(job), "--no-history", "--out", str(killed)),
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 120
+def _start_and_kill(args: list[str], folder: Path, *, rows: int, timeout: float) -> int:
+    """Start ``parity`` with ``args``, SIGKILL it once ``folder`` holds ``rows`` result rows
+    (or after ``timeout`` s); the number of rows seen before the kill."""
+    proc = subprocess.Popen(_cli(*args), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
     seen = 0
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                seen = len(_rows(killed))
+                seen = len(_rows(folder))
             except (FileNotFoundError, json.JSONDecodeError):
-                seen = 0  # a half-written file would fail here: the assert below catches it
-            if seen >= 2:
+                seen = 0  # a half-written file would fail here: the callers' asserts catch it
+            if seen >= rows:
                 break
             time.sleep(0.01)
     finally:
         proc.send_signal(signal.SIGKILL)
         _, err = proc.communicate()
     assert proc.returncode == -signal.SIGKILL, err.decode()
-    assert seen >= 2, f"the run never wrote 2 rows: {err.decode()}"
+    assert seen >= rows, f"the run never wrote {rows} rows: {err.decode()}"
+    return seen
+
+
+def test_killed_run_keeps_rows_and_resume_completes_it(jobs, tmp_path: Path, capsys) -> None:
+    job, _ = jobs
+    killed = tmp_path / "killed"
+    _start_and_kill(
+        ["run", str(job), "--no-history", "--out", str(killed)], killed, rows=2, timeout=120
+    )
 
     # What the killed run left is valid JSON holding only finished rows.
     partial = _rows(killed)
@@ -179,28 +183,8 @@ def test_killed_run_with_options_resumes_from_the_folder_alone(jobs, tmp_path: P
         *("--ssim-min", "0.97", "--confirm-margin", "0.05", "--no-history", "--device", "cpu"),
     ]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        _cli("run", str(job), *options, "--out", str(killed)),
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 180
-    seen = 0
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                seen = len(_rows(killed))
-            except (FileNotFoundError, json.JSONDecodeError):
-                seen = 0
-            if seen >= 2:
-                break
-            time.sleep(0.01)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        _, err = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, err.decode()
-    assert 2 <= len(_rows(killed)) < 6, err.decode()
+    _start_and_kill(["run", str(job), *options, "--out", str(killed)], killed, rows=2, timeout=180)
+    assert 2 <= len(_rows(killed)) < 6
 
     assert main(["run", "--resume", str(killed)]) == 1  # nothing else given
     straight = tmp_path / "straight"
