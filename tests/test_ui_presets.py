@@ -88,6 +88,22 @@ def test_real_ui_job_previews_within_bf16_float_noise(
         float_noise.check(name, load_rgb(jpeg), render, codec=inspect_codec(jpeg), dtype="bfloat16")
 
 
+def test_real_ui_job_with_its_bf16_checkpoints_step_0_within_float_noise(
+    tmp_path: Path, float_noise
+) -> None:
+    """Step 0 previews come before training (no LoRA file): the job as it is reproduces
+    them within the bf16 rule. Later steps need the fp32 weights the folder lacks (see
+    the rounding test below)."""
+    out = tmp_path / "previews"
+    args = ["preview", str(UI_JOB), "--base-model", str(AITK_REAL_BASE), "--step", "0"]
+    assert main([*args, "--out", str(out)]) == 0
+    for index in range(3):
+        name = _preview_name(UI_JOB, 0, index)
+        render = load_rgb(out / "0" / f"{index}.png")
+        lossless = load_rgb(UI_FIXTURE / "lossless_previews" / f"{name}.png")
+        float_noise.check(f"{name} before JPEG", lossless, render, dtype="bfloat16")
+
+
 @pytest.fixture(scope="module")
 def ui_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
     out = tmp_path_factory.mktemp("ui-run") / "run"
