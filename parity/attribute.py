@@ -65,6 +65,8 @@ CAUSE_FIELDS: dict[Cause, tuple[str, ...]] = {
 
 #: Name of the counterfactual with every candidate switched.
 ALL = "all"
+#: Name prefix of the all-switched renders with the LoRA moved within its saved rounding.
+ROUNDING = "rounding_"
 
 
 def switch(base: RenderSettings, target: RenderSettings, causes: Sequence[Cause]) -> RenderSettings:
@@ -141,12 +143,24 @@ class Counterfactual:
         return 1.0 - self.ssim
 
     @property
+    def leaves_out_a_cause(self) -> bool:
+        """An "all but <cause>" render: it confirms its cause or not."""
+        return self.name != ALL and not self.name.startswith(ROUNDING)
+
+    @property
     def kind(self) -> str:
         if self.name == ALL:
             return "all causes switched"
-        if self.name.startswith("rounding_"):
+        if self.name.startswith(ROUNDING):
             return "all causes switched, the LoRA moved within its saved rounding"
         return "all but this cause"
+
+    @property
+    def label(self) -> str:
+        """A short name for tables: "all causes switched", "all but cfg"..."""
+        if self.name.startswith(ROUNDING):
+            return f"all switched, LoRA within its rounding ({self.name[len(ROUNDING) :]})"
+        return self.kind if not self.leaves_out_a_cause else f"all but {self.name}"
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -1060,12 +1060,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if row.counterfactuals:
         print("counterfactuals (renders of the reference with the preview's values for):")
     for cf in row.counterfactuals:
-        what = "all causes switched" if cf.name == "all" else f"all but {cf.name}"
-        flag = (
-            ("  CONFIRMED cause" if cf.confirmed else "  not a cause") if cf.name != "all" else ""
-        )
+        flag = ""
+        if cf.leaves_out_a_cause:
+            flag = "  CONFIRMED cause" if cf.confirmed else "  not a cause"
         print(
-            f"  {what:<24} SSIM {cf.ssim:.4f}  {'match' if cf.match else 'mismatch':<8}"
+            f"  {cf.label:<24} SSIM {cf.ssim:.4f}  {'match' if cf.match else 'mismatch':<8}"
             f"{flag}  {out_dir / (cf.image or '')}"
         )
     if row.verdict == "mismatch":

@@ -236,10 +236,6 @@ def _stack_table(stack: dict[str, Any]) -> tuple[list[tuple[str, str]], list[str
     return rows, [str(d) for d in stack.get("differs_from_pins") or []]
 
 
-def _counterfactual_label(name: str) -> str:
-    return "all causes switched" if name == "all" else f"all but {name}"
-
-
 def _environment():
     import jinja2
 
@@ -359,8 +355,8 @@ def write_report(
             )
         counterfactuals = [
             {
-                "label": _counterfactual_label(cf.name),
-                "everything": cf.name == "all",
+                "label": cf.label,
+                "everything": not cf.leaves_out_a_cause,
                 "href": _href(run_dir, cf.image),
                 "ssim": cf.ssim,
                 "psnr": cf.psnr,

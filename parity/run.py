@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from parity import __version__
-from parity.attribute import Attribution, Counterfactual, Planned, attribute
+from parity.attribute import ROUNDING, Attribution, Counterfactual, Planned, attribute
 from parity.correct import CorrectedRequests, corrected_requests
 from parity.diffusers_era import DiffusersEra, diffusers_era
 from parity.errors import JobError, LoraError, ModelError, ParityError
@@ -348,7 +348,7 @@ class Runner:
         assert lora is not None
         planned = [
             Planned(
-                f"{ROUNDING_PREFIX}{seed}",
+                f"{ROUNDING}{seed}",
                 everything.switched,
                 everything.settings.replace(lora=dataclasses.replace(lora, rounding_seed=seed)),
             )
@@ -516,8 +516,6 @@ def _drop_residual(detail: str) -> str:
 ROUNDING_DRAWS = 3
 #: A residual up to this many times the rounding renders' largest spread is the rounding's.
 ROUNDING_SLACK = 2.0
-#: Name prefix of those counterfactuals.
-ROUNDING_PREFIX = "rounding_"
 
 
 def _to_rgb(image: Any) -> Any:
