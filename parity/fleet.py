@@ -46,7 +46,7 @@ from typing import Any
 
 from parity import __version__
 from parity.errors import ParityError
-from parity.models import ModelSource
+from parity.models import ModelMap, ModelSource, job_source
 from parity.plan import UserRequest
 from parity.results import (
     VERDICTS,
@@ -119,6 +119,7 @@ class FleetJob:
     run_id: str = ""
     problems: tuple[str, ...] = ()
     requests: tuple[UserRequest, ...] = ()
+    model_map: tuple[str, ...] = ()
 
     @property
     def group(self) -> tuple[ModelSource, str | None]:
@@ -145,6 +146,7 @@ class JobTask:
     results_json: str | None = None
     run_json: str | None = None
     requests: tuple[UserRequest, ...] = ()
+    model_map: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -227,10 +229,12 @@ def plan_job(
         missing a part (the message names the file).
     """
     from parity.job import read_job
-    from parity.models import job_source
     from parity.plan import select_steps
 
-    job = read_job(job_path, reference_model=reference_model)
+    # The map resolves a training adapter given as a hub path, as for a one-job run.
+    job = read_job(job_path, reference_model=reference_model, model_map=ModelMap.load(model_map))
+    if job.adapter_problem:  # every preview needs it: the job cannot run
+        raise ParityError(job.adapter_problem)
     steps = select_steps(job, options.steps)
     source = job_source(
         job.name_or_path, job.extras_name_or_path, base_model=base_model, model_map=model_map
@@ -249,6 +253,7 @@ def plan_job(
         run_id=f"{job.name}/{run_label or Path(out_dir).name}",
         problems=tuple(job.problems),
         requests=tuple(requests),
+        model_map=tuple(model_map),
     )
 
 
@@ -308,7 +313,11 @@ class FleetWorker:
         from parity.run import run_job
 
         try:
-            job = read_job(task.job_path, reference_model=task.reference_model)
+            job = read_job(
+                task.job_path,
+                reference_model=task.reference_model,
+                model_map=ModelMap.load(task.model_map),
+            )
             engine = self.engine(task.source)
             with tempfile.TemporaryDirectory(prefix="parity-worker-") as tmp:
                 work = Path(tmp) / task.name
@@ -1032,6 +1041,7 @@ class FleetRun:
             results_json=results,
             run_json=run_json,
             requests=job.requests,
+            model_map=job.model_map,
         )
 
     # ---- events

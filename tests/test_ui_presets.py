@@ -277,6 +277,9 @@ def test_adapter_as_a_hub_path_is_found_through_the_model_map(turbo_job, tmp_pat
     flags = ["--base-model", str(TINY_TURBO), "--model-map", f"{repo}={mapped}"]
     code, rows = _run(job, tmp_path / "run", *flags, "--steps", "10")
     assert code == 1 and all(r["causes"] == ["cfg", "precision"] for r in rows)
+    # The same through a fleet worker process, which reads the job again.
+    code, fleet_rows = _run(job, tmp_path / "fleet", *flags, "--steps", "10", "--workers", "1")
+    assert code == 1 and [r["causes"] for r in fleet_rows] == [r["causes"] for r in rows]
 
 
 ALIGNED = {
