@@ -299,16 +299,12 @@ def _user_requests(job: Any, args: argparse.Namespace) -> list[Any]:
 def _fleet_requests(jobs: list[Any], args: argparse.Namespace) -> dict[str, list[Any]]:
     """The --request files of a multi-job run, each bound to the job whose checkpoint it
     names (job name -> its requests); ParityError for one that names none of them."""
-    from parity.plan import bind_request, default_lora_root
+    from parity.plan import bind_request, check_served_pairs, default_lora_root
     from parity.server import load_request
 
     paths = [Path(p) for p in getattr(args, "request", None) or []]
     served = [Path(p) for p in getattr(args, "served", None) or []]
-    if served and len(served) != len(paths):
-        raise ParityError(
-            f"--served pairs with --request in order: got {len(served)} --served for "
-            f"{len(paths)} --request"
-        )
+    check_served_pairs(len(paths), served)
     out: dict[str, list[Any]] = {}
     for number, path in enumerate(paths):
         request = load_request(path)
@@ -567,7 +563,9 @@ def cmd_render(args: argparse.Namespace) -> int:
             result = engine.render(settings)
             if result.lora_not_applied:
                 entry["warning"] = (
-                    f"LoRA not applied: no key of {settings.lora.path} matches the transformer"
+                    f"LoRA not fully applied: {result.lora_modules_applied} of "
+                    f"{result.lora_modules_in_file} modules of {settings.lora.path} match the "
+                    "transformer"
                 )
                 print(f"warning: prompt {i}: {entry['warning']}", file=sys.stderr)
             save_png(result.image, out / f"{i}.png")

@@ -213,6 +213,15 @@ def bind_request(
     )
 
 
+def check_served_pairs(requests: int, served: Sequence[Path]) -> None:
+    """``--served`` folders pair with ``--request`` files in order: as many, or none."""
+    if served and len(served) != requests:
+        raise ParityError(
+            f"--served pairs with --request in order: got {len(served)} --served for "
+            f"{requests} --request"
+        )
+
+
 def bind_requests(
     job: Job,
     requests: Sequence[tuple[Path, InferenceRequest]],
@@ -223,11 +232,7 @@ def bind_requests(
 ) -> list[UserRequest]:
     """Every request bound to ``job``; ParityError for one that names none of its
     checkpoints (the error names the request and the checkpoints the job has)."""
-    if served and len(served) != len(requests):
-        raise ParityError(
-            f"--served pairs with --request in order: got {len(served)} --served for "
-            f"{len(requests)} --request"
-        )
+    check_served_pairs(len(requests), served)
     root = Path(lora_root) if lora_root is not None else default_lora_root(job)
     bound = []
     for number, (source, request) in enumerate(requests):
