@@ -24,6 +24,7 @@ LoRA application comes in two kinds, matching the two sides:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -32,7 +33,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from parity.errors import LoraError, ModelLoadError, ParityError, RenderError
-from parity.lora import ModuleDelta, audit_keys, module_deltas, perturb_within_rounding, read_lora
+from parity.lora import (
+    ModuleDelta,
+    audit_keys,
+    module_deltas,
+    perturb_within_rounding,
+    read_header,
+    read_lora,
+)
 from parity.settings import (
     Dtype,
     LoraApplier,
@@ -212,8 +220,6 @@ class RenderEngine:
     def _adapter_deltas(self, adapter: TrainingAdapter, dtype: Dtype) -> dict[str, ModuleDelta]:
         """The adapter's updates with their factors rounded to ``dtype`` (ai-toolkit keeps
         the adapter network in the training dtype)."""
-        import dataclasses
-
         torch_dtype = _torch_dtype(dtype)
         return {
             name: dataclasses.replace(
@@ -319,7 +325,7 @@ class RenderEngine:
                     str(path.parent), weight_name=path.name, adapter_name=LORA_ADAPTER
                 )
             except ValueError as e:
-                audit = audit_keys(read_lora(lora.path))
+                audit = audit_keys(read_header(lora.path).tensors)  # the key names suffice
                 if audit.refused:
                     raise LoraError(
                         f"{path}: the server's diffusers cannot load this file: {audit.refused}"
@@ -365,8 +371,8 @@ class RenderEngine:
                 merged = weight.data.float() + delta.weight(lora.scale).to(weight.device)
                 weight.data.copy_(merged.to(weight.dtype))
                 continue
-            on_device = type(delta)(
-                delta.format, delta.first.to(self.device), delta.second.to(self.device), delta.scale
+            on_device = dataclasses.replace(
+                delta, first=delta.first.to(self.device), second=delta.second.to(self.device)
             )
 
             def run_lora(mod: Any, args: Any, out: Any, d: ModuleDelta = on_device) -> Any:
