@@ -4,7 +4,7 @@ Four ways of rendering the same ai-toolkit job through the reference semantics:
 
 a. ``bare``: a plain diffusers loop. One ``ZImagePipeline``, each checkpoint's LoRA loaded
    once with ``load_lora_weights``, every prompt of the job's as-configured request
-   (:func:`parity.sides.as_configured_request`, :func:`parity.server.server_prompts`)
+   (:func:`parity.plan.sides.as_configured_request`, :func:`parity.zimage.server.server_prompts`)
    encoded once and rendered, PNGs saved. No comparison.
 b. ``parity``: ``parity run --no-attribution --no-history`` on the job.
 c. ``attribute``: ``parity run --no-history`` (counterfactual renders for mismatches).
@@ -13,12 +13,12 @@ d. ``server``: a naive per-request flow like the reference server's: one request
    again (no embedding cache); model CPU offload on CUDA only.
 
 And two ways of rendering one API request, the job's as-configured request for its last
-checkpoint (:func:`parity.sides.as_configured_request`, LoRA path made absolute), written
+checkpoint (:func:`parity.plan.sides.as_configured_request`, LoRA path made absolute), written
 to ``request.json``:
 
 e. ``render``: ``parity render request.json --allow-outside-paths``.
 f. ``bare-request``: a plain diffusers loop over that request's prompts with the server's
-   semantics (:func:`parity.server.server_prompts`: sizes floored to 32, seeds, guidance
+   semantics (:func:`parity.zimage.server.server_prompts`: sizes floored to 32, seeds, guidance
    as given; the server's scheduler; ``load_lora_weights`` and
    ``set_weights_and_activate_adapters`` at the request's scale; CPU generator).
 
@@ -162,7 +162,7 @@ def instrument_parity() -> Timers:
     import parity.compare as compare
     import parity.report as report
     import parity.run as run
-    from parity.engine import RenderEngine
+    from parity.render.engine import RenderEngine
 
     timers = Timers()
     # compare() calls compare_many(), so wrapping compare_many counts either call once.
@@ -215,8 +215,8 @@ def peak_memory_mib(device: str) -> float:
 def plan(job_dir: Path) -> list[tuple[Any, Any, list[Any]]]:
     """(checkpoint, as-configured request, server prompts) per step with previews."""
     from parity.job import read_job
-    from parity.server import server_prompts
-    from parity.sides import as_configured_request
+    from parity.plan.sides import as_configured_request
+    from parity.zimage.server import server_prompts
 
     job = read_job(job_dir)
     out = []
@@ -230,8 +230,8 @@ def plan(job_dir: Path) -> list[tuple[Any, Any, list[Any]]]:
 def _scheduler(request: Any, checkpoint_shift: float) -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from parity.server import SCHEDULER_SHIFT as SERVER_SCHEDULER_SHIFT
-    from parity.server import SERVER_MODELS
+    from parity.zimage.server import SCHEDULER_SHIFT as SERVER_SCHEDULER_SHIFT
+    from parity.zimage.server import SERVER_MODELS
 
     replaces = SERVER_MODELS[request.model].replaces_scheduler
     shift = SERVER_SCHEDULER_SHIFT if replaces else checkpoint_shift
@@ -308,7 +308,7 @@ def write_request(job_dir: Path, path: Path) -> Path:
     step-0 baseline); its path is made absolute so the request works from any folder.
     """
     from parity.job import read_job
-    from parity.sides import as_configured_request
+    from parity.plan.sides import as_configured_request
 
     job = read_job(job_dir)
     steps = [s for s in job.steps if job.checkpoint_for_step(s) is not None]
@@ -326,7 +326,7 @@ def bare_request_loop(pipe: Any, request_path: Path, out_dir: Path, device: str)
     """Variant f: the request's prompts as the server renders them; ``<i>.png`` each."""
     from diffusers.utils.peft_utils import set_weights_and_activate_adapters
 
-    from parity.server import load_request, server_prompts
+    from parity.zimage.server import load_request, server_prompts
 
     request = load_request(request_path)
     prompts = server_prompts(request)  # floor to 32, seeds, guidance as given, one scale
@@ -976,7 +976,7 @@ def full_size_job(
 ) -> Path:
     """A 1-checkpoint x 2-prompt job whose LoRA fits ``pipe`` and previews come from it."""
     from parity.job import read_job
-    from parity.sides import preview_settings
+    from parity.plan.sides import preview_settings
     from parity.testing.jobs import write_job
 
     name = f"fullsize_{'turbo' if turbo else 'base'}_{size}px"
@@ -1025,7 +1025,7 @@ def full_size_variants(
     ``before_server`` runs after (c), while the pipeline is still entirely on the
     device: (d) turns model CPU offload on for good.
     """
-    from parity.engine import RenderEngine
+    from parity.render.engine import RenderEngine
     from parity.run import RunOptions, run_job
 
     shift = float(pipe.scheduler.config.shift)
@@ -1074,7 +1074,7 @@ def _undo_instrumentation() -> None:
     import parity.compare as compare
     import parity.report as report
     import parity.run as run
-    from parity.engine import RenderEngine
+    from parity.render.engine import RenderEngine
 
     for owner in (compare, report, run, run.Runner, RenderEngine):
         for name, value in list(vars(owner).items()):
@@ -1084,7 +1084,7 @@ def _undo_instrumentation() -> None:
 
 
 def _drop_engine_adapter(pipe: Any) -> None:
-    from parity.engine import LORA_ADAPTER
+    from parity.render.engine import LORA_ADAPTER
 
     with contextlib.suppress(ValueError, KeyError):
         pipe.delete_adapters(LORA_ADAPTER)
@@ -1184,7 +1184,7 @@ def full_size_benchmark(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():
             raise SystemExit("bench.py: --device cuda given but torch sees no CUDA device")
     set_threads(args.threads)
-    from parity.engine import RenderEngine
+    from parity.render.engine import RenderEngine
 
     dtype_name = "bfloat16" if args.device.startswith("cuda") else "float32"
     size = args.size or (1024 if args.scale == "full" else 64)
@@ -1258,7 +1258,7 @@ def full_size_benchmark(args: argparse.Namespace) -> int:
 
 def _fresh_engine(pipe: Any, device: str, dtype_name: str) -> Any:
     """A RenderEngine around the built pipeline (no weights loaded from disk)."""
-    from parity.engine import RenderEngine
+    from parity.render.engine import RenderEngine
 
     engine = RenderEngine("(in process)", device=device)
     engine.adopt(pipe, dtype_name)

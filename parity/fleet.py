@@ -2,7 +2,7 @@
 
 Data flow: job folders → :func:`plan_job` (each job read, its base model resolved, its
 run folder chosen) → jobs grouped by base model and reference dtype → workers, one per
-device, each holding one loaded :class:`parity.engine.RenderEngine` and calling
+device, each holding one loaded :class:`parity.render.engine.RenderEngine` and calling
 :func:`parity.run.run_job` for every job it is given → events back to the driver → the
 driver writes every run folder.
 
@@ -46,8 +46,9 @@ from typing import Any
 
 from parity import __version__
 from parity.errors import ParityError
-from parity.models import ModelMap, ModelSource, job_source
+from parity.model_map import ModelMap
 from parity.plan import UserRequest
+from parity.render.models import ModelSource, job_source
 from parity.results import (
     VERDICTS,
     ResultRow,
@@ -295,7 +296,7 @@ class FleetWorker:
 
     def engine(self, source: ModelSource) -> Any:
         """The engine of ``source``; a worker keeps one, so the previous is dropped."""
-        from parity.engine import RenderEngine
+        from parity.render.engine import RenderEngine
 
         if self._engine is not None and self._engine.source == source:
             return self._engine
@@ -1103,7 +1104,7 @@ class FleetRun:
         state.status = "finished"
         if job.history:
             try:
-                from parity.history import append_history
+                from parity.report.history import append_history
 
                 append_history(job.history, rows, run_time=run_info["started"], run_id=job.run_id)
             except Exception as e:  # the run folder is complete; say so and go on

@@ -10,11 +10,8 @@ import numpy as np
 import pytest
 from helpers import render_pipeline
 
-from parity.models import (
-    ZIMAGE_DETURBO_HUB_ID,
-    ZIMAGE_HUB_ID,
-    ZIMAGE_TURBO_HUB_ID,
-    ModelMap,
+from parity.model_map import ModelMap
+from parity.render.models import (
     ModelMapError,
     ModelNotFoundError,
     ModelSource,
@@ -25,6 +22,7 @@ from parity.models import (
     resolve_reference_model,
     validate_checkpoint,
 )
+from parity.zimage.checkpoints import ZIMAGE_DETURBO_HUB_ID, ZIMAGE_HUB_ID, ZIMAGE_TURBO_HUB_ID
 
 TINY = Path(__file__).resolve().parent.parent / "fixtures" / "aitk_real" / "tiny_zimage"
 
@@ -56,7 +54,9 @@ def split_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _write_pyproject(path: Path, table: str) -> Path:
-    path.write_text(f'[project]\nname = "x"\n\n[tool.parity.models]\n{table}\n', encoding="utf-8")
+    path.write_text(
+        f'[project]\nname = "x"\n\n[tool.parity.models]\n{table}\n', encoding="utf-8"
+    )
     return path
 
 

@@ -7,7 +7,7 @@ decides the pixels. Per run the engine keeps:
   text-encoder cast, training adapter), loaded on demand and built the way ai-toolkit
   builds its model for sampling (see :meth:`RenderEngine.variant`);
 - prompt embeddings per (text, variant), shared by checkpoints and counterfactuals;
-- the LoRA files, read once each (:mod:`parity.lora`).
+- the LoRA files, read once each (:mod:`parity.job.lora_files`).
 
 LoRA application comes in two kinds, matching the two sides:
 
@@ -19,7 +19,7 @@ LoRA application comes in two kinds, matching the two sides:
   with a training adapter, where ai-toolkit cannot merge): with ``merged`` the update is
   merged into the weights (``W + m * delta`` in float32, rounded once to the weight dtype)
   for the render and restored after; otherwise it runs beside each linear through a
-  forward hook (:meth:`parity.lora.ModuleDelta.output`).
+  forward hook (:meth:`parity.render.lora.ModuleDelta.output`).
 """
 
 from __future__ import annotations
@@ -33,14 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from parity.errors import LoraError, ModelLoadError, ParityError, RenderError
-from parity.lora import (
-    ModuleDelta,
-    audit_keys,
-    module_deltas,
-    perturb_within_rounding,
-    read_header,
-    read_lora,
-)
+from parity.job.lora_files import audit_keys, read_header, read_lora
+from parity.render.lora import ModuleDelta, module_deltas, perturb_within_rounding
 from parity.settings import (
     Dtype,
     LoraApplier,
@@ -126,14 +120,14 @@ class RenderEngine:
     Parameters
     ----------
     source:
-        A local diffusers folder, a hub id, or a :class:`parity.models.ModelSource`
+        A local diffusers folder, a hub id, or a :class:`parity.render.models.ModelSource`
         (split checkpoints).
     device:
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: CUDA when available.
     """
 
     def __init__(self, source: Any, *, device: str | None = None) -> None:
-        from parity.models import ModelSource, checkpoint_scheduler_shift
+        from parity.render.models import ModelSource, checkpoint_scheduler_shift
 
         if not isinstance(source, ModelSource):  # one folder or hub id holds everything
             ref = str(source)
@@ -158,7 +152,7 @@ class RenderEngine:
         # Library progress bars would interleave with parity's own.
         diffusers.utils.logging.disable_progress_bar()
         transformers.utils.logging.disable_progress_bar()
-        from parity.models import load_zimage_pipeline
+        from parity.render.models import load_zimage_pipeline
 
         try:
             pipe = load_zimage_pipeline(self.source, dtype=dtype, device=self.device)
@@ -187,7 +181,7 @@ class RenderEngine:
         3. ``adapter``: merge the training adapter at +1 into the transformer's linears
            (float32 sum of the ``dtype`` weight and the ``dtype``-rounded update, rounded
            once), before quantization;
-        4. quantize the transformer and the text encoder (:mod:`parity.quantize`);
+        4. quantize the transformer and the text encoder (:mod:`parity.render.quantize`);
         5. ``adapter``: hook it beside the linears at its sampling multiplier (-1), in
            ``dtype``; these hooks run before any LoRA's, as ai-toolkit's adapter runs
            inside the training LoRA.
@@ -200,7 +194,7 @@ class RenderEngine:
             if adapter is not None:
                 self._merge_adapter(pipe, adapter, dtype)
             if quantization.active:
-                from parity.quantize import quantize_text_encoder, quantize_transformer
+                from parity.render.quantize import quantize_text_encoder, quantize_transformer
 
                 if quantization.qtype:
                     quantize_transformer(pipe.transformer, quantization.qtype)
@@ -285,7 +279,7 @@ class RenderEngine:
         """The module updates of a LoRA file, read and validated once.
 
         ``rounding_seed``: every value moved within its own rounding
-        (:func:`parity.lora.perturb_within_rounding`).
+        (:func:`parity.render.lora.perturb_within_rounding`).
 
         Raises
         ------

@@ -8,7 +8,7 @@ Sample semantics follow ai-toolkit's SampleConfig / SampleItem / GenerateImageCo
 sample-level defaults, per-item fallbacks, the running seed with ``walk_seed``,
 ``[trigger]`` replacement, prompt flags after ``--``, and the floor to a multiple of 8
 with a minimum of 64. The model's own floor (16, or 32 in old eras) is applied by the
-preview side (:mod:`parity.sides`), not here.
+preview side (:mod:`parity.plan.sides`), not here.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from typing import Any
 
 import yaml
 
-from parity.aitk import SAMPLE_DEFAULTS, aitk_version_from_metadata, floor8
 from parity.errors import PICKLED_SUFFIXES, JobError, SampleError
-from parity.lora import KeyAudit, audit_keys, describe_dtype, read_header
-from parity.models import REFERENCE_MODELS, ModelMap
+from parity.job.lora_files import KeyAudit, audit_keys, describe_dtype, read_header
+from parity.model_map import ModelMap
 from parity.settings import Quantization
+from parity.zimage.aitk import SAMPLE_DEFAULTS, aitk_version_from_metadata, floor8
+from parity.zimage.checkpoints import REFERENCE_MODELS
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class TrainingSetup:
         The training adapter as written (``model.assistant_lora_path``), or None.
     low_vram, layer_offloading, cache_text_embeddings, unload_text_encoder:
         Where ai-toolkit keeps weights and embeddings; only ``layer_offloading`` changes
-        pixels (qfloat8 becomes torchao float8, see :func:`parity.quantize.preview_qtypes`).
+        pixels (qfloat8 becomes torchao float8, see :func:`parity.zimage.aitk.preview_qtypes`).
     skip_first_sample, force_first_sample, disable_sampling:
         Which previews exist at all.
     """
@@ -250,6 +251,19 @@ class Job:
             if ckpt.step == step:
                 return ckpt
         return None
+
+
+def outside_path_error(
+    path: Path, root: Path, what: str, place: str = "the job folder"
+) -> str | None:
+    """An error text when ``path`` resolves outside ``root`` (e.g. a symlink out of it)."""
+    resolved = path.resolve()
+    if resolved.is_relative_to(root.resolve()):
+        return None
+    return (
+        f"{path}: {what} resolves outside {place} {root} (to {resolved}); refused, "
+        "pass --allow-outside-paths to allow it"
+    )
 
 
 # ------------------------------------------------------------------------- loading
@@ -717,7 +731,7 @@ def read_job(
     """Read an ai-toolkit job folder (or a job file given directly).
 
     ``model_map`` resolves a training adapter given as a hub path (default: the model map
-    of the environment and ``pyproject.toml``, see :meth:`parity.models.ModelMap.load`).
+    of the environment and ``pyproject.toml``, see :meth:`parity.model_map.ModelMap.load`).
 
     Raises
     ------
@@ -753,7 +767,7 @@ def read_job(
     train = process.get("train") or {}
     train_dtype = str(train.get("dtype", "bf16")) if isinstance(train, dict) else "bf16"
 
-    from parity.quantize import preview_qtypes  # light: no torch at import time
+    from parity.zimage.aitk import preview_qtypes
 
     qtype, qtype_te = preview_qtypes(model)
     quantization = Quantization(qtype=qtype, qtype_te=qtype_te)

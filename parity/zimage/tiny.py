@@ -18,7 +18,7 @@ transformer's final layer and its adaLN modulation) and the VAE decoder is smoot
 that images show large-scale structure that survives JPEG q75 and reacts to the prompt,
 the seed, CFG, the number of steps, the size and a LoRA.
 
-Run ``python -m parity.testing.tiny [--out fixtures/models]`` to rebuild the committed
+Run ``python -m parity.zimage.tiny [--out fixtures/models]`` to rebuild the committed
 fixtures `tiny-zimage` and `tiny-zimage-turbo`.
 """
 
@@ -342,7 +342,7 @@ def build_fixtures(out: str | Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m parity.testing.tiny",
+        prog="python -m parity.zimage.tiny",
         description="(Re)build the tiny Z-Image test checkpoints.",
     )
     parser.add_argument("--out", default="fixtures/models", help="output folder")

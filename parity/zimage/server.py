@@ -18,8 +18,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from parity.errors import RequestError
-from parity.models import REFERENCE_MODELS
 from parity.settings import Dtype
+from parity.zimage.checkpoints import REFERENCE_MODELS
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def clamp(value: float, bounds: tuple[float, float]) -> float:
 
 @dataclass(frozen=True)
 class ServerModel:
-    """Defaults of one reference pipeline (its checkpoints: parity.models.REFERENCE_MODELS)."""
+    """Defaults of one reference pipeline (its checkpoints: parity.zimage.checkpoints.REFERENCE_MODELS)."""
 
     model_id: str
     default_steps: int

@@ -12,11 +12,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from parity import aitk, server
-from parity.aitk import Era, era_for_version
-from parity.diffusers_era import DiffusersEra
 from parity.job import Checkpoint, Job, SampleSpec
-from parity.server import (
+from parity.settings import (
+    CAUSES,
+    Cause,
+    Dtype,
+    LoraApplier,
+    LoraSettings,
+    Quantization,
+    RenderSettings,
+    TrainingAdapter,
+    legacy_sigmas,
+)
+from parity.zimage import aitk, server
+from parity.zimage.aitk import Era, era_for_version
+from parity.zimage.diffusers_era import DiffusersEra
+from parity.zimage.server import (
     GUIDANCE_BOUNDS,
     SERVER_MODELS,
     SIZE_BOUNDS,
@@ -28,17 +39,6 @@ from parity.server import (
     clamp,
     request_number,
     server_prompts,
-)
-from parity.settings import (
-    CAUSES,
-    Cause,
-    Dtype,
-    LoraApplier,
-    LoraSettings,
-    Quantization,
-    RenderSettings,
-    TrainingAdapter,
-    legacy_sigmas,
 )
 
 _DTYPE_NAMES: dict[str, Dtype] = {

@@ -240,7 +240,7 @@ def _environment():
     import jinja2
 
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("parity", "templates"),
+        loader=jinja2.PackageLoader("parity.report", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

@@ -13,13 +13,13 @@ quantized base; it runs beside it.
 Two backends reproduce ai-toolkit's qtypes here, chosen by name as ai-toolkit chooses
 (``toolkit/util/quantize.py get_qtype``):
 
-- optimum-quanto (:data:`QUANTO_QTYPES`, ``qfloat8`` first): each linear becomes a
+- optimum-quanto (:data:`parity.zimage.aitk.QUANTO_QTYPES`, ``qfloat8`` first): each linear becomes a
   ``QLinear``, frozen.
-- torchao (:data:`TORCHAO_QTYPES`): ``float8`` is ``Float8WeightOnlyConfig`` and ``int8``
+- torchao (:data:`parity.zimage.aitk.TORCHAO_QTYPES`): ``float8`` is ``Float8WeightOnlyConfig`` and ``int8``
   ``Int8WeightOnlyConfig``, applied to each linear on its own; the module stays an
   ``nn.Linear`` whose weight is a quantized tensor. ai-toolkit switches ``qfloat8`` to
   ``float8`` when it merges a training adapter first (``assistant_lora_path``) and, for
-  both models, with layer offloading (see :func:`preview_qtypes`). torchao 0.10.0 runs
+  both models, with layer offloading (see :func:`parity.zimage.aitk.preview_qtypes`). torchao 0.10.0 runs
   both on CPU with torch 2.13.
 
 ai-toolkit's own backends (``uint2`` ... ``uint8``, ``orbit*``, ``orbitvq*``, ``convrot*``,
@@ -37,51 +37,16 @@ False when quantizing).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from fnmatch import fnmatch
 from typing import TYPE_CHECKING, Any
 
-from parity.errors import (  # noqa: F401 - re-exported
-    QuantizationError,
-    QuantizationUnavailableError,
-    UnknownQtypeError,
-)
+from parity.zimage.aitk import TORCHAO_QTYPES, check_qtype
 
 if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
-
-#: optimum-quanto weight qtypes ai-toolkit passes through to quanto by name.
-QUANTO_QTYPES: tuple[str, ...] = (
-    "qfloat8",
-    "qfloat8_e4m3fn",
-    "qfloat8_e4m3fnuz",
-    "qfloat8_e5m2",
-    "qint8",
-    "qint4",
-    "qint2",
-)
-
-#: ai-toolkit qtypes handled by torchao.
-TORCHAO_QTYPES: tuple[str, ...] = ("float8", "int8")
-
-#: ai-toolkit qtypes handled by its own quantization backends.
-AITK_BACKEND_QTYPES: tuple[str, ...] = (
-    *(f"uint{bits}" for bits in range(2, 9)),
-    "orbit2",
-    "orbit3",
-    "orbit4",
-    "orbitvq2",
-    "orbitvq3",
-    "orbitvq4",
-    "convrot4",
-    "convrot8",
-    "convrotbitnet",
-    "convrotcomfyw4a4",
-    *(f"convrotint{bits}" for bits in range(2, 9)),
-    "nvfp4",
-)
 
 #: Transformer modules ai-toolkit keeps in full precision (fnmatch on module names).
 TRANSFORMER_EXCLUDE: tuple[str, ...] = (
@@ -100,75 +65,6 @@ ADAPTER_EXCLUDE: tuple[str, ...] = (
     "*lora_embedding_B*",
     "*lora_magnitude_vector*",
 )
-
-
-def parse_qtype(qtype: str) -> tuple[str, str | None]:
-    """Split ai-toolkit's ``qtype`` into ``(qtype, accuracy recovery adapter or None)``.
-
-    ai-toolkit accepts ``"uint3|ostris/accuracy_recovery_adapters/file.safetensors"``:
-    the part after ``|`` is an adapter loaded beside the quantized weights.
-
-    Raises
-    ------
-    UnknownQtypeError
-        Empty qtype or empty adapter part.
-    """
-    name, sep, adapter = qtype.strip().partition("|")
-    name, adapter = name.strip(), adapter.strip()
-    if not name or (sep and not adapter):
-        raise UnknownQtypeError(f"malformed qtype {qtype!r}, expected NAME or NAME|ADAPTER")
-    return name, (adapter or None)
-
-
-def check_qtype(qtype: str) -> str:
-    """Return ai-toolkit's ``qtype`` when parity reproduces it, or raise.
-
-    Raises
-    ------
-    QuantizationUnavailableError
-        ai-toolkit-backend qtypes, or an accuracy recovery adapter.
-    UnknownQtypeError
-        A name ai-toolkit does not know.
-    """
-    name, adapter = parse_qtype(qtype)
-    if adapter is not None:
-        raise QuantizationUnavailableError(
-            f"qtype {qtype!r} uses the accuracy recovery adapter {adapter!r} "
-            "(ai-toolkit's own quantization plus an adapter); parity cannot reproduce it"
-        )
-    if name in QUANTO_QTYPES or name in TORCHAO_QTYPES:
-        return name
-    if name in AITK_BACKEND_QTYPES:
-        raise QuantizationUnavailableError(
-            f"qtype {name!r} uses ai-toolkit's own quantization backend, which parity does "
-            "not reproduce"
-        )
-    raise UnknownQtypeError(
-        f"unknown qtype {name!r}; known: {', '.join(QUANTO_QTYPES + TORCHAO_QTYPES)}, "
-        "uint2..uint8 and ai-toolkit's custom backends"
-    )
-
-
-def preview_qtypes(model_config: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """The qtypes ai-toolkit actually sampled with, from the job's ``model`` section.
-
-    Returns ``(transformer qtype or None, text encoder qtype or None)``. Applies
-    ai-toolkit's defaults (``quantize`` False, ``quantize_te`` = ``quantize``, ``qtype``
-    and ``qtype_te`` ``qfloat8``) and its substitutions: ``qfloat8`` becomes torchao
-    ``float8`` for both with ``layer_offloading``, and for the transformer with an
-    ``assistant_lora_path``. The result may still be unavailable here; see
-    :func:`check_qtype`.
-    """
-    quantize = bool(model_config.get("quantize", False))
-    quantize_te = bool(model_config.get("quantize_te", quantize))
-    qtype = model_config.get("qtype") or "qfloat8"
-    qtype_te = model_config.get("qtype_te") or "qfloat8"
-    if model_config.get("layer_offloading"):
-        qtype = "float8" if qtype == "qfloat8" else qtype
-        qtype_te = "float8" if qtype_te == "qfloat8" else qtype_te
-    if model_config.get("assistant_lora_path") and qtype == "qfloat8":
-        qtype = "float8"
-    return (str(qtype) if quantize else None, str(qtype_te) if quantize_te else None)
 
 
 def _quantize_linears(module: torch.nn.Module, qtype: str, exclude: Iterable[str]) -> int:
@@ -256,7 +152,7 @@ def quantize_transformer(transformer: torch.nn.Module, qtype: str) -> int:
     Raises
     ------
     QuantizationUnavailableError, UnknownQtypeError
-        See :func:`check_qtype`.
+        See :func:`parity.zimage.aitk.check_qtype`.
     """
     return _quantize_linears(transformer, qtype, TRANSFORMER_EXCLUDE + ADAPTER_EXCLUDE)
 

@@ -5,16 +5,19 @@ What ai-toolkit (ostris/ai-toolkit, ``toolkit/config_modules.py``,
 when it renders a training preview, as data and small functions: the sample config's
 defaults, the size floors, the guidance it hands diffusers, the scheduler shift, and how
 these changed between releases (:class:`Era`, DOMAIN table of section 5). The job reader
-(:mod:`parity.job`) and the preview side (:mod:`parity.sides`) apply them.
+(:mod:`parity.job`) and the preview side (:mod:`parity.plan.sides`) apply them.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+from parity.errors import QuantizationUnavailableError, UnknownQtypeError
 
 #: SampleConfig's defaults, used where neither an item nor the sample section sets a key.
 SAMPLE_DEFAULTS: dict[str, Any] = {
@@ -137,3 +140,106 @@ def aitk_version_from_metadata(metadata: dict[str, str]) -> str | None:
     if isinstance(info, dict) and isinstance(info.get("version"), str):
         return info["version"]
     return None
+
+
+# ------------------------------------------------------------------ quantization
+
+#: optimum-quanto weight qtypes ai-toolkit passes through to quanto by name.
+QUANTO_QTYPES: tuple[str, ...] = (
+    "qfloat8",
+    "qfloat8_e4m3fn",
+    "qfloat8_e4m3fnuz",
+    "qfloat8_e5m2",
+    "qint8",
+    "qint4",
+    "qint2",
+)
+
+#: ai-toolkit qtypes handled by torchao.
+TORCHAO_QTYPES: tuple[str, ...] = ("float8", "int8")
+
+#: ai-toolkit qtypes handled by its own quantization backends.
+AITK_BACKEND_QTYPES: tuple[str, ...] = (
+    *(f"uint{bits}" for bits in range(2, 9)),
+    "orbit2",
+    "orbit3",
+    "orbit4",
+    "orbitvq2",
+    "orbitvq3",
+    "orbitvq4",
+    "convrot4",
+    "convrot8",
+    "convrotbitnet",
+    "convrotcomfyw4a4",
+    *(f"convrotint{bits}" for bits in range(2, 9)),
+    "nvfp4",
+)
+
+
+def parse_qtype(qtype: str) -> tuple[str, str | None]:
+    """Split ai-toolkit's ``qtype`` into ``(qtype, accuracy recovery adapter or None)``.
+
+    ai-toolkit accepts ``"uint3|ostris/accuracy_recovery_adapters/file.safetensors"``:
+    the part after ``|`` is an adapter loaded beside the quantized weights.
+
+    Raises
+    ------
+    UnknownQtypeError
+        Empty qtype or empty adapter part.
+    """
+    name, sep, adapter = qtype.strip().partition("|")
+    name, adapter = name.strip(), adapter.strip()
+    if not name or (sep and not adapter):
+        raise UnknownQtypeError(f"malformed qtype {qtype!r}, expected NAME or NAME|ADAPTER")
+    return name, (adapter or None)
+
+
+def check_qtype(qtype: str) -> str:
+    """Return ai-toolkit's ``qtype`` when parity reproduces it, or raise.
+
+    Raises
+    ------
+    QuantizationUnavailableError
+        ai-toolkit-backend qtypes, or an accuracy recovery adapter.
+    UnknownQtypeError
+        A name ai-toolkit does not know.
+    """
+    name, adapter = parse_qtype(qtype)
+    if adapter is not None:
+        raise QuantizationUnavailableError(
+            f"qtype {qtype!r} uses the accuracy recovery adapter {adapter!r} "
+            "(ai-toolkit's own quantization plus an adapter); parity cannot reproduce it"
+        )
+    if name in QUANTO_QTYPES or name in TORCHAO_QTYPES:
+        return name
+    if name in AITK_BACKEND_QTYPES:
+        raise QuantizationUnavailableError(
+            f"qtype {name!r} uses ai-toolkit's own quantization backend, which parity does "
+            "not reproduce"
+        )
+    raise UnknownQtypeError(
+        f"unknown qtype {name!r}; known: {', '.join(QUANTO_QTYPES + TORCHAO_QTYPES)}, "
+        "uint2..uint8 and ai-toolkit's custom backends"
+    )
+
+
+def preview_qtypes(model_config: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The qtypes ai-toolkit actually sampled with, from the job's ``model`` section.
+
+    Returns ``(transformer qtype or None, text encoder qtype or None)``. Applies
+    ai-toolkit's defaults (``quantize`` False, ``quantize_te`` = ``quantize``, ``qtype``
+    and ``qtype_te`` ``qfloat8``) and its substitutions: ``qfloat8`` becomes torchao
+    ``float8`` for both with ``layer_offloading``, and for the transformer with an
+    ``assistant_lora_path``. The result may still be unavailable here; see
+    :func:`check_qtype`.
+    """
+    quantize = bool(model_config.get("quantize", False))
+    quantize_te = bool(model_config.get("quantize_te", quantize))
+    qtype = model_config.get("qtype") or "qfloat8"
+    qtype_te = model_config.get("qtype_te") or "qfloat8"
+    if model_config.get("layer_offloading"):
+        qtype = "float8" if qtype == "qfloat8" else qtype
+        qtype_te = "float8" if qtype_te == "qfloat8" else qtype_te
+    if model_config.get("assistant_lora_path") and qtype == "qfloat8":
+        qtype = "float8"
+    return (str(qtype) if quantize else None, str(qtype_te) if quantize_te else None)

@@ -14,7 +14,7 @@ A :class:`DiffusersEra` says how to make it behave like another release: the sig
 pass (:func:`parity.settings.legacy_sigmas` for N-1 eras) and the guidance to give it.
 ``parity --server-diffusers VERSION|COMMIT`` picks the reference side's era with
 :func:`diffusers_era`; the preview side's comes with the ai-toolkit release
-(:class:`parity.aitk.Era`).
+(:class:`parity.zimage.aitk.Era`).
 """
 
 from __future__ import annotations

@@ -15,13 +15,13 @@ from typing import Any
 
 from parity import __version__
 from parity.errors import LoraError, ModelError, ParityError
-from parity.models import REFERENCE_MODELS
 from parity.settings import (
     DEFAULT_CONFIRM_MARGIN,
     DEFAULT_LATENT_DISTANCE_MAX,
     DEFAULT_PSNR_MIN,
     DEFAULT_SSIM_MIN,
 )
+from parity.zimage.checkpoints import REFERENCE_MODELS
 
 log = logging.getLogger("parity")
 
@@ -224,7 +224,7 @@ def _thresholds(args: argparse.Namespace) -> Any:
 
 
 def _model_map(args: argparse.Namespace, base_id: str | None) -> Any:
-    from parity.models import ModelMap
+    from parity.model_map import ModelMap
 
     base = (base_id, args.base_model) if args.base_model and base_id else None
     return ModelMap.load(args.model_map, base_model=base)
@@ -241,7 +241,7 @@ def _read_job(args: argparse.Namespace, path: str | None = None) -> Any:
 
 
 def _job_source(job: Any, args: argparse.Namespace, *, validate: bool = True) -> Any:
-    from parity.models import job_source
+    from parity.render.models import job_source
 
     return job_source(
         job.name_or_path,
@@ -259,20 +259,20 @@ def _device(args: argparse.Namespace) -> str:
         torch.set_num_threads(args.threads)
     if args.device:
         return args.device
-    from parity.engine import default_device
+    from parity.render.engine import default_device
 
     return default_device()
 
 
 def _dtype(args: argparse.Namespace) -> Any:
-    from parity.sides import normalize_dtype
+    from parity.plan.sides import normalize_dtype
 
     return normalize_dtype(args.dtype) if args.dtype else None
 
 
 def _server_era(args: argparse.Namespace) -> Any:
     """The server's diffusers era from --server-diffusers (None: the installed one)."""
-    from parity.diffusers_era import diffusers_era
+    from parity.zimage.diffusers_era import diffusers_era
 
     spec = getattr(args, "server_diffusers", None)
     return diffusers_era(spec) if spec else None
@@ -281,7 +281,7 @@ def _server_era(args: argparse.Namespace) -> Any:
 def _user_requests(job: Any, args: argparse.Namespace) -> list[Any]:
     """The --request files, read and bound to the steps of ``job`` they name."""
     from parity.plan import bind_requests
-    from parity.server import load_request
+    from parity.zimage.server import load_request
 
     paths = [Path(p) for p in getattr(args, "request", None) or []]
     served = [Path(p) for p in getattr(args, "served", None) or []]
@@ -300,7 +300,7 @@ def _fleet_requests(jobs: list[Any], args: argparse.Namespace) -> dict[str, list
     """The --request files of a multi-job run, each bound to the job whose checkpoint it
     names (job name -> its requests); ParityError for one that names none of them."""
     from parity.plan import bind_request, check_served_pairs, default_lora_root
-    from parity.server import load_request
+    from parity.zimage.server import load_request
 
     paths = [Path(p) for p in getattr(args, "request", None) or []]
     served = [Path(p) for p in getattr(args, "served", None) or []]
@@ -385,8 +385,8 @@ def _format_table(rows: list[dict]) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from parity.models import checkpoint_scheduler_shift
     from parity.plan import describe_cases, plan_cases
+    from parity.render.models import checkpoint_scheduler_shift
 
     _resolve(args)
     job = _read_job(args)
@@ -451,8 +451,8 @@ def _finish_renders(out: Path, effective: list[dict], failures: int, what: str) 
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from parity.engine import RenderEngine
     from parity.plan import parse_steps, plan_cases, select_steps
+    from parity.render.engine import RenderEngine
     from parity.results import save_png
 
     _resolve(args)
@@ -491,7 +491,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def _confined(path: Path, root: Path, allow_outside: bool, what: str) -> Path:
-    from parity.plan import outside_path_error
+    from parity.job import outside_path_error
 
     error = None if allow_outside else outside_path_error(path, root, what, "the LoRA root")
     if error:
@@ -500,16 +500,16 @@ def _confined(path: Path, root: Path, allow_outside: bool, what: str) -> Path:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from parity.engine import RenderEngine
-    from parity.models import (
+    from parity.plan import resolve_lora_path
+    from parity.plan.sides import reference_settings
+    from parity.render.engine import RenderEngine
+    from parity.render.models import (
         checkpoint_scheduler_shift,
         resolve_reference_model,
         validate_checkpoint,
     )
-    from parity.plan import resolve_lora_path
     from parity.results import save_png
-    from parity.server import SERVER_MODELS, load_request
-    from parity.sides import reference_settings
+    from parity.zimage.server import SERVER_MODELS, load_request
 
     _resolve(args)
     request_path = Path(args.request_file)
@@ -584,7 +584,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def _engine_for_job(job: Any, args: argparse.Namespace) -> tuple[Any, str]:
-    from parity.engine import RenderEngine
+    from parity.render.engine import RenderEngine
 
     device = _device(args)
     return RenderEngine(_job_source(job, args), device=device), device
@@ -683,7 +683,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if args.history and not args.no_history:
         try:
-            from parity.history import append_history
+            from parity.report.history import append_history
 
             run_id = out_dir.name
             append_history(
@@ -851,7 +851,7 @@ def cmd_run_fleet(args: argparse.Namespace) -> int:
             log_level=level,
         )
     else:
-        from parity.engine import default_device
+        from parity.render.engine import default_device
 
         device = args.device or default_device()
         if args.workers is not None:
@@ -970,8 +970,8 @@ def _print_summary(summary: Any) -> None:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from parity.plan import default_lora_root, plan_cases
+    from parity.plan.sides import era_of
     from parity.run import Runner, utc_now, write_corrected_requests
-    from parity.sides import era_of
 
     _resolve(args)
     job = _read_job(args)
@@ -1104,7 +1104,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _installed_era() -> Any:
-    from parity.diffusers_era import diffusers_era
+    from parity.zimage.diffusers_era import diffusers_era
 
     return diffusers_era(None)
 
@@ -1158,7 +1158,7 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from parity.history import render_trends
+    from parity.report.history import render_trends
 
     index = render_trends(args.history, args.out)
     print(f"trend report: {index}")
@@ -1354,7 +1354,3 @@ def _print_error(message: str, verbose: int, *, hint: bool = False) -> None:
     if hint and not verbose:
         line += " (run with -v for the traceback)"
     print(f"parity: error: {line}", file=sys.stderr)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
