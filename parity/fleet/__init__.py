@@ -35,12 +35,14 @@ from parity.fleet.driver import (
     LocalBackend,
     RayBackend,
     RayWorker,
-    check_unique_names,
     import_ray,
     local_worker_specs,
-    plan_job,
     read_summary,
     stream_events,
+)
+from parity.fleet.planning import (
+    check_unique_names,
+    plan_job,
 )
 from parity.fleet.records import (
     MAX_ATTEMPTS,
@@ -70,6 +72,8 @@ __all__ = [
     "SUMMARY_FILE",
     "WorkerLost",
     "WorkerSpec",
+    "check_unique_names",
+    "plan_job",
     "FleetProgress",
     "FleetRun",
     "FleetWorker",
@@ -79,10 +83,8 @@ __all__ = [
     "RAY_LOOPBACK_ENV",
     "RayBackend",
     "RayWorker",
-    "check_unique_names",
     "import_ray",
     "local_worker_specs",
-    "plan_job",
     "read_summary",
     "stream_events",
 ]

@@ -39,7 +39,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,8 +58,7 @@ from parity.fleet.records import (
     WorkerLost,
     WorkerSpec,
 )
-from parity.models import ModelMap, ModelSource, job_source
-from parity.plan import UserRequest
+from parity.models import ModelMap, ModelSource
 from parity.results import (
     VERDICTS,
     ResultRow,
@@ -69,80 +68,9 @@ from parity.results import (
     read_results,
     write_results,
 )
-from parity.run import RunOptions, progress_enabled, utc_now, write_run_report
+from parity.run import progress_enabled, utc_now, write_run_report
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------- planning
-
-
-def plan_job(
-    job_path: str | Path,
-    *,
-    out_dir: Path,
-    options: RunOptions,
-    recorded_options: dict[str, Any],
-    reference_model: str | None = None,
-    base_model: str | None = None,
-    model_map: Sequence[str] = (),
-    history: str | None = None,
-    run_label: str | None = None,
-    requests: Sequence[UserRequest] = (),
-) -> FleetJob:
-    """Read one job and resolve everything a worker needs, without loading a model.
-
-    Its history run id is ``<job name>/<run_label>``, by default the run folder's name
-    (a multi-job run passes its own folder's name).
-
-    Raises
-    ------
-    ParityError
-        The job cannot be read, a step has no previews, or a local model folder is
-        missing a part (the message names the file).
-    """
-    from parity.job import read_job
-    from parity.plan import select_steps
-
-    # The map resolves a training adapter given as a hub path, as for a one-job run.
-    job = read_job(job_path, reference_model=reference_model, model_map=ModelMap.load(model_map))
-    if job.adapter_problem:  # every preview needs it: the job cannot run
-        raise ParityError(job.adapter_problem)
-    steps = select_steps(job, options.steps)
-    source = job_source(
-        job.name_or_path, job.extras_name_or_path, base_model=base_model, model_map=model_map
-    )
-    previews = len({(p.step, p.index) for p in job.previews if p.step in steps})
-    return FleetJob(
-        name=job.name,
-        job_path=str(Path(job_path).absolute()),
-        out_dir=Path(out_dir),
-        source=source,
-        options=options,
-        recorded_options=dict(recorded_options),
-        previews=previews,
-        reference_model=reference_model,
-        history=history,
-        run_id=f"{job.name}/{run_label or Path(out_dir).name}",
-        problems=tuple(job.problems),
-        requests=tuple(requests),
-        model_map=tuple(model_map),
-    )
-
-
-def check_unique_names(named: Sequence[tuple[str, str]]) -> None:
-    """Refuse two jobs of one name: their run folders ``DIR/<name>`` would collide.
-
-    ``named`` holds (job name, job folder) pairs.
-    """
-    seen: dict[str, str] = {}
-    for name, folder in named:
-        if name in seen:
-            raise ParityError(
-                f"jobs {seen[name]} and {folder} are both named {name!r}; their run folders "
-                "would collide: give each job its own config.name, or run them separately"
-            )
-        seen[name] = folder
 
 
 # ----------------------------------------------------------------------- workers
