@@ -29,16 +29,13 @@ from parity.fleet.driver import (
     RAY_LOOPBACK_ENV,
     FleetProgress,
     FleetRun,
-    FleetWorker,
     InProcessBackend,
     JobState,
     LocalBackend,
     RayBackend,
-    RayWorker,
     import_ray,
     local_worker_specs,
     read_summary,
-    stream_events,
 )
 from parity.fleet.planning import (
     check_unique_names,
@@ -58,6 +55,11 @@ from parity.fleet.records import (
     WorkerLost,
     WorkerSpec,
 )
+from parity.fleet.worker import (
+    FleetWorker,
+    RayWorker,
+    stream_events,
+)
 
 __all__ = [
     "DoneEvent",
@@ -74,17 +76,17 @@ __all__ = [
     "WorkerSpec",
     "check_unique_names",
     "plan_job",
+    "FleetWorker",
+    "RayWorker",
+    "stream_events",
     "FleetProgress",
     "FleetRun",
-    "FleetWorker",
     "InProcessBackend",
     "JobState",
     "LocalBackend",
     "RAY_LOOPBACK_ENV",
     "RayBackend",
-    "RayWorker",
     "import_ray",
     "local_worker_specs",
     "read_summary",
-    "stream_events",
 ]
