@@ -23,18 +23,28 @@ takes the next job of the same group while there is one; an idle worker takes th
 largest group no other worker is on, else helps with the largest one. A worker that
 dies loses only the job in flight: it is retried once on a new worker, resuming from
 the rows the driver already has, and otherwise reported as that job's error.
+
+Modules. :mod:`parity.fleet.records` (jobs, tasks, worker specs, events and the
+constants), :mod:`parity.fleet.planning` (:func:`plan_job`,
+:func:`check_unique_names`), :mod:`parity.fleet.worker` (:class:`FleetWorker`, the
+bodies of a worker process and of a Ray actor), :mod:`parity.fleet.backends` (the
+three backends) and :mod:`parity.fleet.driver` (:class:`FleetRun`, which writes the
+run folders). Each imports only records and those named before it; this package
+re-exports their public names.
 """
 
-from parity.fleet.driver import (
+from parity.fleet.backends import (
     RAY_LOOPBACK_ENV,
-    FleetProgress,
-    FleetRun,
     InProcessBackend,
-    JobState,
     LocalBackend,
     RayBackend,
     import_ray,
     local_worker_specs,
+)
+from parity.fleet.driver import (
+    FleetProgress,
+    FleetRun,
+    JobState,
     read_summary,
 )
 from parity.fleet.planning import (
@@ -79,14 +89,14 @@ __all__ = [
     "FleetWorker",
     "RayWorker",
     "stream_events",
-    "FleetProgress",
-    "FleetRun",
     "InProcessBackend",
-    "JobState",
     "LocalBackend",
     "RAY_LOOPBACK_ENV",
     "RayBackend",
     "import_ray",
     "local_worker_specs",
+    "FleetProgress",
+    "FleetRun",
+    "JobState",
     "read_summary",
 ]
