@@ -15,6 +15,7 @@ RANKS: dict[str, int] = {
     "parity.errors": 0,
     "parity.settings": 0,
     "parity.stack": 0,
+    "parity.logs": 0,
     "parity.model_map": 0,
     "parity.zimage": 0,
     "parity.job": 1,

@@ -15,6 +15,7 @@ from typing import Any
 
 from parity import __version__
 from parity.errors import LoraError, ModelError, ParityError
+from parity.logs import configure_logging
 from parity.settings import (
     DEFAULT_CONFIRM_MARGIN,
     DEFAULT_LATENT_DISTANCE_MAX,
@@ -1325,9 +1326,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("diffusers", "transformers", "peft", "torchao"):
-        logging.getLogger(noisy).setLevel(max(level, logging.ERROR))
+    configure_logging(level)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -27,12 +27,12 @@ from parity.fleet.records import (
     WorkerLost,
 )
 from parity.results import (
-    VERDICTS,
     ResultRow,
-    Verdict,
     atomic_write_bytes,
     atomic_write_text,
+    exit_code,
     read_results,
+    verdict_counts,
     write_results,
 )
 from parity.run import progress_enabled, utc_now, write_run_report
@@ -56,15 +56,11 @@ class JobState:
 
     @property
     def counts(self) -> dict[str, int]:
-        out = {str(v): 0 for v in Verdict}
-        for row in self.rows.values():
-            out[str(row.verdict)] += 1
-        return out
+        return verdict_counts(self.rows.values())
 
     @property
     def exit_code(self) -> int:
-        ok = self.status == "finished" and self.rows
-        return 0 if ok and all(r.verdict is Verdict.MATCH for r in self.rows.values()) else 1
+        return exit_code(self.rows.values()) if self.status == "finished" else 1
 
     def sorted_rows(self) -> list[ResultRow]:
         return sorted(self.rows.values(), key=lambda r: r.key)
@@ -359,11 +355,7 @@ class FleetRun:
                 raise ParityError(f"{info_path}: unreadable ({e}); start again") from None
 
     def counts(self) -> dict[str, int]:
-        total = {str(v): 0 for v in VERDICTS}
-        for state in self.states.values():
-            for k, n in state.counts.items():
-                total[k] += n
-        return total
+        return verdict_counts(row for state in self.states.values() for row in state.rows.values())
 
     @property
     def exit_code(self) -> int:

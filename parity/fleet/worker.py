@@ -28,6 +28,7 @@ from parity.fleet.records import (
     RowEvent,
     WorkerSpec,
 )
+from parity.logs import configure_logging
 from parity.model_map import ModelMap
 from parity.render.models import ModelSource
 from parity.results import ResultRow, atomic_write_text
@@ -198,15 +199,9 @@ def stream_events(worker: FleetWorker, task: JobTask) -> Iterator[Event]:
         yield event
 
 
-def _configure_worker_logging(level: int) -> None:
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s (worker): %(message)s")
-    for noisy in ("diffusers", "transformers", "peft"):
-        logging.getLogger(noisy).setLevel(max(level, logging.ERROR))
-
-
 def _local_worker_main(conn: Any, spec: WorkerSpec) -> None:
     """A local worker process: run the tasks received on ``conn`` until told to stop."""
-    _configure_worker_logging(spec.log_level)
+    configure_logging(spec.log_level, process="worker")
     try:
         worker = FleetWorker(spec)
         while True:
@@ -225,7 +220,7 @@ class RayWorker:
     """The Ray actor: one :class:`FleetWorker` on the device Ray gave it."""
 
     def __init__(self, spec: WorkerSpec) -> None:
-        _configure_worker_logging(spec.log_level)
+        configure_logging(spec.log_level, process="worker")
         self.worker = FleetWorker(spec)
 
     def run(self, task: JobTask) -> Iterator[Event]:

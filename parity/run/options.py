@@ -13,10 +13,7 @@ from parity.plan import (
     Match,
     Steps,
 )
-from parity.results import (
-    ResultRow,
-    Verdict,
-)
+from parity.results import ResultRow, exit_code, served_drift, verdict_counts
 from parity.settings import DEFAULT_CONFIRM_MARGIN, Dtype
 from parity.zimage.diffusers_era import DiffusersEra
 
@@ -77,20 +74,16 @@ class RunSummary:
 
     @property
     def counts(self) -> dict[str, int]:
-        out = {str(v): 0 for v in Verdict}
-        for row in self.rows:
-            out[str(row.verdict)] += 1
-        return out
+        return verdict_counts(self.rows)
 
     @property
     def served_drift(self) -> int:
         """Rows whose served image is not parity's reference render."""
-        return sum(1 for r in self.rows if r.served and r.served.get("verdict") == "drift")
+        return served_drift(self.rows)
 
     @property
     def exit_code(self) -> int:
-        matched = self.rows and all(r.verdict is Verdict.MATCH for r in self.rows)
-        return 0 if matched and not self.served_drift else 1
+        return exit_code(self.rows)
 
 
 def utc_now() -> str:
