@@ -20,7 +20,7 @@ Where the numbers are computed
 ``device="cpu"`` (the default) calls scikit-image itself, one pair at a time: on a CPU it
 is the fastest way to the reference numbers (SSIM of a 1024x1024 pair: 0.55-0.9 s of one
 core, against 1.2-1.4 s for torchmetrics in float32 and 18-22 s in float64, whose
-depthwise convolution has no fast CPU kernel; PSNR: 0.02-0.03 s; ``bench/bench.py
+depthwise convolution has no fast CPU kernel; PSNR: 0.02-0.03 s; ``python -m bench
 --full-size`` prints ms per megapixel of each path). On a GPU (``device="cuda"``) SSIM
 and PSNR of all renders of one preview are computed in one batch with torchmetrics, in
 float64: the variances are ``E[x^2] - E[x]^2`` of values up to 255, and in float32 that
