@@ -55,8 +55,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib
 import json
 import os
+import pkgutil
 import platform
 import resource
 import statistics
@@ -157,6 +159,14 @@ class Timers:
         return self.seconds.get(label, 0.0)
 
 
+def _compare_modules() -> list[Any]:
+    """The package parity.compare and each of its modules."""
+    import parity.compare as compare
+
+    names = sorted(m.name for m in pkgutil.iter_modules(compare.__path__))
+    return [compare, *(importlib.import_module(f"parity.compare.{name}") for name in names)]
+
+
 def instrument_parity() -> Timers:
     """Wrap parity's stages so a ``parity run`` in this process reports where time goes."""
     import parity.compare as compare
@@ -166,8 +176,13 @@ def instrument_parity() -> Timers:
 
     timers = Timers()
     # compare() calls compare_many(), so wrapping compare_many counts either call once.
+    # Each is wrapped in every module of parity.compare that holds it: the package's own
+    # modules call it by the name they imported (check_served calls load_rgb, for one).
     for name in ("compare_many", "jpeg_floor", "load_rgb", "inspect_codec"):
-        timers.wrap(compare, name, f"metrics.{name}")
+        original = getattr(compare, name)
+        for module in _compare_modules():
+            if getattr(module, name, None) is original:
+                timers.wrap(module, name, f"metrics.{name}")
     timers.wrap(run, "attribute", "attribution")  # parity.run calls it by this name
     timers.wrap(run, "write_results", "io.results")
     timers.wrap(run, "write_corrected_requests", "io.corrected")
@@ -1071,12 +1086,11 @@ def full_size_variants(
 
 def _undo_instrumentation() -> None:
     """Remove the wrappers of :func:`instrument_parity` (one process, several runs)."""
-    import parity.compare as compare
     import parity.report as report
     import parity.run as run
     from parity.engine import RenderEngine
 
-    for owner in (compare, report, run, run.Runner, RenderEngine):
+    for owner in (*_compare_modules(), report, run, run.Runner, RenderEngine):
         for name, value in list(vars(owner).items()):
             inner = getattr(value, "__wrapped__", None)
             if inner is not None and callable(value):
