@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from parity.compare.images import align_sizes, load_rgb
 from parity.compare.metrics import (
     FLOAT_NOISE_LEVELS,
     LPIPS_BACKBONES,
@@ -10,10 +11,8 @@ from parity.compare.metrics import (
     SSIM_WINDOW,
     Codec,
     Comparison,
-    ImageReadError,
     NoiseCheck,
     Thresholds,
-    align_sizes,
     codec_spread,
     compare,
     compare_many,
@@ -23,7 +22,6 @@ from parity.compare.metrics import (
     inspect_codec,
     jpeg_floor,
     latent_distance,
-    load_rgb,
     lpips_available,
     lpips_distance,
     make_vae_encoder,
@@ -39,6 +37,7 @@ from parity.compare.metrics import _is_cpu as _is_cpu
 from parity.compare.metrics import _torch_ssim_psnr as _torch_ssim_psnr
 from parity.compare.metrics import check_served as check_served
 from parity.compare.metrics import noise_limits as noise_limits
+from parity.errors import ImageReadError
 
 __all__ = [
     "PSNR_IDENTICAL_DB",
