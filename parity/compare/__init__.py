@@ -32,11 +32,11 @@ from parity.compare.metrics import (
 from parity.compare.metrics import HALF_NOISE_LEVELS as HALF_NOISE_LEVELS
 from parity.compare.metrics import HALF_NOISE_MEAN as HALF_NOISE_MEAN
 from parity.compare.metrics import Renders as Renders
-from parity.compare.metrics import ServedCheck as ServedCheck
 from parity.compare.metrics import _is_cpu as _is_cpu
 from parity.compare.metrics import _torch_ssim_psnr as _torch_ssim_psnr
-from parity.compare.metrics import check_served as check_served
 from parity.compare.metrics import noise_limits as noise_limits
+from parity.compare.served import ServedCheck as ServedCheck
+from parity.compare.served import check_served as check_served
 from parity.errors import ImageReadError
 
 __all__ = [
