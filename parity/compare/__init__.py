@@ -12,11 +12,9 @@ from parity.compare.metrics import (
     Codec,
     Comparison,
     NoiseCheck,
-    Thresholds,
     codec_spread,
     compare,
     compare_many,
-    distance,
     encode_latent,
     encode_like,
     inspect_codec,
@@ -37,6 +35,7 @@ from parity.compare.metrics import _torch_ssim_psnr as _torch_ssim_psnr
 from parity.compare.metrics import noise_limits as noise_limits
 from parity.compare.served import ServedCheck as ServedCheck
 from parity.compare.served import check_served as check_served
+from parity.compare.verdict import Thresholds, distance
 from parity.errors import ImageReadError
 
 __all__ = [

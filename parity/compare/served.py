@@ -22,7 +22,7 @@ class ServedCheck:
         spread (:func:`same_within_noise`); never when their sizes differ.
     ssim, psnr : float
         Of the render encoded like the served file, against the served image (PSNR in
-        dB, capped at :data:`~parity.compare.metrics.PSNR_IDENTICAL_DB`).
+        dB, capped at :data:`~parity.compare.PSNR_IDENTICAL_DB`).
     max_abs_diff : int or None
         Largest per-channel difference, levels of 255 (None when the sizes differ).
     limit : int
