@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from parity.compare.images import align_sizes, load_rgb
 from parity.compare.metrics import (
-    FLOAT_NOISE_LEVELS,
     LPIPS_BACKBONES,
     PSNR_IDENTICAL_DB,
     SSIM_SIGMA,
     SSIM_WINDOW,
     Codec,
     Comparison,
-    NoiseCheck,
-    codec_spread,
     compare,
     compare_many,
     encode_latent,
@@ -24,15 +21,15 @@ from parity.compare.metrics import (
     lpips_distance,
     make_vae_encoder,
     psnr,
-    same_within_noise,
     ssim,
 )
-from parity.compare.metrics import HALF_NOISE_LEVELS as HALF_NOISE_LEVELS
-from parity.compare.metrics import HALF_NOISE_MEAN as HALF_NOISE_MEAN
 from parity.compare.metrics import Renders as Renders
 from parity.compare.metrics import _is_cpu as _is_cpu
 from parity.compare.metrics import _torch_ssim_psnr as _torch_ssim_psnr
-from parity.compare.metrics import noise_limits as noise_limits
+from parity.compare.noise import FLOAT_NOISE_LEVELS, NoiseCheck, codec_spread, same_within_noise
+from parity.compare.noise import HALF_NOISE_LEVELS as HALF_NOISE_LEVELS
+from parity.compare.noise import HALF_NOISE_MEAN as HALF_NOISE_MEAN
+from parity.compare.noise import noise_limits as noise_limits
 from parity.compare.served import ServedCheck as ServedCheck
 from parity.compare.served import check_served as check_served
 from parity.compare.verdict import Thresholds, distance
