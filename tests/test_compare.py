@@ -232,7 +232,7 @@ def test_compare_many_scores_on_the_renders_device(monkeypatch):
         seen.append(device)
         return [0.5] * len(renders), [30.0] * len(renders)
 
-    monkeypatch.setattr("parity.compare.metrics._ssim_psnr_many", recording)
+    monkeypatch.setattr("parity.compare.scores._ssim_psnr_many", recording)
     img = _smooth_image(32, 32)
     C.compare_many(img, [img, img])
     C.compare_many(img, torch.from_numpy(np.stack([img, img])))

@@ -56,9 +56,6 @@ from parity.compare.metrics import (
     SSIM_SIGMA,
     SSIM_WINDOW,
     Codec,
-    Comparison,
-    compare,
-    compare_many,
     encode_latent,
     encode_like,
     inspect_codec,
@@ -70,13 +67,14 @@ from parity.compare.metrics import (
     psnr,
     ssim,
 )
-from parity.compare.metrics import Renders as Renders
 from parity.compare.metrics import _is_cpu as _is_cpu
 from parity.compare.metrics import _torch_ssim_psnr as _torch_ssim_psnr
 from parity.compare.noise import FLOAT_NOISE_LEVELS, NoiseCheck, codec_spread, same_within_noise
 from parity.compare.noise import HALF_NOISE_LEVELS as HALF_NOISE_LEVELS
 from parity.compare.noise import HALF_NOISE_MEAN as HALF_NOISE_MEAN
 from parity.compare.noise import noise_limits as noise_limits
+from parity.compare.scores import Comparison, compare, compare_many
+from parity.compare.scores import Renders as Renders
 from parity.compare.served import ServedCheck as ServedCheck
 from parity.compare.served import check_served as check_served
 from parity.compare.verdict import Thresholds, distance

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from parity.compare.images import load_rgb
-from parity.compare.metrics import compare, inspect_codec
+from parity.compare.metrics import inspect_codec
 from parity.compare.noise import noise_limits, same_within_noise
+from parity.compare.scores import compare
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from parity.compare.metrics import Comparison
+from parity.compare.scores import Comparison
 from parity.settings import (
     DEFAULT_LATENT_DISTANCE_MAX,
     DEFAULT_PSNR_MIN,
