@@ -49,17 +49,14 @@ are compared.
 
 from __future__ import annotations
 
+from parity.compare.codec import Codec, encode_like, inspect_codec, jpeg_floor
 from parity.compare.images import align_sizes, load_rgb
 from parity.compare.metrics import (
     LPIPS_BACKBONES,
     PSNR_IDENTICAL_DB,
     SSIM_SIGMA,
     SSIM_WINDOW,
-    Codec,
     encode_latent,
-    encode_like,
-    inspect_codec,
-    jpeg_floor,
     latent_distance,
     lpips_available,
     lpips_distance,

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from parity.compare.codec import Codec, encode_like
 from parity.compare.images import _check_pair
-from parity.compare.metrics import Codec, encode_like
 
 #: Largest per-channel difference, in levels of 255, between two renders of the same
 #: settings by a float32 pipeline on different machines (CPU kernels, vector width and

@@ -9,13 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from parity.compare.codec import Codec, encode_like
 from parity.compare.images import _check_pair, align_sizes
 from parity.compare.metrics import (
     PSNR_IDENTICAL_DB,
-    Codec,
     _ssim_psnr_many,
     encode_latent,
-    encode_like,
     latent_distance,
     lpips_distance,
 )

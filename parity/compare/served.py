@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from parity.compare.codec import inspect_codec
 from parity.compare.images import load_rgb
-from parity.compare.metrics import inspect_codec
 from parity.compare.noise import noise_limits, same_within_noise
 from parity.compare.scores import compare
 
