@@ -51,16 +51,14 @@ from __future__ import annotations
 
 from parity.compare.codec import Codec, encode_like, inspect_codec, jpeg_floor
 from parity.compare.images import align_sizes, load_rgb
+from parity.compare.latent import encode_latent, latent_distance, make_vae_encoder
 from parity.compare.metrics import (
     LPIPS_BACKBONES,
     PSNR_IDENTICAL_DB,
     SSIM_SIGMA,
     SSIM_WINDOW,
-    encode_latent,
-    latent_distance,
     lpips_available,
     lpips_distance,
-    make_vae_encoder,
     psnr,
     ssim,
 )

@@ -11,11 +11,10 @@ import numpy as np
 
 from parity.compare.codec import Codec, encode_like
 from parity.compare.images import _check_pair, align_sizes
+from parity.compare.latent import encode_latent, latent_distance
 from parity.compare.metrics import (
     PSNR_IDENTICAL_DB,
     _ssim_psnr_many,
-    encode_latent,
-    latent_distance,
     lpips_distance,
 )
 
