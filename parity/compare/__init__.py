@@ -52,16 +52,8 @@ from __future__ import annotations
 from parity.compare.codec import Codec, encode_like, inspect_codec, jpeg_floor
 from parity.compare.images import align_sizes, load_rgb
 from parity.compare.latent import encode_latent, latent_distance, make_vae_encoder
-from parity.compare.metrics import (
-    LPIPS_BACKBONES,
-    PSNR_IDENTICAL_DB,
-    SSIM_SIGMA,
-    SSIM_WINDOW,
-    lpips_available,
-    lpips_distance,
-    psnr,
-    ssim,
-)
+from parity.compare.lpips import LPIPS_BACKBONES, lpips_available, lpips_distance
+from parity.compare.metrics import PSNR_IDENTICAL_DB, SSIM_SIGMA, SSIM_WINDOW, psnr, ssim
 from parity.compare.metrics import _is_cpu as _is_cpu
 from parity.compare.metrics import _torch_ssim_psnr as _torch_ssim_psnr
 from parity.compare.noise import FLOAT_NOISE_LEVELS, NoiseCheck, codec_spread, same_within_noise

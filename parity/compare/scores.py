@@ -12,11 +12,8 @@ import numpy as np
 from parity.compare.codec import Codec, encode_like
 from parity.compare.images import _check_pair, align_sizes
 from parity.compare.latent import encode_latent, latent_distance
-from parity.compare.metrics import (
-    PSNR_IDENTICAL_DB,
-    _ssim_psnr_many,
-    lpips_distance,
-)
+from parity.compare.lpips import lpips_distance
+from parity.compare.metrics import PSNR_IDENTICAL_DB, _ssim_psnr_many
 
 if TYPE_CHECKING:
     import torch
