@@ -49,6 +49,11 @@ are compared.
 
 from __future__ import annotations
 
+# One module a responsibility: images (reading and pairing images), metrics (SSIM, PSNR),
+# latent (VAE-latent distance), lpips, codec (encoding like a file), scores (Comparison,
+# compare_many), verdict (Thresholds: the match rule), noise (the float-noise rule) and
+# served (check_served). The names imported "as" themselves are re-exported outside
+# __all__: public ones added since, and private ones that tests and bench/ call.
 from parity.compare.codec import Codec, encode_like, inspect_codec, jpeg_floor
 from parity.compare.images import align_sizes, load_rgb
 from parity.compare.latent import encode_latent, latent_distance, make_vae_encoder
