@@ -7,8 +7,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib
 import json
 import os
+import pkgutil
 import platform
 import resource
 import statistics
@@ -82,25 +84,40 @@ class Timers:
         return self.seconds.get(label, 0.0)
 
 
+def _modules_of(package: Any) -> list[Any]:
+    """``package`` and each of its modules (imported)."""
+    names = sorted(m.name for m in pkgutil.iter_modules(package.__path__))
+    return [package, *(importlib.import_module(f"{package.__name__}.{n}") for n in names)]
+
+
+def _wrap_everywhere(timers: Timers, package: Any, name: str, label: str) -> None:
+    """Wrap function ``name`` in every module of ``package`` that holds it: the package's
+    modules call it by the name they imported (check_served calls load_rgb, for one)."""
+    original = getattr(package, name)
+    for module in _modules_of(package):
+        if getattr(module, name, None) is original:
+            timers.wrap(module, name, label)
+
+
 def instrument_parity() -> Timers:
     """Wrap parity's stages so a ``parity run`` in this process reports where time goes."""
     import parity.compare as compare
     import parity.report as report
     import parity.run as run
+    import parity.run.job_run as job_run
+    import parity.run.runner as runner
     from parity.render.engine import RenderEngine
 
     timers = Timers()
     # compare() calls compare_many(), so wrapping compare_many counts either call once.
     for name in ("compare_many", "jpeg_floor", "load_rgb", "inspect_codec"):
-        timers.wrap(compare, name, f"metrics.{name}")
-    timers.wrap(run, "attribute", "attribution")  # parity.run calls it by this name
-    timers.wrap(run, "write_results", "io.results")
-    timers.wrap(run, "write_corrected_requests", "io.corrected")
-    timers.wrap(report, "write_report", "io.report")
-    if hasattr(run, "save_png"):  # PNG writing: a module function or a Runner method
-        timers.wrap(run, "save_png", "io.png")
-    elif hasattr(run.Runner, "_save_png"):
-        timers.wrap(run.Runner, "_save_png", "io.png")
+        _wrap_everywhere(timers, compare, name, f"metrics.{name}")
+    timers.wrap(runner, "attribute", "attribution")  # the runner calls it by this name
+    for module in (runner, job_run):
+        timers.wrap(module, "write_results", "io.results")
+    timers.wrap(runner, "save_png", "io.png")
+    _wrap_everywhere(timers, run, "write_corrected_requests", "io.corrected")
+    _wrap_everywhere(timers, report, "write_report", "io.report")
     timers.wrap(RenderEngine, "render", "render")
     timers.wrap(RenderEngine, "_load", "load")
     timers.wrap(RenderEngine, "encode", "encode")
@@ -114,7 +131,8 @@ def _undo_instrumentation() -> None:
     import parity.run as run
     from parity.render.engine import RenderEngine
 
-    for owner in (compare, report, run, run.Runner, RenderEngine):
+    owners = (*_modules_of(compare), *_modules_of(report), *_modules_of(run), RenderEngine)
+    for owner in (*owners, run.Runner):
         for name, value in list(vars(owner).items()):
             inner = getattr(value, "__wrapped__", None)
             if inner is not None and callable(value):

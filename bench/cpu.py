@@ -103,8 +103,8 @@ def build_job(
 def plan(job_dir: Path) -> list[tuple[Any, Any, list[Any]]]:
     """(checkpoint, as-configured request, server prompts) per step with previews."""
     from parity.job import read_job
-    from parity.zimage.server import server_prompts
     from parity.plan.sides import as_configured_request
+    from parity.zimage.server import server_prompts
 
     job = read_job(job_dir)
     out = []

@@ -348,9 +348,7 @@ def pyproject_layer(path: Path, *, names: Iterable[str] | None = None) -> Layer 
     )
 
 
-def standard_layers(
-    flags: Layer, *between: Layer, pyproject: Path | None
-) -> list[Layer]:
+def standard_layers(flags: Layer, *between: Layer, pyproject: Path | None) -> list[Layer]:
     """The layers in precedence order: ``flags``, the front door's own ``between``, the
     environment, then ``pyproject`` when that file exists."""
     layers = [flags, *between, environment_layer()]

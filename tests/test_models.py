@@ -54,9 +54,7 @@ def split_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _write_pyproject(path: Path, table: str) -> Path:
-    path.write_text(
-        f'[project]\nname = "x"\n\n[tool.parity.models]\n{table}\n', encoding="utf-8"
-    )
+    path.write_text(f'[project]\nname = "x"\n\n[tool.parity.models]\n{table}\n', encoding="utf-8")
     return path
 
 
