@@ -104,7 +104,6 @@ def instrument_parity() -> Timers:
     import parity.compare as compare
     import parity.report as report
     import parity.run as run
-    import parity.run.job_run as job_run
     import parity.run.runner as runner
     from parity.render.engine import RenderEngine
 
@@ -113,8 +112,9 @@ def instrument_parity() -> Timers:
     for name in ("compare_many", "jpeg_floor", "load_rgb", "inspect_codec"):
         _wrap_everywhere(timers, compare, name, f"metrics.{name}")
     timers.wrap(runner, "attribute", "attribution")  # the runner calls it by this name
-    for module in (runner, job_run):
-        timers.wrap(module, "write_results", "io.results")
+    for module in _modules_of(run):  # every module that writes results.json
+        if hasattr(module, "write_results"):
+            timers.wrap(module, "write_results", "io.results")
     timers.wrap(runner, "save_png", "io.png")
     _wrap_everywhere(timers, run, "write_corrected_requests", "io.corrected")
     _wrap_everywhere(timers, report, "write_report", "io.report")
