@@ -50,5 +50,5 @@ if [ "$scale" = full ]; then
 else
   args=(--full-size --device cpu --scale tiny)
 fi
-"$python" bench/bench.py "${args[@]}" --repeat 1 --noise-floor --oom-fallback \
+"$python" -m bench "${args[@]}" --repeat 1 --noise-floor --oom-fallback \
   --work "$work" --json "$out/full_size.json" 2>&1 | tee "$out/full_size.log"

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from parity.attribute import Attribution
-from parity.diffusers_era import DiffusersEra
 from parity.job import Checkpoint, Job
-from parity.server import (
+from parity.settings import Cause, RenderSettings
+from parity.zimage.diffusers_era import DiffusersEra
+from parity.zimage.server import (
     GUIDANCE_BOUNDS,
     LORA_SCALE_BOUNDS,
     RESOLUTION_DIVISOR,
@@ -27,7 +28,6 @@ from parity.server import (
     clamp,
     request_number,
 )
-from parity.settings import Cause, RenderSettings
 
 
 @dataclass

@@ -311,7 +311,7 @@ class ParityPlugin:
         """The --parity-request files, read once per process."""
         if self._requests is None:
             from parity.errors import ParityError
-            from parity.server import load_request
+            from parity.zimage.server import load_request
 
             try:
                 self._requests = [
@@ -325,13 +325,13 @@ class ParityPlugin:
         """The device this process renders on: ``configured`` (the option or the job's
         parity.toml), spread over the GPUs by :func:`xdist_device` under xdist, else
         CUDA when available."""
-        from parity.engine import default_device
+        from parity.render.engine import default_device
 
         return xdist_device(self.worker, configured, cuda_device_count()) or default_device()
 
     def engine(self, source: Any, device: str | None) -> Any:
         """One RenderEngine per (model, device) for the whole process."""
-        from parity.engine import RenderEngine
+        from parity.render.engine import RenderEngine
 
         device = self.device(device)
         if isinstance(source, (str, Path)) and Path(source).exists():
@@ -347,7 +347,7 @@ class ParityPlugin:
             return self.runs[node.job.name]
         result = _JobRun()
         self.runs[node.job.name] = result
-        from parity.models import job_source
+        from parity.render.models import job_source
         from parity.run import RunOptions, run_job
 
         config, job = self.config, node.job
@@ -372,7 +372,7 @@ class ParityPlugin:
             out_dir = results / job.name / f"{self.worker}-{stamp}"
             result.out_dir = out_dir
             generate = setting(config, "generate")
-            from parity.diffusers_era import diffusers_era
+            from parity.zimage.diffusers_era import diffusers_era
 
             era_spec = setting(config, "server_diffusers")
             options = RunOptions(
@@ -750,7 +750,7 @@ def parity_engine(pytestconfig: pytest.Config) -> Any:
     """Factory ``parity_engine(base_model, device=None)`` -> a cached RenderEngine.
 
     ``base_model`` is a local diffusers folder, a hub id or a
-    :class:`parity.models.ModelSource`; engines are shared for the whole session.
+    :class:`parity.render.models.ModelSource`; engines are shared for the whole session.
     """
     plugin = _plugin(pytestconfig)
 

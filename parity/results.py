@@ -11,6 +11,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
@@ -51,6 +52,31 @@ class Verdict(StrEnum):
 
 
 VERDICTS: tuple[Verdict, ...] = tuple(Verdict)
+
+
+def verdict_counts(rows: Iterable[ResultRow]) -> dict[str, int]:
+    """How many ``rows`` have each verdict (every verdict present, zeros included)."""
+    out = {str(v): 0 for v in VERDICTS}
+    for row in rows:
+        out[str(row.verdict)] += 1
+    return out
+
+
+def served_drift(rows: Iterable[ResultRow]) -> int:
+    """How many ``rows`` have a served image that is not parity's reference render."""
+    return sum(1 for r in rows if r.served and r.served.get("verdict") == "drift")
+
+
+def exit_code(rows: Iterable[ResultRow]) -> int:
+    """The exit status of a run with these rows: 0 when there are rows, every one a match
+    and no served image drifts; else 1 (a mismatch, a per-preview error or drift).
+
+    Every front door (``parity run`` of one job or many, with or without workers, and the
+    pytest plugin's session outcome) decides with this function.
+    """
+    rows = list(rows)
+    matched = bool(rows) and all(r.verdict is Verdict.MATCH for r in rows)
+    return 0 if matched and not served_drift(rows) else 1
 
 
 @dataclass

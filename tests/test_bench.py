@@ -1,11 +1,11 @@
-"""The benchmark script runs end to end and builds the full-size architecture correctly.
+"""The benchmarks run end to end and build the full-size architecture correctly.
 
 Timings are never asserted: they depend on the machine and its load.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import re
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench.py"
+ROOT = Path(__file__).resolve().parents[1]
 RATIOS = re.compile(
     r"^ratios: parity/bare=\d+\.\d{3} attribute/bare=\d+\.\d{3} server/bare=\d+\.\d{3}$"
 )
@@ -23,11 +23,11 @@ RATIOS = re.compile(
 RENDER_RATIO = re.compile(r"^render ratio: parity-render/bare=\d+\.\d{3}$")
 
 
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("parity_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _bench(module: str):
+    """``bench.<module>`` from this checkout (``bench`` is not installed with parity)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return importlib.import_module(f"bench.{module}")
 
 
 def _env() -> dict[str, str]:
@@ -36,7 +36,8 @@ def _env() -> dict[str, str]:
 
 def test_quick_benchmark_prints_render_ratio_then_ratios_line(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--work", str(tmp_path)],
+        [sys.executable, "-m", "bench", "--quick", "--work", str(tmp_path)],
+        cwd=ROOT,
         env=_env(),
         capture_output=True,
         text=True,
@@ -53,15 +54,14 @@ def test_quick_benchmark_prints_render_ratio_then_ratios_line(tmp_path: Path) ->
 
 
 def test_full_size_refuses_cpu_with_a_clear_message(tmp_path: Path) -> None:
-    bench = _load_bench()
     with pytest.raises(SystemExit) as info:
-        bench.main(["--full-size", "--device", "cpu", "--work", str(tmp_path)])
+        _bench("__main__").main(["--full-size", "--device", "cpu", "--work", str(tmp_path)])
     message = str(info.value.code)
     assert "CUDA" in message and "--scale tiny" in message
 
 
 def test_full_size_configs_are_the_real_model_sizes() -> None:
-    bench = _load_bench()
+    bench = _bench("full_size")
     counts = bench.meta_parameter_counts("full")  # meta device: nothing allocated
     assert 6.0e9 < counts["transformer"] < 6.3e9  # Z-Image: 6B single-stream DiT
     assert 3.9e9 < counts["text_encoder"] < 4.1e9  # Qwen3 4B-class, tied embeddings
@@ -75,8 +75,7 @@ def test_builder_gives_a_working_pipeline_through_the_full_size_path() -> None:
     import numpy as np
     import torch
 
-    bench = _load_bench()
-    pipe = bench.build_pipeline("tiny", "cpu", "float32", turbo=True)
+    pipe = _bench("full_size").build_pipeline("tiny", "cpu", "float32", turbo=True)
     params = list(pipe.transformer.parameters()) + list(pipe.text_encoder.parameters())
     assert all(p.device.type == "cpu" and not p.is_meta for p in params)
     # Buffers computed in the constructors survive the meta -> device step.
@@ -104,9 +103,8 @@ def test_full_size_path_runs_at_tiny_scale(tmp_path: Path, capsys: pytest.Captur
     import parity.compare
     import parity.run
 
-    bench = _load_bench()
     originals = (parity.run.attribute, parity.compare.compare)
-    code = bench.main(
+    code = _bench("__main__").main(
         ["--full-size", "--device", "cpu", "--scale", "tiny", "--quick", "--work", str(tmp_path)]
     )
     out = capsys.readouterr().out
@@ -117,12 +115,13 @@ def test_full_size_path_runs_at_tiny_scale(tmp_path: Path, capsys: pytest.Captur
 
 
 FLEET_RATIO = re.compile(r"^fleet ratio: jobs-per-hour workers2/workers1=\d+\.\d{3}$")
-GPU_SCRIPT = BENCH.with_name("gpu.sh")
+GPU_SCRIPT = ROOT / "bench" / "gpu.sh"
 
 
 def test_fleet_benchmark_prints_jobs_per_hour_of_1_and_2_workers(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--fleet", "--quick", "--work", str(tmp_path)],
+        [sys.executable, "-m", "bench", "--fleet", "--quick", "--work", str(tmp_path)],
+        cwd=ROOT,
         env=_env(),
         capture_output=True,
         text=True,

@@ -102,8 +102,8 @@ def _pairs(height: int, width: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
 
 def _torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Route compare_many's "device" path (torchmetrics) through the CPU, small batches."""
-    monkeypatch.setattr(C, "_is_cpu", lambda device: False)
-    monkeypatch.setattr(C, "_TORCH_CHUNK_PX", 2 * 80 * 112)  # several torchmetrics calls
+    monkeypatch.setattr("parity.compare.metrics._is_cpu", lambda device: False)
+    monkeypatch.setattr("parity.compare.metrics._TORCH_CHUNK_PX", 2 * 80 * 112)  # several calls
 
 
 # --------------------------------------------------------------------------- metrics
@@ -232,7 +232,7 @@ def test_compare_many_scores_on_the_renders_device(monkeypatch):
         seen.append(device)
         return [0.5] * len(renders), [30.0] * len(renders)
 
-    monkeypatch.setattr(C, "_ssim_psnr_many", recording)
+    monkeypatch.setattr("parity.compare.scores._ssim_psnr_many", recording)
     img = _smooth_image(32, 32)
     C.compare_many(img, [img, img])
     C.compare_many(img, torch.from_numpy(np.stack([img, img])))

@@ -20,14 +20,10 @@ import pytest
 from PIL import Image
 
 from parity.cli import main
-from parity.models import (
-    ZIMAGE_DETURBO_HUB_ID,
-    ZIMAGE_TURBO_HUB_ID,
-    ModelMap,
-    resolve_job_model,
-    resolve_reference_model,
-)
+from parity.model_map import ModelMap
+from parity.render.models import resolve_job_model, resolve_reference_model
 from parity.testing.jobs import FIXTURES, TINY_BASE, TINY_TURBO
+from parity.zimage.checkpoints import ZIMAGE_DETURBO_HUB_ID, ZIMAGE_TURBO_HUB_ID
 
 JOB = FIXTURES / "jobs" / "deturbo"
 EXPECTED_CAUSES = {0: ["cfg"], 1: ["steps"]}

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from parity.engine import RenderEngine
 from parity.errors import LoraError, RenderError
 from parity.job import read_job
-from parity.lora import read_lora
-from parity.server import validate_request
+from parity.job.lora_files import read_lora
+from parity.plan.sides import preview_settings, reference_settings
+from parity.render.engine import RenderEngine
 from parity.settings import LoraSettings, RenderSettings
-from parity.sides import preview_settings, reference_settings
 from parity.testing.jobs import TINY_BASE, shared_engine, write_job
 from parity.testing.lora import write_aitk_lora, write_foreign_lora
+from parity.zimage.server import validate_request
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +232,7 @@ def test_preview_of_cfg4_equals_reference_with_guidance_3(engine, cfg4_job):
 
 
 def test_80x112_is_80x112_on_the_preview_side_and_64x96_on_the_server(engine, cfg4_job):
-    from parity.sides import as_configured_request
+    from parity.plan.sides import as_configured_request
 
     job = read_job(cfg4_job)
     checkpoint = job.checkpoints[-1]

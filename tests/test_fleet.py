@@ -131,7 +131,7 @@ def _kill_when_running(
 def test_several_jobs_one_folder_each_summary_and_history(
     jobs, alone, capsys: pytest.CaptureFixture
 ) -> None:
-    from parity.history import read_history
+    from parity.report.history import read_history
 
     out = jobs["job_a"].parent.parent / "in-process"
     history = out.parent / "history-in-process.csv"
@@ -359,7 +359,7 @@ def _loopback_or_unset(address: str) -> bool:
 
 @requires_ray
 def test_three_jobs_on_ray_local_with_two_workers_equal_each_job_alone(jobs, alone) -> None:
-    from parity.history import read_history
+    from parity.report.history import read_history
 
     out = jobs["job_a"].parent.parent / "ray-local"
     history = out.parent / "history-ray.parquet"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from parity.history import (
+from parity.report.history import (
     HISTORY_COLUMNS,
     SSIM_DROP_THRESHOLD,
     HistoryError,

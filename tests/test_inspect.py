@@ -1,4 +1,4 @@
-"""Tests of ``parity inspect`` and of the reference side it reports (parity.server).
+"""Tests of ``parity inspect`` and of the reference side it reports (parity.zimage.server).
 
 Expected values are derived by hand from the upstream rules, cited in comments:
 
@@ -42,11 +42,16 @@ from PIL import Image
 from parity.cli import main
 from parity.errors import RequestError
 from parity.job import read_job
-from parity.server import InferenceRequest, server_lora_scale, server_prompts, validate_request
+from parity.plan.sides import as_configured_request
 from parity.settings import CAUSES
-from parity.sides import as_configured_request
 from parity.testing.jobs import AITK_REAL_JOB, TINY_BASE, job_config
 from parity.testing.lora import write_aitk_lora
+from parity.zimage.server import (
+    InferenceRequest,
+    server_lora_scale,
+    server_prompts,
+    validate_request,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -694,7 +699,7 @@ def test_inspect_loads_no_model(tmp_path):
 def test_as_configured_request_writes_the_seeds_ai_toolkit_used():
     """walk_seed from 42 over five items, item 3 with its own --seed 7 flag."""
     from parity.job import read_job
-    from parity.sides import as_configured_request
+    from parity.plan.sides import as_configured_request
 
     job = read_job(AITK_REAL_JOB)
     for step in (0, 10, 20):

@@ -34,7 +34,6 @@ import pytest
 import yaml
 from PIL import Image
 
-from parity.aitk import era_for_version, floor8
 from parity.errors import JobError
 from parity.job import (
     load_job_file,
@@ -43,9 +42,10 @@ from parity.job import (
     reference_model_for,
     resolve_samples,
 )
-from parity.sides import preview_settings
+from parity.plan.sides import preview_settings
 from parity.testing.jobs import AITK_REAL_JOB, TINY_BASE, job_config
 from parity.testing.lora import write_aitk_lora
+from parity.zimage.aitk import era_for_version, floor8
 
 MS0 = 1_795_416_356_582  # a plausible "ms since epoch" prefix
 

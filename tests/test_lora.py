@@ -1,4 +1,4 @@
-"""LoRA files (parity.lora): what the server's loader takes, the update arithmetic, rounding.
+"""LoRA files (parity.render.lora): what the server's loader takes, the update arithmetic, rounding.
 
 The references are the libraries themselves: diffusers 0.42.1's Z-Image loader (what the
 server runs) for which keys load and how alpha scales a LoRA; torch for kron and matmul.
@@ -11,14 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from parity.lora import (
-    LoraFormat,
-    audit_keys,
-    module_deltas,
-    perturb_within_rounding,
-    read_header,
-    read_lora,
-)
+from parity.job.lora_files import LoraFormat, audit_keys, read_header, read_lora
+from parity.render.lora import module_deltas, perturb_within_rounding
 from parity.testing.jobs import TINY_BASE
 from parity.testing.lora import write_aitk_lora
 
@@ -135,7 +129,7 @@ def test_perturbation_stays_within_the_rounding(tmp_path: Path) -> None:
 def test_text_encoder_cast_rounds_the_rotary_buffers() -> None:
     """ai-toolkit's text_encoder.to(dtype=bf16) rounds inv_freq; loading in bf16 alone
     (the server's way) keeps it in fp32."""
-    from parity.engine import RenderEngine
+    from parity.render.engine import RenderEngine
 
     engine = RenderEngine(TINY_BASE, device="cpu")
     plain = engine.variant("bfloat16").pipe.text_encoder
@@ -152,7 +146,7 @@ def test_text_encoder_cast_rounds_the_rotary_buffers() -> None:
 def test_training_adapter_is_merged_then_run_at_minus_one(tmp_path: Path) -> None:
     """Without quantization in between, merging A at +1 (one bf16 rounding) and running it
     at -1 (in bf16) leaves a layer's output close to, but not exactly, W's."""
-    from parity.engine import RenderEngine
+    from parity.render.engine import RenderEngine
     from parity.settings import TrainingAdapter
 
     adapter = write_aitk_lora(tmp_path / "ad.safetensors", TINY_BASE, seed=4, scale_b=0.5)

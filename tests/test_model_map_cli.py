@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from parity.models import MODEL_MAP_ENV, ZIMAGE_TURBO_HUB_ID
+from parity.model_map import MODEL_MAP_ENV
 from parity.testing.jobs import TINY_TURBO, write_job
+from parity.zimage.checkpoints import ZIMAGE_TURBO_HUB_ID
 
 SHIFTS = {"pyproject": 2.0, "env": 4.0, "flag": 5.0}
 

@@ -10,11 +10,8 @@ import numpy as np
 import pytest
 from helpers import render_pipeline
 
-from parity.models import (
-    ZIMAGE_DETURBO_HUB_ID,
-    ZIMAGE_HUB_ID,
-    ZIMAGE_TURBO_HUB_ID,
-    ModelMap,
+from parity.model_map import ModelMap
+from parity.render.models import (
     ModelMapError,
     ModelNotFoundError,
     ModelSource,
@@ -25,6 +22,7 @@ from parity.models import (
     resolve_reference_model,
     validate_checkpoint,
 )
+from parity.zimage.checkpoints import ZIMAGE_DETURBO_HUB_ID, ZIMAGE_HUB_ID, ZIMAGE_TURBO_HUB_ID
 
 TINY = Path(__file__).resolve().parent.parent / "fixtures" / "aitk_real" / "tiny_zimage"
 

@@ -9,17 +9,10 @@ import pytest
 from helpers import render_pipeline
 from skimage.metrics import structural_similarity
 
-from parity.models import ModelSource, load_zimage_pipeline
-from parity.quantize import (
-    QuantizationUnavailableError,
-    UnknownQtypeError,
-    check_qtype,
-    is_quantized,
-    parse_qtype,
-    preview_qtypes,
-    quantize_text_encoder,
-    quantize_transformer,
-)
+from parity.errors import QuantizationUnavailableError, UnknownQtypeError
+from parity.render.models import ModelSource, load_zimage_pipeline
+from parity.render.quantize import is_quantized, quantize_text_encoder, quantize_transformer
+from parity.zimage.aitk import check_qtype, parse_qtype, preview_qtypes
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "aitk_real"
 TINY = FIXTURES / "tiny_zimage"

@@ -332,7 +332,7 @@ class _OomEngine:
         """``times``: how many transformer calls fail for ``fail_prompt`` (None: all)."""
         import torch
 
-        from parity.engine import RenderEngine
+        from parity.render.engine import RenderEngine
 
         class Engine(RenderEngine):
             current: str = ""
@@ -364,7 +364,7 @@ def _run_engine(job: Path, out: Path, engine) -> tuple[int, dict[tuple[int, int]
 
 def test_out_of_memory_once_is_retried(job: Path, tmp_path: Path, caplog) -> None:
     engine = _OomEngine.make(SAMPLE["samples"][1]["prompt"], times=1)
-    with caplog.at_level("WARNING", logger="parity.engine"):
+    with caplog.at_level("WARNING", logger="parity.render.engine"):
         rc, rows = _run_engine(job, tmp_path / "out", engine)
     assert engine.raised == 1
     assert "out of memory" in caplog.text

@@ -132,7 +132,7 @@ def test_resume_of_a_finished_run_renders_nothing(jobs, tmp_path: Path, capsys) 
 
 
 def test_concurrent_runs_share_one_history(jobs, tmp_path: Path) -> None:
-    from parity.history import read_history
+    from parity.report.history import read_history
 
     history = tmp_path / "reports_tmp" / "history.parquet"
     procs = [

@@ -1,4 +1,4 @@
-"""Tests of the tiny Z-Image checkpoints (parity.testing.tiny) and the committed fixtures."""
+"""Tests of the tiny Z-Image checkpoints (parity.zimage.tiny) and the committed fixtures."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parity.testing.tiny import CHAT_TEMPLATE, FIXTURE_NAMES, build_tiny_zimage
+from parity.zimage.tiny import CHAT_TEMPLATE, FIXTURE_NAMES, build_tiny_zimage
 
 MODELS = Path(__file__).resolve().parent.parent / "fixtures" / "models"
 BASE = MODELS / FIXTURE_NAMES["base"]

@@ -246,7 +246,7 @@ def test_turbo_adapter_changes_the_preview_and_is_undone_at_minus_one(turbo_job,
 
     import numpy as np
 
-    from parity.sides import preview_settings
+    from parity.plan.sides import preview_settings
     from parity.testing.jobs import shared_engine
 
     job = read_job(turbo_job)
@@ -300,7 +300,7 @@ def _pixels(engine, settings):
 
 
 def _preview_settings_of(job: Path, index: int = 0):
-    from parity.sides import preview_settings
+    from parity.plan.sides import preview_settings
 
     read = read_job(job)
     return preview_settings(read, read.samples[index], read.checkpoint_for_step(10))

@@ -44,7 +44,7 @@ _ENGINES: dict[tuple[str, str], Any] = {}
 
 def shared_engine(base_model: str | Path, device: str = "cpu") -> Any:
     """One RenderEngine per base folder for the whole process (tests share them)."""
-    from parity.engine import RenderEngine
+    from parity.render.engine import RenderEngine
 
     key = (str(Path(base_model).resolve()), device)
     if key not in _ENGINES:
@@ -206,8 +206,8 @@ def render_previews(
     float noise before encoding.
     """
     from parity.job import read_job
+    from parity.plan.sides import preview_settings
     from parity.results import save_png
-    from parity.sides import preview_settings
 
     job = read_job(folder)
     if steps is None:

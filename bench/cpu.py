@@ -1,0 +1,432 @@
+"""Benchmark: parity against a bare render loop, tiny models (the default benchmark).
+
+Four ways of rendering the same ai-toolkit job through the reference semantics:
+
+a. ``bare``: a plain diffusers loop. One ``ZImagePipeline``, each checkpoint's LoRA loaded
+   once with ``load_lora_weights``, every prompt of the job's as-configured request
+   (:func:`parity.plan.sides.as_configured_request`, :func:`parity.zimage.server.server_prompts`)
+   encoded once and rendered, PNGs saved. No comparison.
+b. ``parity``: ``parity run --no-attribution --no-history`` on the job.
+c. ``attribute``: ``parity run --no-history`` (counterfactual renders for mismatches).
+d. ``server``: a naive per-request flow like the reference server's: one request per
+   preview, each one unloading and reloading the LoRA and encoding its prompt strings
+   again (no embedding cache); model CPU offload on CUDA only.
+
+And two ways of rendering one API request, the job's as-configured request for its last
+checkpoint (:func:`parity.plan.sides.as_configured_request`, LoRA path made absolute), written
+to ``request.json``:
+
+e. ``render``: ``parity render request.json --allow-outside-paths``.
+f. ``bare-request``: a plain diffusers loop over that request's prompts with the server's
+   semantics (:func:`parity.zimage.server.server_prompts`: sizes floored to 32, seeds, guidance
+   as given; the server's scheduler; ``load_lora_weights`` and
+   ``set_weights_and_activate_adapters`` at the request's scale; CPU generator).
+
+On CPU every variant runs in a fresh process (``python -m bench --variant X``) and its
+wall time is measured by the parent from process start to exit, so interpreter start,
+imports and model loading are included in all six. Inside the process the time spent in
+metrics (:func:`parity.compare.compare_many`, which :func:`parity.compare.compare` calls,
+:func:`parity.compare.jpeg_floor`, preview decoding) and in attribution
+(:func:`parity.attribute.attribute`, which includes its counterfactual renders) is
+measured with wrappers around those functions.
+
+On CPU the line before the last is ``render ratio: parity-render/bare=<e/f>``; the last
+line of the output is always
+``ratios: parity/bare=<b/a> attribute/bare=<c/a> server/bare=<d/a>``.
+
+Variants a-d (:func:`bare_loop`, :func:`server_loop`) also run in :mod:`bench.full_size`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    ALL_VARIANTS,
+    LETTERS,
+    REPO,
+    counterfactual_stats,
+    environment,
+    instrument_parity,
+    parity_timings,
+    peak_memory_mib,
+    print_table,
+    ratios_line,
+    same_pixels,
+    sample_config,
+    set_threads,
+    summarize,
+)
+
+ADAPTER = "bench"
+
+
+# ------------------------------------------------------------------------ the job
+
+
+def build_job(
+    work: Path, *, checkpoints: int, samples: int, size: int, steps: int, **kwargs: Any
+) -> Path:
+    """Build (or reuse) a tiny-model job of ``checkpoints`` x ``samples`` previews."""
+    from parity.testing.jobs import write_job
+
+    name = f"bench_{checkpoints}x{samples}_{size}px_{steps}steps"
+    folder = work / name
+    stamp = folder / "bench.done"
+    if stamp.is_file():
+        return folder
+    write_job(
+        work,
+        name=name,
+        sample=sample_config(samples, size, steps, 4.0),
+        checkpoints={10 * (i + 1): {"seed": i + 1} for i in range(checkpoints)},
+        **kwargs,
+    )
+    stamp.write_text("ok\n", encoding="utf-8")
+    return folder
+
+
+# ---------------------------------------------------------------------- variants
+
+
+def plan(job_dir: Path) -> list[tuple[Any, Any, list[Any]]]:
+    """(checkpoint, as-configured request, server prompts) per step with previews."""
+    from parity.job import read_job
+    from parity.plan.sides import as_configured_request
+    from parity.zimage.server import server_prompts
+
+    job = read_job(job_dir)
+    out = []
+    for step in job.steps:
+        checkpoint = job.checkpoint_for_step(step)
+        request = as_configured_request(job, checkpoint)
+        out.append((checkpoint, request, server_prompts(request)))
+    return out
+
+
+def _scheduler(request: Any, checkpoint_shift: float) -> Any:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from parity.zimage.server import SCHEDULER_SHIFT as SERVER_SCHEDULER_SHIFT
+    from parity.zimage.server import SERVER_MODELS
+
+    replaces = SERVER_MODELS[request.model].replaces_scheduler
+    shift = SERVER_SCHEDULER_SHIFT if replaces else checkpoint_shift
+    return FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=shift, use_dynamic_shifting=False
+    )
+
+
+def _render(pipe: Any, sp: Any, device: str, **prompt_args: Any) -> Any:
+    import torch
+
+    with torch.no_grad():
+        out = pipe(
+            height=sp.height,
+            width=sp.width,
+            num_inference_steps=sp.steps,
+            guidance_scale=sp.guidance_scale,
+            generator=torch.Generator("cpu").manual_seed(int(sp.seed)),
+            **prompt_args,
+        )
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return out.images[0]
+
+
+def _encoder(pipe: Any, device: str) -> Callable[[str], Any]:
+    """``encode(text)``: the prompt's embeddings, each text encoded once."""
+    import torch
+
+    embeddings: dict[str, Any] = {}
+
+    def encode(text: str) -> Any:
+        if text not in embeddings:
+            with torch.no_grad():
+                embeddings[text], _ = pipe.encode_prompt(
+                    text, do_classifier_free_guidance=False, device=device
+                )
+        return embeddings[text]
+
+    return encode
+
+
+def bare_loop(pipe: Any, job_dir: Path, out_dir: Path, device: str) -> int:
+    """Variant a: each LoRA loaded once, each prompt encoded once; return renders."""
+    shift = float(pipe.scheduler.config.shift)
+    encode = _encoder(pipe, device)
+    renders = 0
+    loaded = False
+    for checkpoint, request, prompts in plan(job_dir):
+        pipe.scheduler = _scheduler(request, shift)
+        if loaded:
+            pipe.delete_adapters(ADAPTER)
+        pipe.load_lora_weights(
+            str(checkpoint.path.parent), weight_name=checkpoint.path.name, adapter_name=ADAPTER
+        )
+        loaded = True
+        pipe.set_adapters([ADAPTER], [prompts[0].lora_scale])
+        for p in prompts:
+            negative = encode(p.negative_prompt) if p.guidance_scale > 0 else None
+            image = _render(
+                pipe, p, device, prompt_embeds=encode(p.prompt), negative_prompt_embeds=negative
+            )
+            path = out_dir / "renders" / str(checkpoint.step) / f"{p.index}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image.save(path)
+            renders += 1
+    return renders
+
+
+def write_request(job_dir: Path, path: Path) -> Path:
+    """Write the job's as-configured request for its last checkpoint to ``path``.
+
+    The server's API takes exactly one LoRA, so the request is for a checkpoint (not the
+    step-0 baseline); its path is made absolute so the request works from any folder.
+    """
+    from parity.job import read_job
+    from parity.plan.sides import as_configured_request
+
+    job = read_job(job_dir)
+    steps = [s for s in job.steps if job.checkpoint_for_step(s) is not None]
+    if not steps:
+        raise SystemExit(f"bench: {job_dir} has no LoRA checkpoint to build a request for")
+    checkpoint = job.checkpoint_for_step(steps[-1])
+    data = as_configured_request(job, checkpoint).to_json_dict()
+    data["loras"][0]["path"] = str(Path(checkpoint.path).resolve())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def bare_request_loop(pipe: Any, request_path: Path, out_dir: Path, device: str) -> int:
+    """Variant f: the request's prompts as the server renders them; ``<i>.png`` each."""
+    from diffusers.utils.peft_utils import set_weights_and_activate_adapters
+
+    from parity.zimage.server import load_request, server_prompts
+
+    request = load_request(request_path)
+    prompts = server_prompts(request)  # floor to 32, seeds, guidance as given, one scale
+    lora = Path(request.loras[0].path)
+    pipe.scheduler = _scheduler(request, float(pipe.scheduler.config.shift))
+    pipe.load_lora_weights(str(lora.parent), weight_name=lora.name, adapter_name=ADAPTER)
+    set_weights_and_activate_adapters(pipe.transformer, [ADAPTER], [prompts[0].lora_scale])
+    encode = _encoder(pipe, device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for p in prompts:
+        negative = encode(p.negative_prompt) if p.guidance_scale > 0 else None
+        image = _render(
+            pipe, p, device, prompt_embeds=encode(p.prompt), negative_prompt_embeds=negative
+        )
+        image.save(out_dir / f"{p.index}.png")
+    return len(prompts)
+
+
+def server_loop(pipe: Any, job_dir: Path, out_dir: Path, device: str) -> int:
+    """Variant d: one request per preview, LoRA reloaded and prompts encoded every time."""
+    shift = float(pipe.scheduler.config.shift)
+    if device.startswith("cuda"):
+        pipe.enable_model_cpu_offload(device=device)
+    renders = 0
+    for checkpoint, request, prompts in plan(job_dir):
+        for p in prompts:
+            pipe.scheduler = _scheduler(request, shift)
+            pipe.unload_lora_weights()
+            pipe.load_lora_weights(
+                str(checkpoint.path.parent),
+                weight_name=checkpoint.path.name,
+                adapter_name=ADAPTER,
+            )
+            pipe.set_adapters([ADAPTER], [p.lora_scale])
+            negative = p.negative_prompt if p.guidance_scale > 0 else None
+            image = _render(pipe, p, device, prompt=p.prompt, negative_prompt=negative)
+            path = out_dir / "renders" / str(checkpoint.step) / f"{p.index}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image.save(path)
+            renders += 1
+    return renders
+
+
+def load_pipeline(base: Path, device: str) -> Any:
+    import warnings
+
+    import diffusers
+    import transformers
+    from diffusers import ZImagePipeline
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        pipe = ZImagePipeline.from_pretrained(str(base))
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_variant(args: argparse.Namespace) -> dict[str, Any]:
+    """One variant in this (fresh) process; return its measurements."""
+    started = time.perf_counter()
+    set_threads(args.threads)
+    job_dir = Path(args.job)
+    out_dir = Path(args.out)
+    base = Path(args.base_model)
+    result: dict[str, Any] = {"variant": args.variant}
+    if args.variant in ("bare", "server", "bare-request"):
+        pipe = load_pipeline(base, args.device)
+        loaded = time.perf_counter()
+        if args.variant == "bare-request":
+            renders = bare_request_loop(pipe, Path(args.request), out_dir, args.device)
+        else:
+            loop = bare_loop if args.variant == "bare" else server_loop
+            renders = loop(pipe, job_dir, out_dir, args.device)
+        result["renders"] = renders
+        result["load_s"] = loaded - started
+        result["metrics_s"] = result["attribution_s"] = 0.0
+    elif args.variant == "render":
+        import logging
+
+        from parity import cli
+
+        timers = instrument_parity()
+        argv = ["render", str(args.request), "--base-model", str(base), "--out", str(out_dir)]
+        argv += ["--device", args.device, "--allow-outside-paths"]
+        with contextlib.redirect_stdout(sys.stderr):
+            code = cli.main(argv)
+        logging.shutdown()
+        if code != 0:
+            raise SystemExit(f"parity render exited {code} on {args.request}")
+        result.update(parity_timings(timers))
+        result["renders"] = timers.calls.get("render", 0)
+    else:
+        import logging
+
+        from parity import cli
+
+        timers = instrument_parity()
+        argv = ["run", str(job_dir), "--base-model", str(base), "--out", str(out_dir)]
+        argv += ["--device", args.device, "--no-history"]
+        if args.variant == "parity":
+            argv.append("--no-attribution")
+        with contextlib.redirect_stdout(sys.stderr):
+            code = cli.main(argv)
+        logging.shutdown()
+        if code not in (0, 1):
+            raise SystemExit(f"parity run exited {code} on {job_dir}")
+        result.update(parity_timings(timers))
+        result["renders"] = timers.calls.get("render", 0)
+        result.update(counterfactual_stats(out_dir))
+    result["in_process_s"] = time.perf_counter() - started
+    result["peak_mib"] = peak_memory_mib(args.device)
+    return result
+
+
+# ----------------------------------------------------------------- the benchmark
+
+
+def spawn_variant(
+    variant: str, job: Path, out: Path, args: argparse.Namespace, request: Path | None = None
+) -> dict[str, Any]:
+    """Run one variant in a fresh interpreter; wall time from spawn to exit."""
+    env = dict(os.environ)
+    if args.threads > 0:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+    # ``python -m bench`` in this process's working folder. The checkout goes last on
+    # PYTHONPATH: ``bench`` imports from any folder, and whatever this process's path
+    # finds first (parity included) the child finds first too.
+    path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(REPO) not in path:
+        env["PYTHONPATH"] = os.pathsep.join([*path, str(REPO)])
+    cmd = [sys.executable, "-m", "bench", "--variant", variant]
+    cmd += ["--job", str(job), "--out", str(out), "--device", args.device]
+    cmd += ["--threads", str(args.threads), "--base-model", str(args.base_model)]
+    if request is not None:
+        cmd += ["--request", str(request)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if proc.returncode != 0:
+        raise SystemExit(
+            f"variant {variant} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+        )
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1]
+    result = json.loads(line)
+    result["wall_s"] = wall
+    result["cpu_s"] = cpu  # user + system CPU time: less sensitive to other load
+    return result
+
+
+def render_ratio_line(ratios: dict[str, float]) -> str:
+    return f"render ratio: parity-render/bare={ratios['render']:.3f}"
+
+
+def cpu_benchmark(args: argparse.Namespace) -> int:
+    from parity.testing.jobs import TINY_BASE
+
+    args.base_model = args.base_model or str(TINY_BASE)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.quick:
+        shape = dict(checkpoints=2, samples=2, size=64, steps=2)
+    else:
+        shape = dict(checkpoints=3, samples=4, size=64, steps=6)
+    t0 = time.perf_counter()
+    job = build_job(work, base_model=args.base_model, **shape)
+    print(f"job {job} ({shape}) ready in {time.perf_counter() - t0:.1f} s", flush=True)
+    env = environment(args)
+    print(f"environment: {json.dumps(env)}", flush=True)
+    runs = Path(tempfile.mkdtemp(prefix="runs-", dir=work))
+    request = write_request(job, runs / "request.json")
+    print(f"request {request} (the job's as-configured request, last checkpoint)", flush=True)
+    by_variant: dict[str, list[dict[str, Any]]] = {v: [] for v in ALL_VARIANTS}
+    for r in range(args.repeat):
+        for variant in ALL_VARIANTS:  # interleaved, so load changes hit every variant alike
+            result = spawn_variant(variant, job, runs / f"{variant}-{r}", args, request)
+            by_variant[variant].append(result)
+            print(
+                f"repeat {r + 1}/{args.repeat} ({LETTERS[variant]}) {variant}: "
+                f"{result['wall_s']:.2f} s wall, {result['renders']} renders",
+                flush=True,
+            )
+    identical = same_pixels(runs / "bare-0", runs / "parity-0")
+    render_identical = same_pixels(runs / "bare-request-0", runs / "render-0", sub=".")
+    summary = summarize(by_variant, "wall_s")
+    summary["environment"] = env
+    summary["environment"]["load_average_end"] = os.getloadavg()
+    summary["job"] = {"path": str(job), **shape}
+    summary["bare_equals_parity_renders"] = identical
+    summary["bare_request_equals_render"] = render_identical
+    summary["request"] = str(request)
+    summary["runs"] = by_variant
+    print(f"bare renders identical to parity's reference renders: {identical}")
+    print(f"bare request renders identical to parity render's: {render_identical}")
+    print_table(
+        summary,
+        f"medians over {args.repeat} run(s), wall time from process start; "
+        "ratio: (a)-(d) to (a), (e)-(f) to (f)",
+    )
+    cpu = summary["cpu_ratios"]
+    print(
+        f"cpu-time ratios: parity/bare={cpu['parity']:.3f} "
+        f"attribute/bare={cpu['attribute']:.3f} server/bare={cpu['server']:.3f} "
+        f"parity-render/bare={cpu['render']:.3f}"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    print(render_ratio_line(summary["ratios"]))
+    print(ratios_line(summary["ratios"]))
+    return 0

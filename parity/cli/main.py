@@ -1,0 +1,1355 @@
+"""``parity`` command line: inspect, preview, render, run, explain, report.
+
+Exit status: 0 everything matched (or the command succeeded), 1 a mismatch or a
+per-preview error, 2 bad usage or an unusable job/request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from parity import __version__
+from parity.errors import LoraError, ModelError, ParityError
+from parity.logs import configure_logging
+from parity.settings import (
+    DEFAULT_CONFIRM_MARGIN,
+    DEFAULT_LATENT_DISTANCE_MAX,
+    DEFAULT_PSNR_MIN,
+    DEFAULT_SSIM_MIN,
+)
+from parity.zimage.checkpoints import REFERENCE_MODELS
+
+log = logging.getLogger("parity")
+
+EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
+
+
+# ------------------------------------------------------------------ shared options
+
+#: Options the job commands share, with their defaults. argparse leaves each at None when
+#: it is not given, so that ``parity run --resume DIR`` can tell a given option from one
+#: to take from the run being resumed (recorded in its run.json); :func:`_resolve` then
+#: fills in these defaults.
+OPTION_DEFAULTS: dict[str, Any] = {
+    "base_model": None,
+    "model_map": [],
+    "device": None,
+    "threads": None,
+    "dtype": None,
+    "reference_model": None,
+    "allow_outside_paths": False,
+    "steps": "all",
+    "no_attribution": False,
+    "history": "reports/history.parquet",
+    "no_history": False,
+    "ssim_min": DEFAULT_SSIM_MIN,
+    "psnr_min": DEFAULT_PSNR_MIN,
+    "latent_max": DEFAULT_LATENT_DISTANCE_MAX,
+    "confirm_margin": DEFAULT_CONFIRM_MARGIN,
+    "request": [],
+    "served": [],
+    "lora_root": None,
+    "match": "index",
+    "server_diffusers": None,
+}
+
+#: Options holding local paths: recorded absolute, so that ``--resume`` works from any
+#: folder.
+PATH_OPTIONS = ("base_model", "lora_root", "request", "served")
+
+
+def _resolve(args: argparse.Namespace, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fill options not given on the command line: from ``recorded``, else the defaults.
+
+    Returns the options as given or recorded (what a resumed run must reuse).
+    """
+    recorded = recorded or {}
+    used: dict[str, Any] = {}
+    for name, default in OPTION_DEFAULTS.items():
+        if not hasattr(args, name):
+            continue
+        value = getattr(args, name)
+        if value is None:
+            value = recorded.get(name, default)
+        if name in PATH_OPTIONS and value:
+            value = _absolute(value, local_only=name == "base_model")
+        setattr(args, name, value)
+        used[name] = value
+    return used
+
+
+def _absolute(value: Any, *, local_only: bool = False) -> Any:
+    """Paths made absolute (a list item by item); with ``local_only``, only a path that
+    exists here (a hub id stays as given)."""
+    if isinstance(value, list):
+        return [_absolute(v, local_only=local_only) for v in value]
+    path = Path(str(value)).expanduser()
+    if local_only and not path.exists():
+        return value
+    return str(path.absolute())
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--base-model",
+        metavar="PATH",
+        help="local diffusers folder to load in place of the job's model.name_or_path "
+        "(for 'parity render': the request model's checkpoint)",
+    )
+    p.add_argument(
+        "--model-map",
+        metavar="ID=PATH",
+        action="append",
+        default=None,
+        help="map a hub id to a local folder (repeatable); also PARITY_MODEL_MAP and "
+        "[tool.parity.models] in pyproject.toml, with lower precedence",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's own choice); 1 is fastest for tiny models",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["fp32", "fp16", "bf16"],
+        default=None,
+        help="reference-side dtype (default: the server's rule, bf16 on CUDA, fp32 on CPU)",
+    )
+
+
+def _add_job_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        dest="reference_model",
+        choices=sorted(REFERENCE_MODELS),
+        default=None,
+        help="reference model id when the job's arch/name_or_path do not say it",
+    )
+    p.add_argument(
+        "--allow-outside-paths",
+        action="store_true",
+        default=None,
+        help="allow previews and checkpoints that resolve outside the job folder (symlinks)",
+    )
+
+
+def _add_request_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--request",
+        metavar="REQ.json",
+        action="append",
+        default=None,
+        help='a request you sent the server (its JSON body, or {"inputs": ...}): the '
+        "previews of the step whose checkpoint its loras[0].path names are compared with "
+        "its prompts instead of the as-configured request (repeatable)",
+    )
+    p.add_argument(
+        "--lora-root",
+        metavar="DIR",
+        default=None,
+        help="the server's workflows folder, where request LoRA paths resolve "
+        "(default: the job's training folder, the job folder's parent, so "
+        "<job name>/<file>.safetensors names a checkpoint)",
+    )
+    p.add_argument(
+        "--match",
+        choices=["index", "prompt"],
+        default=None,
+        help="index: prompt i of a request with preview i of its step (default); prompt: "
+        "by resolved prompt text",
+    )
+    p.add_argument(
+        "--served",
+        metavar="DIR",
+        action="append",
+        default=None,
+        help="the images the server returned for the --request of the same position, "
+        "<prompt index>.png|jpg|jpeg|webp, compared with parity's reference render "
+        "(repeatable)",
+    )
+    _add_server_diffusers(p)
+
+
+def _add_server_diffusers(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--server-diffusers",
+        metavar="VERSION|COMMIT",
+        default=None,
+        help="the diffusers release the server runs, e.g. 0.38.0.dev0 or 072d15ee "
+        "(runcomfy's requirements pin): what N steps and a guidance value mean on the "
+        "reference side (default: the installed diffusers)",
+    )
+
+
+def _add_threshold_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ssim-min",
+        type=float,
+        default=None,
+        help=f"match: SSIM >= this (default {DEFAULT_SSIM_MIN})",
+    )
+    p.add_argument(
+        "--psnr-min",
+        type=float,
+        default=None,
+        help=f"match: PSNR >= this, dB (default {DEFAULT_PSNR_MIN})",
+    )
+    p.add_argument(
+        "--latent-max",
+        type=float,
+        default=None,
+        help=f"match: VAE latent cosine distance <= this (default {DEFAULT_LATENT_DISTANCE_MAX})",
+    )
+    p.add_argument(
+        "--confirm-margin",
+        type=float,
+        default=None,
+        help="a cause is confirmed when reverting it alone raises 1-SSIM by more than this "
+        f"(default {DEFAULT_CONFIRM_MARGIN})",
+    )
+
+
+def _thresholds(args: argparse.Namespace) -> Any:
+    from parity.compare import Thresholds
+
+    return Thresholds(
+        ssim_min=args.ssim_min, psnr_min=args.psnr_min, latent_distance_max=args.latent_max
+    )
+
+
+def _model_map(args: argparse.Namespace, base_id: str | None) -> Any:
+    from parity.model_map import ModelMap
+
+    base = (base_id, args.base_model) if args.base_model and base_id else None
+    return ModelMap.load(args.model_map, base_model=base)
+
+
+def _read_job(args: argparse.Namespace, path: str | None = None) -> Any:
+    """The job of ``args`` (or at ``path``), its training adapter resolved through the
+    model map of the command line, the environment and pyproject.toml."""
+    from parity.job import read_job
+
+    return read_job(
+        path or args.job, reference_model=args.reference_model, model_map=_model_map(args, None)
+    )
+
+
+def _job_source(job: Any, args: argparse.Namespace, *, validate: bool = True) -> Any:
+    from parity.render.models import job_source
+
+    return job_source(
+        job.name_or_path,
+        job.extras_name_or_path,
+        base_model=args.base_model,
+        model_map=args.model_map,
+        validate=validate,
+    )
+
+
+def _device(args: argparse.Namespace) -> str:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.device:
+        return args.device
+    from parity.render.engine import default_device
+
+    return default_device()
+
+
+def _dtype(args: argparse.Namespace) -> Any:
+    from parity.plan.sides import normalize_dtype
+
+    return normalize_dtype(args.dtype) if args.dtype else None
+
+
+def _server_era(args: argparse.Namespace) -> Any:
+    """The server's diffusers era from --server-diffusers (None: the installed one)."""
+    from parity.zimage.diffusers_era import diffusers_era
+
+    spec = getattr(args, "server_diffusers", None)
+    return diffusers_era(spec) if spec else None
+
+
+def _user_requests(job: Any, args: argparse.Namespace) -> list[Any]:
+    """The --request files, read and bound to the steps of ``job`` they name."""
+    from parity.plan import bind_requests
+    from parity.zimage.server import load_request
+
+    paths = [Path(p) for p in getattr(args, "request", None) or []]
+    served = [Path(p) for p in getattr(args, "served", None) or []]
+    if served and not paths:
+        raise ParityError("--served needs the --request it answers (paired in order)")
+    return bind_requests(
+        job,
+        [(path, load_request(path)) for path in paths],
+        lora_root=Path(args.lora_root) if args.lora_root else None,
+        allow_outside_paths=args.allow_outside_paths,
+        served=served,
+    )
+
+
+def _fleet_requests(jobs: list[Any], args: argparse.Namespace) -> dict[str, list[Any]]:
+    """The --request files of a multi-job run, each bound to the job whose checkpoint it
+    names (job name -> its requests); ParityError for one that names none of them."""
+    from parity.plan import bind_request, check_served_pairs, default_lora_root
+    from parity.zimage.server import load_request
+
+    paths = [Path(p) for p in getattr(args, "request", None) or []]
+    served = [Path(p) for p in getattr(args, "served", None) or []]
+    check_served_pairs(len(paths), served)
+    out: dict[str, list[Any]] = {}
+    for number, path in enumerate(paths):
+        request = load_request(path)
+        for job in jobs:
+            root = Path(args.lora_root) if args.lora_root else default_lora_root(job)
+            user = bind_request(
+                job,
+                path,
+                request,
+                lora_root=root,
+                allow_outside_paths=args.allow_outside_paths,
+                served=served[number] if served else None,
+                number=len(out.get(job.name, [])),
+            )
+            if user is not None:
+                out.setdefault(job.name, []).append(user)
+                break
+        else:
+            names = ", ".join(job.name for job in jobs)
+            raise ParityError(
+                f"{path}: loras[0].path {request.loras[0].path!r} names no checkpoint of the "
+                f"jobs of this run ({names}); set --lora-root to the server's workflows folder"
+            )
+    return out
+
+
+def _request_plan(job: Any, args: argparse.Namespace, requests: list[Any]) -> Any:
+    """Requests paired with previews; its warnings printed (prompts with no preview)."""
+    from parity.plan import plan_requests
+
+    if not requests:
+        return None
+    request_plan = plan_requests(job, requests, args.match)
+    for line in request_plan.warnings():
+        print(f"warning: {line}", file=sys.stderr)
+    return request_plan
+
+
+# --------------------------------------------------------------------- inspect
+
+
+def _format_table(rows: list[dict]) -> str:
+    fields = [
+        ("size", lambda s: f"{s['width']}x{s['height']}"),
+        ("cfg", lambda s: f"{s['pipeline_guidance']:g}"),
+        ("steps", lambda s: str(s["steps"])),
+        ("seed", lambda s: str(s["seed"])),
+        (
+            "lora",
+            lambda s: "-" if s["network_multiplier"] is None else f"{s['network_multiplier']:g}",
+        ),
+        ("shift", lambda s: f"{s['scheduler_shift']:g}"),
+    ]
+    header = (
+        f"{'step':>6} {'idx':>3}  "
+        + "  ".join(f"{name:>15}" for name, _ in fields)
+        + "  differences"
+    )
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        if row["aitk"] is None:
+            lines.append(f"{row['step']:>6} {row['index']:>3}  error: {row['error']}")
+            continue
+        cells = []
+        for _name, fmt in fields:
+            a, r = fmt(row["aitk"]), fmt(row["reference"])
+            cells.append(f"{a if a == r else a + '|' + r:>15}")
+        lines.append(
+            f"{row['step']:>6} {row['index']:>3}  "
+            + "  ".join(cells)
+            + "  "
+            + (",".join(row["differences"]) or "-")
+        )
+    lines.append(
+        "cells show 'preview|server' where the two sides differ; cfg is the value diffusers receives"
+    )
+    return "\n".join(lines)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from parity.plan import describe_cases, plan_cases
+    from parity.render.models import checkpoint_scheduler_shift
+
+    _resolve(args)
+    job = _read_job(args)
+    requests = _user_requests(job, args)
+    shift = None
+    try:
+        shift = checkpoint_scheduler_shift(_job_source(job, args, validate=False))
+    except ParityError as e:  # inspect works without the weights
+        log.info("checkpoint scheduler unknown: %s", e)
+    cases = plan_cases(
+        job,
+        job.steps,
+        device=args.device or "cpu",
+        checkpoint_shift=shift,
+        reference_dtype=_dtype(args),
+        allow_outside_paths=args.allow_outside_paths,
+        request_plan=_request_plan(job, args, requests),
+        server_era=_server_era(args),
+    )
+    rows = describe_cases(job, cases)
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"job {job.name}  ({job.root})")
+        print(
+            f"ai-toolkit {job.aitk_version or 'unknown'}  arch {job.arch}  reference model {job.reference_model}  "
+            f"LoRA {'merged' if job.merged_lora else 'unmerged'} in previews  train dtype {job.train_dtype}"
+        )
+        for problem in job.problems:
+            print(f"warning: {problem}")
+        for note in job.setup.notes():
+            print(f"note: {note}")
+        for checkpoint in job.checkpoints:
+            print(f"checkpoint step {checkpoint.step}: {_describe_checkpoint(checkpoint)}")
+        print(_format_table(rows))
+    return EXIT_OK
+
+
+def _describe_checkpoint(checkpoint: Any) -> str:
+    dtype = checkpoint.dtype or "mixed dtypes"
+    if checkpoint.rounded:
+        dtype += " (a rounding of the fp32 training weights the previews used)"
+    audit = checkpoint.audit.summary() if checkpoint.audit else "keys unreadable"
+    return f"{checkpoint.path.name}, {dtype}; {audit}"
+
+
+# ------------------------------------------------------------------- rendering
+
+
+def _progress(items: list, desc: str) -> Any:
+    from parity.run import progress
+
+    return progress(items, None, desc=desc)
+
+
+def _finish_renders(out: Path, effective: list[dict], failures: int, what: str) -> int:
+    from parity.results import atomic_write_text
+
+    atomic_write_text(out / "effective.json", json.dumps(effective, indent=2))
+    print(f"{len(effective) - failures} {what} rendered into {out}")
+    return EXIT_MISMATCH if failures else EXIT_OK
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from parity.plan import parse_steps, plan_cases, select_steps
+    from parity.render.engine import RenderEngine
+    from parity.results import save_png
+
+    _resolve(args)
+    job = _read_job(args)
+    steps = select_steps(job, parse_steps(args.step))
+    engine = RenderEngine(_job_source(job, args), device=_device(args))
+    cases = plan_cases(
+        job,
+        steps,
+        device=engine.device,
+        checkpoint_shift=engine.checkpoint_scheduler_shift,
+        reference_dtype=_dtype(args),
+        allow_outside_paths=args.allow_outside_paths,
+        check_previews=False,  # the previews are not read: their pixels are rendered anew
+    )
+    out = Path(args.out)
+    effective: list[dict] = []
+    failures = 0
+    for case in _progress(cases, "preview"):
+        entry: dict[str, Any] = {"step": case.step, "index": case.index}
+        try:
+            if case.pair is None:
+                raise ParityError(case.error or "no settings")
+            settings = case.pair.preview
+            result = engine.render(settings)
+            save_png(result.image, out / str(case.step) / f"{case.index}.png")
+            entry.update(image=f"{case.step}/{case.index}.png", settings=settings.to_dict())
+        except ModelError:
+            raise
+        except ParityError as e:
+            failures += 1
+            entry["error"] = str(e)
+            print(f"error: step {case.step} index {case.index}: {e}", file=sys.stderr)
+        effective.append(entry)
+    return _finish_renders(out, effective, failures, "previews")
+
+
+def _confined(path: Path, root: Path, allow_outside: bool, what: str) -> Path:
+    from parity.job import outside_path_error
+
+    error = None if allow_outside else outside_path_error(path, root, what, "the LoRA root")
+    if error:
+        raise ParityError(error)
+    return path.resolve()
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from parity.plan import resolve_lora_path
+    from parity.plan.sides import reference_settings
+    from parity.render.engine import RenderEngine
+    from parity.render.models import (
+        checkpoint_scheduler_shift,
+        resolve_reference_model,
+        validate_checkpoint,
+    )
+    from parity.results import save_png
+    from parity.zimage.server import SERVER_MODELS, load_request
+
+    _resolve(args)
+    request_path = Path(args.request_file)
+    request = load_request(request_path)
+    server = SERVER_MODELS[request.model]
+    model_map = _model_map(args, server.hub_id)
+    if args.base_model and server.transformer_hub_id != server.hub_id:
+        model_map = _model_map(args, server.transformer_hub_id)
+    source = resolve_reference_model(request.model, model_map)
+    validate_checkpoint(source)
+    era = _server_era(args)
+    # The LoRA root plays the server's workflows folder: request paths resolve under it.
+    lora_root = Path(args.lora_root) if args.lora_root else request_path.parent
+    lora_paths = []
+    for lora in request.loras:
+        candidate = resolve_lora_path(lora.path, lora_root)
+        lora_paths.append(
+            str(_confined(candidate, lora_root, args.allow_outside_paths, "LoRA path"))
+        )
+    device = _device(args)
+    engine = RenderEngine(source, device=device)
+    for path in lora_paths:  # a LoRA problem is found before the model loads
+        try:
+            engine.lora(path)
+        except LoraError as e:
+            raise LoraError(f"{request_path}: {e}") from None
+    shift = checkpoint_scheduler_shift(source)
+    out = Path(args.out)
+    effective = []
+    failures = 0
+    for i in _progress(list(range(len(request.prompts))), "render"):
+        settings, server_prompt = reference_settings(
+            request,
+            i,
+            lora_paths=lora_paths,
+            device=device,
+            checkpoint_shift=shift,
+            dtype=_dtype(args),
+            era=era,
+        )
+        entry: dict[str, Any] = {"index": i, "settings": settings.to_dict()}
+        if (
+            server_prompt.width != server_prompt.requested_width
+            or server_prompt.height != server_prompt.requested_height
+        ):
+            entry["warning"] = (
+                f"{server_prompt.requested_width}x{server_prompt.requested_height} floored to "
+                f"{server_prompt.width}x{server_prompt.height} (multiple of 32)"
+            )
+        try:
+            result = engine.render(settings)
+            if result.lora_not_applied:
+                entry["warning"] = (
+                    f"LoRA not fully applied: {result.lora_modules_applied} of "
+                    f"{result.lora_modules_in_file} modules of {settings.lora.path} match the "
+                    "transformer"
+                )
+                print(f"warning: prompt {i}: {entry['warning']}", file=sys.stderr)
+            save_png(result.image, out / f"{i}.png")
+            entry["image"] = f"{i}.png"
+        except ModelError:
+            raise
+        except ParityError as e:
+            failures += 1
+            entry["error"] = str(e)
+            print(f"error: prompt {i}: {e}", file=sys.stderr)
+        effective.append(entry)
+    return _finish_renders(out, effective, failures, "images")
+
+
+# ------------------------------------------------------------------------- run
+
+
+def _engine_for_job(job: Any, args: argparse.Namespace) -> tuple[Any, str]:
+    from parity.render.engine import RenderEngine
+
+    device = _device(args)
+    return RenderEngine(_job_source(job, args), device=device), device
+
+
+def _run_options(args: argparse.Namespace, **overrides: Any) -> Any:
+    from parity.plan import parse_steps
+    from parity.run import RunOptions
+
+    values = dict(
+        steps=parse_steps(args.steps),
+        attribute=not getattr(args, "no_attribution", False),
+        thresholds=_thresholds(args),
+        confirm_margin=args.confirm_margin,
+        reference_dtype=_dtype(args),
+        allow_outside_paths=getattr(args, "allow_outside_paths", False),
+        server_era=_server_era(args),
+        match=getattr(args, "match", None) or "index",
+        lora_root=Path(args.lora_root) if getattr(args, "lora_root", None) else None,
+    )
+    values.update(overrides)
+    return RunOptions(**values)
+
+
+def _steps_of_requests(
+    job: Any, args: argparse.Namespace, used: dict[str, Any], requests: list
+) -> None:
+    """Without --steps, a run with --request covers the steps its requests name; with
+    it, a step it leaves out would leave a request unused, which is refused."""
+    from parity.plan import parse_steps, select_steps
+
+    if requests and not args.steps_given:
+        args.steps = ",".join(str(s) for s in sorted({u.step for u in requests}))
+        used["steps"] = args.steps
+    _requests_in_steps(requests, select_steps(job, parse_steps(args.steps)), "--steps")
+
+
+def _requests_in_steps(requests: list, steps: list[int], option: str) -> None:
+    for user in requests:
+        if user.step not in steps:
+            raise ParityError(
+                f"{user.source}: names the checkpoint of step {user.step}, which {option} "
+                f"leaves out ({', '.join(map(str, steps))}); add it or drop the request"
+            )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from parity.run import default_out_dir, run_job
+
+    if _is_fleet_run(args):
+        return cmd_run_fleet(args)
+    args.job = args.job[0] if args.job else None
+    resume = args.resume is not None
+    recorded: dict[str, Any] = {}
+    if resume:
+        out_dir = Path(args.resume)
+        info_path = out_dir / "run.json"
+        if not info_path.is_file():
+            raise ParityError(
+                f"{out_dir}: no run.json to resume from; start the run again without --resume"
+            )
+        try:
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ParityError(f"{info_path}: unreadable ({e}); start the run again") from None
+        recorded = info.get("options") or {}
+        job_path = args.job or info.get("job_path")
+        if not job_path:
+            raise ParityError(f"{info_path}: names no job; give the JOB folder too")
+    else:
+        if args.job is None:
+            raise ParityError("give a JOB folder (or --resume DIR)")
+        job_path = args.job
+    args.steps_given = args.steps is not None or "steps" in recorded
+    used = _resolve(args, recorded)
+    job = _read_job(args, job_path)
+    requests = _user_requests(job, args)
+    _steps_of_requests(job, args, used, requests)
+    options = _run_options(args)
+    if not resume:
+        out_dir = Path(args.out) if args.out else default_out_dir(job)
+    for problem in job.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    _request_plan(job, args, requests)  # unusable pairings stop here; warnings printed
+    _warn_stack()
+    engine, device = _engine_for_job(job, args)
+    summary = run_job(
+        job,
+        engine,
+        out_dir,
+        options,
+        resume=resume,
+        device=device,
+        recorded_options=used,
+        requests=requests,
+    )
+    if args.history and not args.no_history:
+        try:
+            from parity.report.history import append_history
+
+            run_id = out_dir.name
+            append_history(
+                args.history,
+                summary.rows,
+                run_time=_run_time(out_dir),
+                run_id=f"{job.name}/{run_id}",
+            )
+        except Exception as e:
+            print(f"warning: history not updated: {e}", file=sys.stderr)
+    _print_summary(summary)
+    return summary.exit_code
+
+
+# ------------------------------------------------------------------ many jobs
+
+
+def _is_fleet_run(args: argparse.Namespace) -> bool:
+    """Several jobs, workers, Ray, or the resume of a multi-job folder: parity.fleet."""
+    if len(args.job) > 1 or args.workers is not None or args.ray is not None:
+        return True
+    if args.resume is None:
+        return False
+    folder = Path(args.resume)
+    return not (folder / "run.json").is_file() and _is_fleet_folder(folder)
+
+
+def _is_fleet_folder(folder: Path) -> bool:
+    from parity.fleet import SUMMARY_FILE
+
+    if (folder / SUMMARY_FILE).is_file():
+        return True
+    return folder.is_dir() and any((d / "run.json").is_file() for d in folder.iterdir())
+
+
+def _read_run_info(folder: Path) -> dict[str, Any]:
+    info_path = folder / "run.json"
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ParityError(f"{info_path}: unreadable ({e}); start the run again") from None
+    if not isinstance(info, dict):
+        raise ParityError(f"{info_path}: not a parity run.json; start the run again")
+    return info
+
+
+def _fleet_entries(
+    args: argparse.Namespace,
+) -> tuple[list[tuple[str, Path | None]], Path | None, dict[str, Any]]:
+    """(job path, run folder or None for ROOT/<job name>) per job, the multi-job folder
+    ROOT (None for one job: its run folder is the output) and the options recorded for
+    the whole run (those of a resumed summary.json)."""
+    from datetime import UTC, datetime
+
+    from parity.fleet import SUMMARY_FILE, read_summary
+
+    jobs: list[str] = list(args.job)
+    if args.resume is None:
+        if not jobs:
+            raise ParityError("give one or more JOB folders (or --resume DIR)")
+        if len(jobs) == 1:
+            return [(jobs[0], Path(args.out) if args.out else None)], None, {}
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        root = Path(args.out) if args.out else Path("reports") / "fleet" / stamp
+        return [(job, None) for job in jobs], root, {}
+    root = Path(args.resume)
+    if (root / "run.json").is_file():  # the run folder of one job
+        if len(jobs) > 1:
+            raise ParityError(f"{root} is the run folder of one job; give at most one JOB with it")
+        job_path = jobs[0] if jobs else _read_run_info(root).get("job_path")
+        if not job_path:
+            raise ParityError(f"{root / 'run.json'}: names no job; give the JOB folder too")
+        return [(job_path, root)], None, {}
+    summary = read_summary(root / SUMMARY_FILE) if (root / SUMMARY_FILE).is_file() else None
+    recorded = (summary or {}).get("options") or {}
+    if jobs:
+        return [(job, None) for job in jobs], root, recorded
+    if summary is not None:
+        entries = [(str(j["job_path"]), root / str(j["run_dir"])) for j in summary["jobs"]]
+    else:
+        entries = [
+            (str(_read_run_info(d).get("job_path") or ""), d)
+            for d in sorted(root.iterdir())
+            if (d / "run.json").is_file()
+        ]
+    missing = [str(folder) for path, folder in entries if not path]
+    if missing:
+        raise ParityError(f"{missing[0]}/run.json names no job; give the JOB folders too")
+    if not entries:
+        raise ParityError(
+            f"{root}: nothing to resume (no run.json, summary.json or job folders with "
+            "run.json); start the run again without --resume"
+        )
+    return entries, root, recorded
+
+
+def cmd_run_fleet(args: argparse.Namespace) -> int:
+    """``parity run`` of several jobs, or with ``--workers`` / ``--ray`` (parity.fleet)."""
+    import copy
+    import os
+
+    from parity import fleet
+    from parity.job import read_job
+    from parity.run import default_out_dir
+
+    entries, root, recorded_run = _fleet_entries(args)
+    resume = args.resume is not None
+    jobs: list[Any] = []
+    shared: dict[str, Any] = {}
+    readied = []
+    for job_path, out_dir in entries:
+        job_args = copy.copy(args)
+        recorded = dict(recorded_run)
+        if out_dir is None and resume:  # ROOT/<job name>: the name is in the job
+            reference = args.reference_model or recorded.get("reference_model")
+            out_dir = root / read_job(job_path, reference_model=reference).name
+        if resume and out_dir is not None and (out_dir / "run.json").is_file():
+            recorded = _read_run_info(out_dir).get("options") or recorded
+        job_args.steps_given = job_args.steps is not None or "steps" in recorded
+        used = _resolve(job_args, recorded)
+        shared = shared or used
+        job = _read_job(job_args, job_path)
+        if out_dir is None:
+            out_dir = default_out_dir(job) if root is None else root / job.name
+        readied.append((job_path, out_dir, job_args, used, job))
+    # --request, --served and --lora-root are run-wide: as given, or as every job recorded.
+    requests = _fleet_requests([r[4] for r in readied], readied[0][2] if readied else args)
+    for job_path, out_dir, job_args, used, job in readied:
+        mine = requests.get(job.name, [])
+        _steps_of_requests(job, job_args, used, mine)
+        _request_plan(job, job_args, mine)  # unusable pairings stop here; warnings printed
+        history = job_args.history if job_args.history and not job_args.no_history else None
+        planned = fleet.plan_job(
+            job_path,
+            out_dir=out_dir,
+            options=_run_options(job_args, progress=False),
+            recorded_options=used,
+            reference_model=job_args.reference_model,
+            base_model=job_args.base_model,
+            model_map=job_args.model_map,
+            history=history,
+            run_label=None if root is None else root.name,
+            requests=mine,
+        )
+        jobs.append(planned)
+    fleet.check_unique_names([(j.name, j.job_path) for j in jobs])
+    if root is not None:
+        for job in jobs:
+            if job.out_dir.parent.resolve() != root.resolve():
+                raise ParityError(f"{job.out_dir}: not a job folder of {root}")
+    for job in jobs:
+        for problem in job.problems:
+            print(f"warning: {job.name}: {problem}", file=sys.stderr)
+    _warn_stack()
+
+    signal_dir = os.environ.get(fleet.SIGNAL_DIR_ENV) or None
+    level = logging.getLogger("parity").getEffectiveLevel()
+    if args.ray is not None:
+        backend: Any = fleet.RayBackend(
+            args.ray,
+            workers=args.workers,
+            device=args.device,
+            threads=args.threads,
+            signal_dir=signal_dir,
+            log_level=level,
+        )
+    else:
+        from parity.render.engine import default_device
+
+        device = args.device or default_device()
+        if args.workers is not None:
+            specs = fleet.local_worker_specs(
+                args.workers, device, args.threads, signal_dir=signal_dir, log_level=level
+            )
+            backend = fleet.LocalBackend(specs)
+        else:
+            backend = fleet.InProcessBackend(
+                fleet.WorkerSpec("in-process", device, args.threads, signal_dir, level)
+            )
+    execution = {
+        "backend": backend.name,
+        "ray_address": args.ray,
+        "workers": [
+            {"label": s.label, "device": s.device, "threads": s.threads} for s in backend.specs
+        ],
+    }
+    try:
+        run = fleet.FleetRun(
+            jobs,
+            backend,
+            summary_path=None if root is None else root / fleet.SUMMARY_FILE,
+            resume=resume,
+            summary_info={"options": shared, "execution": execution},
+        )
+    except BaseException:
+        backend.close(abort=True)  # a Ray cluster started for the run stops
+        raise
+    states = run.run()
+    if root is None:
+        from parity.run import RunSummary
+
+        [state] = states
+        if state.status == "failed":
+            print(f"parity: {state.job.name}: {state.error}", file=sys.stderr)
+        _print_summary(RunSummary(state.job.out_dir, state.sorted_rows()))
+    else:
+        _print_fleet_summary(run, root)
+    return run.exit_code
+
+
+def _print_fleet_summary(run: Any, root: Path) -> None:
+    states = list(run.states.values())
+    counts = run.counts()
+    finished = sum(s.status == "finished" for s in states)
+    failed = sum(s.status == "failed" for s in states)
+    print(
+        f"{len(states)} jobs: {finished} finished, {failed} failed; {counts['match']} match, "
+        f"{counts['mismatch']} mismatch, {counts['error']} error  ->  {root}"
+    )
+    width = max(len(s.job.name) for s in states)
+    for s in states:
+        if s.status == "failed":
+            print(f"  {s.job.name:<{width}}  FAILED: {s.error}")
+            continue
+        c = s.counts
+        retried = f"  (attempt {s.attempts})" if s.attempts > 1 else ""
+        print(
+            f"  {s.job.name:<{width}}  {c['match']} match, {c['mismatch']} mismatch, "
+            f"{c['error']} error  {s.job.out_dir / 'report.html'}{retried}"
+        )
+    from parity.fleet import SUMMARY_FILE
+
+    print(f"summary: {root / SUMMARY_FILE}")
+
+
+def _warn_stack() -> None:
+    from parity.stack import stack_warning
+
+    warning = stack_warning()
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def _run_time(out_dir: Path) -> str:
+    info = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))
+    return info.get("started")
+
+
+def _print_summary(summary: Any) -> None:
+    counts = summary.counts
+    print(
+        f"{counts['match']} match, {counts['mismatch']} mismatch, {counts['error']} error  ->  {summary.out_dir}"
+    )
+    if summary.served_drift:
+        print(
+            f"{summary.served_drift} served image(s) differ from parity's reference render: "
+            "the deployed server is not the reference parity renders, so the causes explain "
+            "parity's reference, not that server; dtype, library era or hardware could "
+            "explain it (--dtype, --server-diffusers, --device; see results.json served_note)"
+        )
+    for row in summary.rows:
+        if row.verdict == "match" and not row.served_note:
+            continue
+        what = ",".join(map(str, row.causes)) or (
+            "no cause confirmed" if row.verdict == "mismatch" else "-"
+        )
+        state = (
+            "explained" if row.explained else ("unexplained" if row.verdict == "mismatch" else "")
+        )
+        ssim = f"ssim {row.ssim:.3f}" if row.ssim is not None else ""
+        print(
+            f"  step {row.step} #{row.index}: {row.verdict} {ssim} causes={what} {state}".rstrip()
+        )
+        if row.detail:
+            print(f"      {row.detail}")
+        if row.served and row.served["verdict"] == "drift":
+            diff = row.served["max_abs_diff"]
+            print(
+                f"      served image: drift, SSIM {row.served['ssim']:.4f}, "
+                + ("sizes differ" if diff is None else f"max difference {diff}/255")
+            )
+    print(f"report: {summary.out_dir / 'report.html'}")
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from parity.plan import default_lora_root, plan_cases
+    from parity.plan.sides import era_of
+    from parity.run import Runner, utc_now, write_corrected_requests
+
+    _resolve(args)
+    job = _read_job(args)
+    requests = _user_requests(job, args)
+    step = args.step
+    if step is None:
+        steps = sorted({u.step for u in requests})
+        if len(steps) != 1:
+            raise ParityError(
+                "give --step N (with --request it defaults to the step the request names"
+                + (f"; these name steps {steps})" if steps else ")")
+            )
+        step = steps[0]
+    _requests_in_steps(requests, [step], "--step")
+    request_plan = _request_plan(job, args, requests)
+    engine, device = _engine_for_job(job, args)
+    out_dir = (
+        Path(args.out)
+        if args.out
+        else Path("reports") / job.name / f"explain-{utc_now().replace(':', '')}"
+    )
+    options = _run_options(args, steps=(step,))
+    cases = plan_cases(
+        job,
+        [step],
+        device=device,
+        checkpoint_shift=engine.checkpoint_scheduler_shift,
+        reference_dtype=_dtype(args),
+        allow_outside_paths=args.allow_outside_paths,
+        request_plan=request_plan,
+        server_era=options.server_era,
+    )
+    case = next((c for c in cases if c.index == args.index), None)
+    if case is None:
+        raise ParityError(f"{job.root}: no preview for step {step} index {args.index}")
+    for user in requests:  # a LoRA problem is found before the model loads
+        engine.lora(str(user.lora_path))
+    row = Runner(job, engine, out_dir, options).evaluate(case)
+    print(f"{job.name} step {row.step} index {row.index}: {str(row.verdict).upper()}")
+    if row.prompt:
+        print(f"prompt: {row.prompt}")
+    if case.request is not None:
+        print(f"reference side: prompt {case.request.prompt} of {case.request.source}")
+    if case.pair is not None:
+        era = era_of(job, job.checkpoint_for_step(step))
+        print(f"ai-toolkit {job.aitk_version or 'unknown'}: {era.label}")
+        server_era = options.server_era or _installed_era()
+        print(f"server: {server_era.describe()}")
+        print(f"\n{'setting':<20}{'preview (ai-toolkit)':<32}{'reference (server)':<32}")
+        p, r = case.pair.preview.to_dict(), case.pair.reference.to_dict()
+        for key in p:
+            pv, rv = _short(p[key]), _short(r[key])
+            # The generator kind is provenance only: both draw the same numbers on CPU.
+            mark = "" if pv == rv or key == "generator" else "  <-"
+            print(f"{key:<20}{pv:<32}{rv:<32}{mark}")
+        print(f"\nstatic differences: {', '.join(map(str, case.pair.differences)) or 'none'}")
+    if row.ssim is not None:
+        print(
+            f"reference render vs preview: SSIM {row.ssim:.4f}  PSNR {row.psnr:.2f} dB  "
+            f"latent {_fmt(row.latent_distance)}  LPIPS {_fmt(row.lpips)}"
+        )
+        print(
+            "  (the render encoded like the preview before scoring: an exact reproduction "
+            "scores SSIM 1.0000)"
+        )
+    if row.jpeg_floor:
+        lossless = _lossless_ssim(out_dir, row)
+        measured = f"{lossless:.4f}" if lossless is not None else "n/a"
+        print(
+            f"  without that encoding, the lossless render scores SSIM {measured}; best "
+            f"possible SSIM against this JPEG preview (a perfect reproduction): "
+            f"{row.jpeg_floor.get('ssim', float('nan')):.4f}"
+        )
+    if row.served is not None:
+        served = row.served
+        diff = served["max_abs_diff"]
+        print(
+            f"served image {served['path']}: {served['verdict'].upper()} against parity's "
+            f"reference render (SSIM {served['ssim']:.4f}, max difference "
+            f"{'n/a (sizes differ)' if diff is None else f'{diff}/255'})"
+        )
+        if row.served_note:
+            print(f"  {row.served_note}")
+    if row.counterfactuals:
+        print("counterfactuals (renders of the reference with the preview's values for):")
+    for cf in row.counterfactuals:
+        flag = ""
+        if cf.leaves_out_a_cause:
+            flag = "  CONFIRMED cause" if cf.confirmed else "  not a cause"
+        print(
+            f"  {cf.label:<24} SSIM {cf.ssim:.4f}  {'match' if cf.match else 'mismatch':<8}"
+            f"{flag}  {out_dir / (cf.image or '')}"
+        )
+    if row.verdict == "mismatch":
+        state = "complete" if row.explained else "INCOMPLETE (unexplained residual)"
+        print(f"causes: {', '.join(map(str, row.causes)) or 'none confirmed'}; explanation {state}")
+    if row.detail:
+        print(f"detail: {row.detail}")
+    if case.pair is not None:
+        lora_root = Path(args.lora_root) if args.lora_root else default_lora_root(job)
+        corrected = write_corrected_requests(
+            job,
+            [case],
+            [row],
+            out_dir,
+            engine.checkpoint_scheduler_shift,
+            server_era=options.server_era,
+            lora_root=lora_root,
+            lora_paths={u.step: u.request.loras[0].path for u in requests},
+        )[step]
+        folder = out_dir / "corrected_requests"
+        placed = corrected.placement.get(args.index) or corrected.closest.get(args.index)
+        if placed is not None:
+            request_file = folder / corrected.file(placed[0])
+            label = "corrected request" if args.index in corrected.placement else "closest request"
+            print(f"\n{label}: {request_file} prompt {placed[1]}")
+            print(json.dumps(corrected.requests[placed[0]].to_json_dict(), indent=2))
+            print(
+                f"render it as the server would: parity render {request_file} "
+                f"--lora-root {lora_root} --out DIR"
+            )
+        for reason in corrected.cannot.get(args.index, []):
+            print(f"  the server cannot reproduce this preview exactly: {reason}")
+    if row.preview:
+        print(f"\npreview: {(out_dir / row.preview).resolve()}")
+    if row.render:
+        print(f"reference render: {(out_dir / row.render).resolve()}")
+    failed = row.verdict != "match" or (row.served or {}).get("verdict") == "drift"
+    return EXIT_MISMATCH if failed else EXIT_OK
+
+
+def _installed_era() -> Any:
+    from parity.zimage.diffusers_era import diffusers_era
+
+    return diffusers_era(None)
+
+
+def _lossless_ssim(out_dir: Path, row: Any) -> float | None:
+    """SSIM of the lossless reference render against the preview as stored."""
+    from parity.compare import load_rgb, ssim
+
+    if not row.preview or not row.render:
+        return None
+    preview, render = load_rgb(out_dir / row.preview), load_rgb(out_dir / row.render)
+    return ssim(preview, render) if preview.shape == render.shape else None
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict) and "applier" in value:  # a LoRA
+        how = "merged" if value["merged"] else value["applier"]
+        return f"{Path(value['path']).name[:16]} x{value['scale']:g} {how}"
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if v is not None}
+        if "path" in value:
+            value["path"] = Path(value["path"]).name
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 30 else text[:27] + "..."
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+# ------------------------------------------------------------------------- env
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from parity.stack import format_stack, runtime_record, stack_record
+
+    if args.format == "json":
+        print(json.dumps({**stack_record(), **runtime_record()}, indent=2))
+        return EXIT_OK
+    print(f"parity {__version__}")
+    print(format_stack())
+    runtime = runtime_record()
+    print(
+        f"torch CPU kernels {runtime['torch_cpu_capability']}, {runtime['torch_threads']} "
+        f"threads; CUDA {'yes: ' + ', '.join(runtime['cuda_devices']) if runtime['cuda'] else 'no'}"
+    )
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- report
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from parity.report.history import render_trends
+
+    index = render_trends(args.history, args.out)
+    print(f"trend report: {index}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------ main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="parity",
+        description="Check that the reference inference server reproduces the training previews "
+        "of an ai-toolkit Z-Image LoRA job, and explain every mismatch.",
+    )
+    parser.add_argument("--version", action="version", version=f"parity {__version__}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more logging and tracebacks of errors (-vv: debug)",
+    )
+    # -v also after the subcommand: a subparser's value replaces the main parser's only
+    # when given (SUPPRESS leaves it out of the namespace otherwise).
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "inspect", parents=[verbose], help="both sides' settings per preview, without rendering"
+    )
+    p.add_argument("job", help="ai-toolkit job folder or job file (YAML/JSON)")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    _add_model_options(p)
+    _add_job_options(p)
+    _add_request_options(p)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser(
+        "preview", parents=[verbose], help="render the job's samples the way ai-toolkit did"
+    )
+    p.add_argument("job")
+    p.add_argument("--step", default="all", help="N, last or all (default all)")
+    p.add_argument(
+        "--out", required=True, help="output folder: <step>/<index>.png and effective.json"
+    )
+    _add_model_options(p)
+    _add_job_options(p)
+    p.set_defaults(func=cmd_preview)
+
+    p = sub.add_parser(
+        "render", parents=[verbose], help="render an API request the way the reference server does"
+    )
+    p.add_argument("request_file", metavar="REQUEST", help="request JSON (the server's schema)")
+    p.add_argument("--out", required=True, help="output folder: <i>.png and effective.json")
+    p.add_argument(
+        "--lora-root",
+        metavar="DIR",
+        default=None,
+        help="the server's workflows folder, where the request's LoRA paths resolve "
+        "(default: the request file's folder)",
+    )
+    p.add_argument(
+        "--allow-outside-paths",
+        action="store_true",
+        help="allow LoRA paths outside the LoRA root",
+    )
+    _add_server_diffusers(p)
+    _add_model_options(p)
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser(
+        "run", parents=[verbose], help="render, compare and explain every preview of a job"
+    )
+    p.add_argument("job", nargs="*", help="ai-toolkit job folder(s) (optional with --resume)")
+    p.add_argument("--steps", default=None, help="all, last or N,N,... (default all)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="output folder: one job's run folder (default reports/<job>/<UTC timestamp>); "
+        "with several jobs DIR/<job name>/ each and DIR/summary.json "
+        "(default reports/fleet/<UTC timestamp>)",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue an interrupted run in DIR: a run folder, or a multi-job folder "
+        "(every job of its summary.json, or the JOBs given)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        default=None,
+        help="N worker processes, each on its own device (cuda:0..N-1, or on CPU an equal "
+        "share of the cores) loading each base model once; with --ray: N actors",
+    )
+    p.add_argument(
+        "--ray",
+        metavar="ADDRESS|auto|local",
+        default=None,
+        help="run the jobs on Ray actors (one per GPU): 'local' starts a one-machine "
+        "cluster on 127.0.0.1, 'auto' joins this machine's cluster, or a head address "
+        "(needs the extra parity[ray])",
+    )
+    p.add_argument(
+        "--no-attribution",
+        action="store_true",
+        default=None,
+        help="verdicts only, no counterfactual renders",
+    )
+    p.add_argument(
+        "--history",
+        default=None,
+        help="history table to append to, .parquet or .csv (default reports/history.parquet)",
+    )
+    p.add_argument(
+        "--no-history",
+        action="store_true",
+        default=None,
+        help="do not append to the history table",
+    )
+    _add_model_options(p)
+    _add_job_options(p)
+    _add_request_options(p)
+    _add_threshold_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "explain", parents=[verbose], help="one preview in depth, with every counterfactual"
+    )
+    p.add_argument("job")
+    p.add_argument(
+        "--step", type=int, default=None, help="the step (default with --request: its step)"
+    )
+    p.add_argument("--index", type=int, required=True)
+    p.add_argument("--out", help="where the renders go (default reports/<job>/explain-<time>)")
+    p.add_argument("--steps", default=None, help=argparse.SUPPRESS)
+    _add_model_options(p)
+    _add_job_options(p)
+    _add_request_options(p)
+    _add_threshold_options(p)
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser(
+        "env",
+        parents=[verbose],
+        help="the installed library stack and how it differs from the pins",
+    )
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_env)
+
+    p = sub.add_parser("report", parents=[verbose], help="trend report over the run history")
+    p.add_argument("--history", default="reports/history.parquet")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    configure_logging(level)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(
+            "parity: interrupted; finished results are saved (resume with --resume DIR)",
+            file=sys.stderr,
+        )
+        return 130
+    except (ParityError, ValueError, OSError) as e:
+        # The run cannot happen as asked: one line naming what and how to fix it.
+        _print_error(str(e), args.verbose)
+        return EXIT_USAGE
+    except Exception as e:  # a bug: still one line (the traceback with -v), never exit 1
+        _print_error(f"internal error: {type(e).__name__}: {e}", args.verbose, hint=True)
+        return EXIT_USAGE
+
+
+def _print_error(message: str, verbose: int, *, hint: bool = False) -> None:
+    if verbose:
+        import traceback
+
+        traceback.print_exc()
+    line = " ".join(message.split())  # one line, whatever the message holds
+    if hint and not verbose:
+        line += " (run with -v for the traceback)"
+    print(f"parity: error: {line}", file=sys.stderr)

@@ -1,0 +1,93 @@
+"""The verdict: whether a render's scores count as reproducing its preview."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from parity.compare.scores import Comparison
+from parity.settings import (
+    DEFAULT_LATENT_DISTANCE_MAX,
+    DEFAULT_PSNR_MIN,
+    DEFAULT_SSIM_MIN,
+)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Limits within which a codec-matched render counts as reproducing its preview.
+
+    Attributes
+    ----------
+    ssim_min : float, default 0.98
+        Minimum :func:`~parity.compare.ssim`.
+    psnr_min : float, default 38.0
+        Minimum :func:`~parity.compare.psnr`, dB.
+    latent_distance_max : float, default 0.025
+        Maximum :func:`~parity.compare.latent_distance` (ignored when the comparison has none).
+
+    Notes
+    -----
+    Measured on the tiny Z-Image fixture (``fixtures/aitk_real/tiny_zimage``, 64x64 px,
+    6 steps, prompt "a photo of a cat", seed 42, cfg 4.0; the preview saved as JPEG q75
+    4:2:0 like ai-toolkit's, renders codec-matched, latents from the fixture VAE with
+    :func:`~parity.compare.make_vae_encoder`):
+
+    ===========================  =============  =========  ===============
+    render                       SSIM           PSNR (dB)  latent distance
+    ===========================  =============  =========  ===============
+    exact reproduction           1.0000         cap (100)  0.0000
+    + uniform noise +-1 LSB [1]  0.989 - 0.994  44.4-46.6  0.003 - 0.016
+    + uniform noise +-2 LSB [1]  0.987 - 0.993  43.2-45.7  0.004 - 0.015
+    cfg 4.5 instead of 4.0       0.9721         35.2       0.047
+    other prompt                 0.9201         28.3       0.200
+    cfg 2.5                      0.8351         24.4       0.229
+    5 steps instead of 6         0.5798         16.5       0.632
+    cfg 0                        0.5019         16.8       0.614
+    seed 43 instead of 42        0.2663         13.5       0.714
+    ===========================  =============  =========  ===============
+
+    [1] added to the lossless render before codec matching, range over 12 noise draws;
+    a stand-in for the float noise of another CPU, BLAS or library build.
+
+    A bf16 pipeline's float noise is larger (see :data:`~parity.compare.HALF_NOISE_LEVELS`): the 9
+    previews of the real ai-toolkit bf16 job (``fixtures/aitk_ui_zimage``, qfloat8,
+    rendered by ai-toolkit on another CPU), reproduced here with the weights that made
+    them and codec-matched, score SSIM 0.9828 - 1.0, PSNR 39.1 - 100 dB and latent
+    distance 0 - 0.016.
+
+    Each default lies between the noisy reproductions and the smallest real change
+    (cfg +0.5): a reproduction with numeric noise, float32 or bf16, passes, and every
+    changed setting fails SSIM and PSNR (and all but the smallest, latent distance too).
+    """
+
+    ssim_min: float = DEFAULT_SSIM_MIN
+    psnr_min: float = DEFAULT_PSNR_MIN
+    latent_distance_max: float = DEFAULT_LATENT_DISTANCE_MAX
+
+    def is_match(self, comparison: Comparison) -> bool:
+        """Whether a comparison counts as a match.
+
+        A resized comparison (render and preview of different sizes) is never a match.
+        """
+        if comparison.resized:
+            return False
+        if comparison.ssim < self.ssim_min or comparison.psnr < self.psnr_min:
+            return False
+        latent = comparison.latent_distance
+        return latent is None or latent <= self.latent_distance_max
+
+
+def distance(comparison: Comparison) -> float:
+    """One scalar for ranking renders by closeness to the preview: ``1 - ssim``.
+
+    Parameters
+    ----------
+    comparison : Comparison
+        Scores of a render.
+
+    Returns
+    -------
+    float
+        ``1 - comparison.ssim`` in ``[0, 2]``; lower is closer, 0 for identical images.
+    """
+    return 1.0 - comparison.ssim

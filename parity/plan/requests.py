@@ -1,0 +1,408 @@
+"""The requests a user really sent, bound to the job they were sent for.
+
+A request (``--request``) names its LoRA by path under the LoRA root (the server's
+workflows folder): :func:`match_request` finds the step whose checkpoint it names,
+:func:`bind_request` resolves and checks it, :func:`bind_requests` binds several at once
+(with the images the server returned for them, ``--served``) and :func:`plan_requests`
+pairs each request's prompts with that step's previews, by index or by prompt text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from parity.errors import ParityError
+from parity.job import Job, outside_path_error, parse_prompt_flags
+from parity.zimage.server import InferenceRequest, server_prompts
+
+#: How prompts of a request meet previews: prompt i with preview i, or by prompt text.
+Match = Literal["index", "prompt"]
+MATCHES: tuple[str, ...] = ("index", "prompt")
+
+#: Extensions of the images a server returned, in the order they are looked for.
+SERVED_EXTS: tuple[str, ...] = ("png", "jpg", "jpeg", "webp")
+
+
+@dataclass(frozen=True)
+class PromptRef:
+    """Prompt ``prompt`` of user request ``request`` (its position in
+    :attr:`RequestPlan.requests`)."""
+
+    request: int
+    prompt: int
+    source: str  # the request file
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.source, "prompt": self.prompt}
+
+
+@dataclass(frozen=True)
+class UserRequest:
+    """A request the user sent, bound to the job step whose checkpoint it names.
+
+    Attributes
+    ----------
+    source:
+        The request file.
+    request:
+        Its body, validated as the server validates it.
+    step:
+        The step whose checkpoint ``loras[0].path`` names.
+    lora_path:
+        ``loras[0].path`` resolved under the LoRA root, as the server resolves it.
+    lora_root:
+        The LoRA root (the server's workflows folder).
+    number:
+        Its position among the ``--request`` options.
+    served:
+        Folder of the images the server returned for it (``<prompt index>.<ext>``).
+    """
+
+    source: Path
+    request: InferenceRequest
+    step: int
+    lora_path: Path
+    lora_root: Path
+    number: int = 0
+    served: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": str(self.source),
+            "step": self.step,
+            "lora": self.request.loras[0].path,
+            "lora_resolved": str(self.lora_path),
+            "prompts": len(self.request.prompts),
+            "served": str(self.served) if self.served else None,
+        }
+
+
+def default_lora_root(job: Job) -> Path:
+    """The server's workflows folder for a job: its training folder (the job's parent),
+    where ``<job name>/<file>.safetensors`` names a checkpoint."""
+    return job.root.parent
+
+
+def resolve_lora_path(path: str, lora_root: Path) -> Path:
+    """Where the server finds a request's LoRA: ``path`` under ``lora_root`` (the
+    server joins them, so an absolute path stays as it is)."""
+    candidate = Path(path)
+    return candidate if candidate.is_absolute() else Path(lora_root) / candidate
+
+
+def match_request(job: Job, request: InferenceRequest, lora_root: Path) -> int | None:
+    """The step of ``job`` whose checkpoint ``request.loras[0]`` names, or None.
+
+    A LoRA names a checkpoint when it resolves (under ``lora_root``) to one of the job's
+    checkpoint files, or when it is ``<job name>/<file>`` under the root and ``<file>``
+    is the name of one (a copy in the server's own workflows folder).
+    """
+    if not request.loras:
+        return None
+    path = resolve_lora_path(request.loras[0].path, lora_root)
+    if path.resolve().parent == job.root.resolve() and path.name in job.checkpoint_files:
+        return job.checkpoint_files[path.name]
+    try:
+        relative = path.resolve().relative_to(Path(lora_root).resolve())
+    except ValueError:
+        return None
+    if relative.parts[:1] == (job.name,) and len(relative.parts) == 2:
+        return job.checkpoint_files.get(relative.parts[1])
+    return None
+
+
+def checkpoint_names(job: Job, lora_root: Path) -> list[str]:
+    """The job's checkpoint files as a request names them under ``lora_root``."""
+    names = []
+    for name in sorted(job.checkpoint_files, key=lambda n: (job.checkpoint_files[n], n)):
+        path = job.root / name
+        try:
+            names.append(path.relative_to(Path(lora_root).resolve()).as_posix())
+        except ValueError:
+            names.append(str(path))
+    return names
+
+
+def bind_request(
+    job: Job,
+    source: Path,
+    request: InferenceRequest,
+    *,
+    lora_root: Path | None = None,
+    allow_outside_paths: bool = False,
+    served: Path | None = None,
+    number: int = 0,
+) -> UserRequest | None:
+    """``request`` (read from ``source``) bound to the step of ``job`` it names.
+
+    Returns None when its LoRA names no checkpoint of ``job`` (it may name another job's).
+
+    Raises
+    ------
+    ParityError
+        The LoRA resolves outside the LoRA root (unless ``allow_outside_paths``), the
+        request is for another model than the job's, or ``served`` is not a folder.
+    """
+    root = Path(lora_root) if lora_root is not None else default_lora_root(job)
+    if not request.loras:
+        raise ParityError(f"{source}: the request names no LoRA (the server requires one)")
+    path = resolve_lora_path(request.loras[0].path, root)
+    if not allow_outside_paths:
+        error = outside_path_error(path, root, "request LoRA path", "the LoRA root")
+        if error:
+            raise ParityError(f"{source}: {error}")
+    step = match_request(job, request, root)
+    if step is None:
+        return None
+    if request.model != job.reference_model:
+        raise ParityError(
+            f"{source}: the request asks the server for model {request.model!r}, but job "
+            f"{job.name} trained on {job.name_or_path} (reference model "
+            f"{job.reference_model!r}); the server would apply the LoRA to another base "
+            f"model. Send model {job.reference_model!r}, or pass --model if the job's base "
+            "really is that"
+        )
+    if served is not None and not Path(served).is_dir():
+        raise ParityError(f"{served}: --served needs a folder of <prompt index>.png|jpg images")
+    return UserRequest(
+        source=Path(source),
+        request=request,
+        step=step,
+        lora_path=path,
+        lora_root=root,
+        number=number,
+        served=Path(served) if served is not None else None,
+    )
+
+
+def check_served_pairs(requests: int, served: Sequence[Path]) -> None:
+    """``--served`` folders pair with ``--request`` files in order: as many, or none."""
+    if served and len(served) != requests:
+        raise ParityError(
+            f"--served pairs with --request in order: got {len(served)} --served for "
+            f"{requests} --request"
+        )
+
+
+def bind_requests(
+    job: Job,
+    requests: Sequence[tuple[Path, InferenceRequest]],
+    *,
+    lora_root: Path | None = None,
+    allow_outside_paths: bool = False,
+    served: Sequence[Path] = (),
+) -> list[UserRequest]:
+    """Every request bound to ``job``; ParityError for one that names none of its
+    checkpoints (the error names the request and the checkpoints the job has)."""
+    check_served_pairs(len(requests), served)
+    root = Path(lora_root) if lora_root is not None else default_lora_root(job)
+    bound = []
+    for number, (source, request) in enumerate(requests):
+        user = bind_request(
+            job,
+            source,
+            request,
+            lora_root=root,
+            allow_outside_paths=allow_outside_paths,
+            served=served[number] if served else None,
+            number=number,
+        )
+        if user is None:
+            have = ", ".join(checkpoint_names(job, root)) or "none"
+            raise ParityError(
+                f"{source}: loras[0].path {request.loras[0].path!r} names no checkpoint of "
+                f"job {job.name} under the LoRA root {root}; the job's checkpoints: {have} "
+                "(set --lora-root to the server's workflows folder)"
+            )
+        bound.append(user)
+    return bound
+
+
+def served_image(folder: Path, prompt: int) -> Path | None:
+    """The image a server returned for prompt ``prompt``: ``<prompt>.<ext>`` in ``folder``."""
+    for ext in SERVED_EXTS:
+        for name in (f"{prompt}.{ext}", f"{prompt}.{ext.upper()}"):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def _text_key(text: str) -> str:
+    return " ".join(text.split())
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    """How user requests meet the previews of their steps.
+
+    Attributes
+    ----------
+    requests:
+        The bound requests, in ``--request`` order.
+    assignment:
+        (step, preview index) -> the request prompt its reference side comes from.
+    unmatched:
+        (step, preview index) -> why no request prompt is compared with it.
+    extra_prompts:
+        Request prompts compared with no preview (JSON-ready, for run.json).
+    served_missing:
+        ``--served`` images not found, one line each.
+    """
+
+    requests: tuple[UserRequest, ...] = ()
+    assignment: Mapping[tuple[int, int], PromptRef] = field(default_factory=dict)
+    unmatched: Mapping[tuple[int, int], str] = field(default_factory=dict)
+    extra_prompts: tuple[dict[str, Any], ...] = ()
+    served_missing: tuple[str, ...] = ()
+
+    @property
+    def steps(self) -> list[int]:
+        return sorted({r.step for r in self.requests})
+
+    def warnings(self) -> list[str]:
+        lines = [
+            f"{e['file']} prompt {e['prompt']}: {e['reason']}; it is not compared"
+            for e in self.extra_prompts
+        ]
+        return lines + list(self.served_missing)
+
+    def served_for(self, ref: PromptRef) -> Path | None:
+        folder = self.requests[ref.request].served
+        return served_image(folder, ref.prompt) if folder is not None else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "requests": [r.to_json() for r in self.requests],
+            "unmatched_prompts": list(self.extra_prompts),
+            "unmatched_previews": [
+                {"step": step, "index": index, "reason": reason}
+                for (step, index), reason in sorted(self.unmatched.items())
+            ],
+            "served_missing": list(self.served_missing),
+        }
+
+
+def plan_requests(job: Job, requests: Sequence[UserRequest], match: Match = "index") -> RequestPlan:
+    """Pair the prompts of ``requests`` with the previews of the steps they name.
+
+    ``match="index"``: prompt i of a step's request with preview i of that step (one
+    request per step). ``match="prompt"``: each preview with the first unused prompt,
+    of any request of its step, whose text reads the same once resolved (the server's
+    ``[trigger]`` substitution, then ai-toolkit's ``--flag`` split, whitespace folded).
+    Previews left without a prompt and prompts left without a preview are reported.
+    """
+    if match not in MATCHES:
+        raise ParityError(f"--match takes {' or '.join(MATCHES)}; got {match!r}")
+    indices: dict[int, list[int]] = {}
+    for p in job.previews:
+        indices.setdefault(p.step, [])
+        if p.index not in indices[p.step]:
+            indices[p.step].append(p.index)
+    assignment: dict[tuple[int, int], PromptRef] = {}
+    unmatched: dict[tuple[int, int], str] = {}
+    extras: list[dict[str, Any]] = []
+    by_step: dict[int, list[UserRequest]] = {}
+    position = {id(user): k for k, user in enumerate(requests)}
+    for user in requests:
+        by_step.setdefault(user.step, []).append(user)
+    for step, users in sorted(by_step.items()):
+        previews = sorted(indices.get(step, []))
+        if not previews:
+            raise ParityError(
+                f"{users[0].source}: names the checkpoint of step {step}, which has no "
+                f"previews in {job.root / 'samples'}; steps with previews: {job.steps}"
+            )
+        prompts = [
+            (user, i, sp.prompt)
+            for user in users
+            for i, sp in enumerate(server_prompts(user.request))
+        ]
+        used: set[tuple[int, int]] = set()
+        if match == "index":
+            if len(users) > 1:
+                names = ", ".join(str(u.source) for u in users)
+                raise ParityError(
+                    f"{names} all name the checkpoint of step {step}; prompt i is compared "
+                    "with preview i, so a step takes one request: pass --match prompt to "
+                    "match previews by prompt text"
+                )
+            user = users[0]
+            count = len(user.request.prompts)
+            for index in previews:
+                if index < count:
+                    assignment[(step, index)] = PromptRef(
+                        position[id(user)], index, str(user.source)
+                    )
+                    used.add((position[id(user)], index))
+                else:
+                    unmatched[(step, index)] = (
+                        f"no prompt {index} in {user.source} ({count} prompts; prompt i is "
+                        f"compared with preview i of step {step}, --match prompt matches by "
+                        "text)"
+                    )
+            for user, i, text in prompts:
+                if (position[id(user)], i) not in used:
+                    extras.append(
+                        {
+                            "file": str(user.source),
+                            "prompt": i,
+                            "text": text,
+                            "reason": f"step {step} has no preview {i}",
+                        }
+                    )
+            continue
+        keys = [
+            (user, i, text, _text_key(parse_prompt_flags(text)[0])) for user, i, text in prompts
+        ]
+        for index in previews:
+            sample = job.samples[index] if index < len(job.samples) else None
+            if sample is None or sample.error:
+                unmatched[(step, index)] = f"preview {index} has no usable sample to match by text"
+                continue
+            want = _text_key(sample.prompt)
+            found = next(
+                (
+                    (user, i)
+                    for user, i, _text, key in keys
+                    if key == want and (position[id(user)], i) not in used
+                ),
+                None,
+            )
+            if found is None:
+                sources = ", ".join(str(u.source) for u in users)
+                unmatched[(step, index)] = (
+                    f"no prompt of {sources} reads {sample.prompt!r} once resolved "
+                    "([trigger] substituted, --flags removed)"
+                )
+                continue
+            user, i = found
+            assignment[(step, index)] = PromptRef(position[id(user)], i, str(user.source))
+            used.add((position[id(user)], i))
+        for user, i, text, _key in keys:
+            if (position[id(user)], i) not in used:
+                extras.append(
+                    {
+                        "file": str(user.source),
+                        "prompt": i,
+                        "text": text,
+                        "reason": f"no preview of step {step} has this prompt",
+                    }
+                )
+    missing = []
+    for ref in assignment.values():
+        folder = requests[ref.request].served
+        if folder is not None and served_image(folder, ref.prompt) is None:
+            missing.append(
+                f"{folder}: no served image for prompt {ref.prompt} of {ref.source} "
+                f"({ref.prompt}.png|jpg|jpeg|webp)"
+            )
+    return RequestPlan(
+        requests=tuple(requests),
+        assignment=assignment,
+        unmatched=unmatched,
+        extra_prompts=tuple(extras),
+        served_missing=tuple(sorted(missing)),
+    )

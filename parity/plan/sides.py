@@ -1,0 +1,272 @@
+"""The two sides of a comparison, each a thin function from a sample to RenderSettings.
+
+- :func:`preview_settings`: what ai-toolkit rendered a training preview with.
+- :func:`reference_settings`: what the reference server renders for a request prompt.
+- :func:`as_configured_request`: the request a user writes from the sample config.
+- :func:`differences`: the static differences between two settings records, named with
+  parity's cause vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from parity.job import Checkpoint, Job, SampleSpec
+from parity.settings import (
+    CAUSES,
+    Cause,
+    Dtype,
+    LoraApplier,
+    LoraSettings,
+    Quantization,
+    RenderSettings,
+    TrainingAdapter,
+    legacy_sigmas,
+)
+from parity.zimage import aitk, server
+from parity.zimage.aitk import Era, era_for_version
+from parity.zimage.diffusers_era import DiffusersEra
+from parity.zimage.server import (
+    GUIDANCE_BOUNDS,
+    SERVER_MODELS,
+    SIZE_BOUNDS,
+    STEPS_BOUNDS,
+    InferenceRequest,
+    LoraItem,
+    PromptItem,
+    ServerPrompt,
+    clamp,
+    request_number,
+    server_prompts,
+)
+
+_DTYPE_NAMES: dict[str, Dtype] = {
+    "fp32": "float32",
+    "float32": "float32",
+    "float": "float32",
+    "fp16": "float16",
+    "float16": "float16",
+    "half": "float16",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+}
+
+
+def normalize_dtype(name: str) -> Dtype:
+    try:
+        return _DTYPE_NAMES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; use one of fp32, fp16, bf16") from None
+
+
+def snap(value: int, multiple: int) -> int:
+    """Floor ``value`` (pixels) to a multiple of ``multiple``."""
+    return value // multiple * multiple
+
+
+def era_of(job: Job, checkpoint: Checkpoint | None) -> Era:
+    """The era of the ai-toolkit release that rendered a step's previews.
+
+    A step's own checkpoint says it; step 0 (no checkpoint) takes the earliest one,
+    written by the same run closest in time.
+    """
+    version = checkpoint.aitk_version if checkpoint else None
+    if version is None:
+        version = next((c.aitk_version for c in job.checkpoints if c.aitk_version), None)
+    return era_for_version(version)
+
+
+def preview_settings(
+    job: Job, sample: SampleSpec, checkpoint: Checkpoint | None, *, era: Era | None = None
+) -> RenderSettings:
+    """Settings ai-toolkit used for preview ``sample.index`` at ``checkpoint``'s step."""
+    era = era or era_of(job, checkpoint)
+    lora = None
+    if checkpoint is not None:
+        lora = LoraSettings(
+            path=str(checkpoint.path),
+            scale=sample.network_multiplier,
+            merged=job.merged_lora,
+            applier=LoraApplier.AITK,
+        )
+    dtype = normalize_dtype(job.train_dtype)
+    adapter = TrainingAdapter(str(job.adapter_path)) if job.adapter_path is not None else None
+    return RenderSettings(
+        prompt=sample.prompt,
+        negative_prompt=sample.negative_prompt,
+        width=snap(sample.width, era.size_multiple),
+        height=snap(sample.height, era.size_multiple),
+        pipeline_guidance=era.pipeline_guidance(sample.guidance_scale),
+        steps=sample.steps,
+        sigmas=legacy_sigmas(sample.steps) if era.legacy_sigmas else None,
+        scheduler_shift=aitk.SCHEDULER_SHIFT,
+        seed=sample.seed,
+        generator="global",
+        lora=lora,
+        dtype=dtype,
+        quantization=job.quantization,
+        # ai-toolkit casts the loaded text encoder to the training dtype once more
+        # (z_image.py load_model), which rounds its rotary buffers; a no-op in float32.
+        text_encoder_cast=dtype != "float32",
+        adapter=adapter,
+    )
+
+
+def reference_settings(
+    request: InferenceRequest,
+    index: int,
+    *,
+    lora_paths: list[str],
+    device: str = "cpu",
+    checkpoint_shift: float | None = None,
+    dtype: Dtype | None = None,
+    era: DiffusersEra | None = None,
+) -> tuple[RenderSettings, ServerPrompt]:
+    """Settings the server renders prompt ``index`` of ``request`` with.
+
+    ``lora_paths`` are the request's LoRA files resolved to local paths (the server
+    applies the first). ``checkpoint_shift`` is the shift of the checkpoint's own
+    scheduler, used by ``zimage_turbo`` which keeps it. ``era`` is the diffusers release
+    the server runs (None: the installed one, whose CFG runs for g > 0 and whose N steps
+    make N updates); the settings then make the installed diffusers behave like it.
+    """
+    model = SERVER_MODELS[request.model]
+    prompt = server_prompts(request)[index]
+    shift = model.scheduler_shift(checkpoint_shift)
+    if shift is None:  # a checkpoint without a scheduler config: diffusers' default
+        shift = server.SCHEDULER_SHIFT
+    lora = LoraSettings(path=lora_paths[0], scale=prompt.lora_scale) if lora_paths else None
+    settings = RenderSettings(
+        prompt=prompt.prompt,
+        negative_prompt=prompt.negative_prompt,
+        width=prompt.width,
+        height=prompt.height,
+        # The server passes guidance unchanged; its diffusers decides whether CFG runs.
+        pipeline_guidance=(
+            era.pipeline_guidance(prompt.guidance_scale) if era else prompt.guidance_scale
+        ),
+        steps=prompt.steps,
+        sigmas=legacy_sigmas(prompt.steps) if era and era.legacy_sigmas else None,
+        seed=prompt.seed,
+        scheduler_shift=shift,
+        generator="cpu",
+        lora=lora,
+        dtype=dtype or server.server_dtype(device),
+        quantization=Quantization(),
+    )
+    return settings, prompt
+
+
+def as_configured_request(job: Job, checkpoint: Checkpoint | None) -> InferenceRequest:
+    """The request a user writes by copying the sample config.
+
+    Only settings written in the config are copied (ai-toolkit's defaults are not, so
+    the server fills in its own): prompt flags resolved into fields, ``[trigger]`` left
+    for the server, sizes, steps and guidance as written (within the server's bounds),
+    one LoRA at the sample-level multiplier. Seeds are the ones ai-toolkit used, written
+    explicitly for every prompt whenever the config sets any seed (an item's own seed or
+    ``--seed`` flag, else the sample ``seed`` plus the item's index with ``walk_seed``,
+    else the sample ``seed``): a user copying the config means those.
+    """
+    cfg = job.sample_config
+    seeds_written = "seed" in cfg or "walk_seed" in cfg
+    prompts = []
+    for s in job.samples:
+        if s.error:
+            continue
+        w = s.written
+        size_written = ("width" in w, "height" in w)
+        prompts.append(
+            PromptItem(
+                prompt=s.prompt_template,
+                width=int(clamp(s.width, SIZE_BOUNDS)) if size_written[0] else None,
+                height=int(clamp(s.height, SIZE_BOUNDS)) if size_written[1] else None,
+                seed=s.seed if (s.explicit_seed or seeds_written) else None,
+                sample_steps=int(clamp(s.steps, STEPS_BOUNDS)) if "sample_steps" in w else None,
+                guidance_scale=(
+                    clamp(s.guidance_scale, GUIDANCE_BOUNDS) if "guidance_scale" in w else None
+                ),
+                neg=s.negative_prompt if "neg" in w else None,
+            )
+        )
+    loras = []
+    if checkpoint is not None:
+        mult = float(cfg.get("network_multiplier", 1))
+        loras.append(LoraItem(path=checkpoint.path.name, network_multiplier=request_number(mult)))
+    return InferenceRequest(
+        model=job.reference_model, trigger_word=job.trigger_word, loras=loras, prompts=prompts
+    )
+
+
+@dataclass(frozen=True)
+class SidePair:
+    """Both sides' settings for one preview, plus the static differences."""
+
+    preview: RenderSettings
+    reference: RenderSettings
+    server_prompt: ServerPrompt
+    differences: tuple[Cause, ...]
+
+
+def differences(preview: RenderSettings, reference: RenderSettings) -> tuple[Cause, ...]:
+    """Causes visible without rendering, in :data:`parity.settings.CAUSES` order."""
+    p_lora, r_lora = preview.lora, reference.lora
+    both = p_lora is not None and r_lora is not None
+    # How a LoRA is attached changes its arithmetic's precision only below float32.
+    lora_arithmetic_differs = (
+        both
+        and (p_lora.merged != r_lora.merged or p_lora.applier != r_lora.applier)
+        and preview.dtype != "float32"
+    )
+    cfg_active = preview.pipeline_guidance > 0 or reference.pipeline_guidance > 0
+    found = {
+        Cause.SNAPPING: (preview.width, preview.height) != (reference.width, reference.height),
+        Cause.CFG: preview.pipeline_guidance != reference.pipeline_guidance,
+        Cause.SCHEDULER: preview.scheduler_shift != reference.scheduler_shift,
+        Cause.STEPS: preview.steps != reference.steps,
+        # The diffusers era: N-1 (explicit legacy sigmas) or N updates for N steps; a
+        # different number of steps alone is the steps cause.
+        Cause.LIBRARY: (preview.sigmas is None) != (reference.sigmas is None),
+        Cause.SEED: preview.seed != reference.seed,
+        Cause.LORA_SCALE: (p_lora.scale if p_lora else None) != (r_lora.scale if r_lora else None),
+        Cause.PRECISION: preview.dtype != reference.dtype
+        or preview.quantization != reference.quantization
+        or preview.text_encoder_cast != reference.text_encoder_cast
+        or preview.adapter != reference.adapter
+        or lora_arithmetic_differs,
+        Cause.PROMPT: preview.prompt != reference.prompt
+        or (cfg_active and preview.negative_prompt != reference.negative_prompt),
+    }
+    return tuple(c for c in CAUSES if found.get(c))
+
+
+def pair_for(
+    job: Job,
+    sample: SampleSpec,
+    checkpoint: Checkpoint | None,
+    *,
+    request: InferenceRequest,
+    request_index: int,
+    device: str = "cpu",
+    checkpoint_shift: float | None = None,
+    reference_dtype: Dtype | None = None,
+    lora_paths: list[str] | None = None,
+    server_era: DiffusersEra | None = None,
+) -> SidePair:
+    """Both sides of ``sample``'s preview, the reference from prompt ``request_index`` of
+    ``request``. ``lora_paths``: the request's LoRA files resolved (default: the
+    as-configured request's, which name files of the job folder)."""
+    preview = preview_settings(job, sample, checkpoint)
+    if lora_paths is None:
+        lora_paths = [str(Path(job.root) / lo.path) for lo in request.loras]
+    reference, server_prompt = reference_settings(
+        request,
+        request_index,
+        lora_paths=lora_paths,
+        device=device,
+        checkpoint_shift=checkpoint_shift,
+        dtype=reference_dtype,
+        era=server_era,
+    )
+    return SidePair(preview, reference, server_prompt, differences(preview, reference))

@@ -1,0 +1,538 @@
+"""The render engine: one base model loaded once, any RenderSettings rendered with it.
+
+Both sides go through :meth:`RenderEngine.render`; nothing but the RenderSettings record
+decides the pixels. Per run the engine keeps:
+
+- one diffusers ``ZImagePipeline`` per :class:`VariantKey` (dtype, quantization,
+  text-encoder cast, training adapter), loaded on demand and built the way ai-toolkit
+  builds its model for sampling (see :meth:`RenderEngine.variant`);
+- prompt embeddings per (text, variant), shared by checkpoints and counterfactuals;
+- the LoRA files, read once each (:mod:`parity.job.lora_files`).
+
+LoRA application comes in two kinds, matching the two sides:
+
+- ``LoraApplier.PEFT`` on a plain variant: a PEFT adapter named ``"lora"`` loaded with
+  diffusers ``load_lora_weights`` and scaled at run time, exactly as the reference server
+  does. Keys diffusers does not recognise are silently not applied, as on the server; the
+  engine counts the modules that did get the adapter.
+- ai-toolkit's network (``LoraApplier.AITK``, and always on a quantized variant or one
+  with a training adapter, where ai-toolkit cannot merge): with ``merged`` the update is
+  merged into the weights (``W + m * delta`` in float32, rounded once to the weight dtype)
+  for the render and restored after; otherwise it runs beside each linear through a
+  forward hook (:meth:`parity.render.lora.ModuleDelta.output`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from parity.errors import LoraError, ModelLoadError, ParityError, RenderError
+from parity.job.lora_files import audit_keys, read_header, read_lora
+from parity.render.lora import ModuleDelta, module_deltas, perturb_within_rounding
+from parity.settings import (
+    Dtype,
+    LoraApplier,
+    LoraSettings,
+    Quantization,
+    RenderSettings,
+    TrainingAdapter,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+LORA_ADAPTER = "lora"
+
+
+@dataclass
+class RenderOutput:
+    """One render: the image and what was actually applied."""
+
+    image: Image.Image
+    settings: RenderSettings
+    lora_modules_in_file: int = 0
+    lora_modules_applied: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def lora_not_applied(self) -> bool:
+        """True when some module of the LoRA file reached no module of the transformer."""
+        return (
+            self.settings.lora is not None and self.lora_modules_applied < self.lora_modules_in_file
+        )
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class VariantKey:
+    """What makes two pipelines' weights differ (everything else is per render)."""
+
+    dtype: Dtype
+    quantization: Quantization = Quantization()
+    text_encoder_cast: bool = False
+    adapter: TrainingAdapter | None = None
+
+    @classmethod
+    def of(cls, settings: RenderSettings) -> VariantKey:
+        return cls(
+            settings.dtype, settings.quantization, settings.text_encoder_cast, settings.adapter
+        )
+
+    @property
+    def plain(self) -> bool:
+        """Weights as loaded: a PEFT adapter can be attached (the server's way)."""
+        return not self.quantization.qtype and self.adapter is None
+
+
+@dataclass
+class _Variant:
+    """A pipeline built for one :class:`VariantKey`, with its PEFT adapter state."""
+
+    pipe: Any
+    key: VariantKey
+    peft_path: str | None = None
+    peft_applied: int = 0
+    peft_in_file: int = 0
+
+    @property
+    def dtype(self) -> Dtype:
+        return self.key.dtype
+
+
+class RenderEngine:
+    """Loads a Z-Image base model once and renders :class:`RenderSettings` with it.
+
+    Parameters
+    ----------
+    source:
+        A local diffusers folder, a hub id, or a :class:`parity.render.models.ModelSource`
+        (split checkpoints).
+    device:
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: CUDA when available.
+    """
+
+    def __init__(self, source: Any, *, device: str | None = None) -> None:
+        from parity.render.models import ModelSource, checkpoint_scheduler_shift
+
+        if not isinstance(source, ModelSource):  # one folder or hub id holds everything
+            ref = str(source)
+            source = ModelSource(transformer=ref, components=ref, scheduler=ref, label=ref)
+        self.source = source
+        self.device = device or default_device()
+        self._variants: dict[VariantKey, _Variant] = {}
+        self._embeddings: dict[tuple[str, VariantKey], Any] = {}
+        self._loras: dict[tuple[str, int | None], dict[str, ModuleDelta]] = {}
+        self._offloaded = False
+        self.renders = 0
+        #: ``shift`` of the checkpoint's own scheduler (what zimage_turbo keeps), read
+        #: from its config without loading any weights.
+        self.checkpoint_scheduler_shift: float | None = checkpoint_scheduler_shift(source)
+
+    # ---- loading
+
+    def _load(self, dtype: Dtype) -> Any:
+        import diffusers
+        import transformers
+
+        # Library progress bars would interleave with parity's own.
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
+        from parity.render.models import load_zimage_pipeline
+
+        try:
+            pipe = load_zimage_pipeline(self.source, dtype=dtype, device=self.device)
+        except ParityError:
+            raise
+        except (OSError, ValueError, RuntimeError, ImportError) as e:
+            raise ModelLoadError(_load_failure(self.source, e)) from e
+        shift = getattr(pipe.scheduler.config, "shift", None)
+        if self.checkpoint_scheduler_shift is None and shift is not None:
+            self.checkpoint_scheduler_shift = float(shift)
+        return pipe
+
+    def variant(
+        self,
+        dtype: Dtype,
+        quantization: Quantization = Quantization(),
+        *,
+        text_encoder_cast: bool = False,
+        adapter: TrainingAdapter | None = None,
+    ) -> _Variant:
+        """The pipeline for these weights, built on first use in ai-toolkit's order.
+
+        1. load every component in ``dtype``;
+        2. ``text_encoder_cast``: cast the text encoder to ``dtype`` again, which rounds its
+           rotary buffers as ai-toolkit's ``text_encoder.to(device, dtype=...)`` does;
+        3. ``adapter``: merge the training adapter at +1 into the transformer's linears
+           (float32 sum of the ``dtype`` weight and the ``dtype``-rounded update, rounded
+           once), before quantization;
+        4. quantize the transformer and the text encoder (:mod:`parity.render.quantize`);
+        5. ``adapter``: hook it beside the linears at its sampling multiplier (-1), in
+           ``dtype``; these hooks run before any LoRA's, as ai-toolkit's adapter runs
+           inside the training LoRA.
+        """
+        key = VariantKey(dtype, quantization, text_encoder_cast, adapter)
+        if key not in self._variants:
+            pipe = self._load(dtype)
+            if text_encoder_cast:
+                pipe.text_encoder.to(dtype=_torch_dtype(dtype))
+            if adapter is not None:
+                self._merge_adapter(pipe, adapter, dtype)
+            if quantization.active:
+                from parity.render.quantize import quantize_text_encoder, quantize_transformer
+
+                if quantization.qtype:
+                    quantize_transformer(pipe.transformer, quantization.qtype)
+                if quantization.qtype_te:
+                    quantize_text_encoder(pipe.text_encoder, quantization.qtype_te)
+            if adapter is not None:
+                self._hook_adapter(pipe, adapter, dtype)
+            self._variants[key] = _Variant(pipe, key)
+        return self._variants[key]
+
+    def adopt(self, pipe: Any, dtype: Dtype) -> None:
+        """Use an already built pipeline as this engine's plain ``dtype`` variant."""
+        self._variants[VariantKey(dtype)] = _Variant(pipe, VariantKey(dtype))
+
+    # ---- training adapter
+
+    def _adapter_deltas(self, adapter: TrainingAdapter, dtype: Dtype) -> dict[str, ModuleDelta]:
+        """The adapter's updates with their factors rounded to ``dtype`` (ai-toolkit keeps
+        the adapter network in the training dtype)."""
+        torch_dtype = _torch_dtype(dtype)
+        return {
+            name: dataclasses.replace(
+                d, first=d.first.to(torch_dtype), second=d.second.to(torch_dtype)
+            )
+            for name, d in self.lora(adapter.path).items()
+        }
+
+    def _merge_adapter(self, pipe: Any, adapter: TrainingAdapter, dtype: Dtype) -> None:
+        import torch
+
+        modules = dict(pipe.transformer.named_modules())
+        with torch.no_grad():
+            for name, delta in self._adapter_deltas(adapter, dtype).items():
+                module = modules.get(name)
+                if not isinstance(module, torch.nn.Linear) or delta.is_zero():
+                    continue
+                weight = module.weight
+                merged = weight.data.float() + delta.weight(1.0).to(weight.device)
+                weight.data.copy_(merged.to(weight.dtype))
+
+    def _hook_adapter(self, pipe: Any, adapter: TrainingAdapter, dtype: Dtype) -> None:
+        import torch
+
+        torch_dtype = _torch_dtype(dtype)
+        modules = dict(pipe.transformer.named_modules())
+        scale = torch.tensor(1.0, dtype=torch_dtype, device=self.device)
+        multiplier = torch.tensor((adapter.multiplier,), dtype=torch_dtype, device=self.device)
+        for name, delta in self._adapter_deltas(adapter, dtype).items():
+            module = modules.get(name)
+            if not isinstance(module, torch.nn.Linear) or delta.is_zero():
+                continue
+            a = delta.first.to(self.device)
+            b = delta.second.to(self.device)
+
+            def run_adapter(mod: Any, args: Any, out: Any, a: Any = a, b: Any = b) -> Any:
+                # All in the adapter's dtype: down, up, times scale and multiplier.
+                x = args[0].to(torch_dtype)
+                y = torch.nn.functional.linear(torch.nn.functional.linear(x, a), b)
+                y = y * scale * multiplier.reshape((-1,) + (1,) * (y.dim() - 1))
+                return out + y.to(out.dtype)
+
+            module.register_forward_hook(run_adapter)
+
+    # ---- prompts
+
+    def encode(self, text: str, variant: _Variant) -> Any:
+        """Prompt embeddings for ``text``, cached per (text, variant)."""
+        import torch
+
+        key = (text, variant.key)
+        if key not in self._embeddings:
+            with torch.no_grad():
+                embeds, _ = variant.pipe.encode_prompt(
+                    text, do_classifier_free_guidance=False, device=self.device
+                )
+            self._embeddings[key] = embeds
+        return self._embeddings[key]
+
+    # ---- LoRA
+
+    def lora(self, path: str, *, rounding_seed: int | None = None) -> dict[str, ModuleDelta]:
+        """The module updates of a LoRA file, read and validated once.
+
+        ``rounding_seed``: every value moved within its own rounding
+        (:func:`parity.render.lora.perturb_within_rounding`).
+
+        Raises
+        ------
+        LoraError
+            The file is unusable, or holds no LoRA or LoKr update at all.
+        """
+        key = (path, rounding_seed)
+        if key not in self._loras:
+            state = read_lora(path)
+            if rounding_seed is not None:
+                state = perturb_within_rounding(state, seed=rounding_seed)
+            deltas = module_deltas(state)
+            if not deltas:
+                audit = audit_keys(state)
+                why = audit.refused or "no lora_A/lora_B, lora_down/lora_up or lokr_w1/lokr_w2"
+                raise LoraError(f"{path}: holds no LoRA or LoKr update ({why})")
+            self._loras[key] = deltas
+        return self._loras[key]
+
+    def _use_peft(self, variant: _Variant, lora: LoraSettings | None) -> None:
+        """Make the PEFT adapter match ``lora`` (None: adapter off)."""
+        from diffusers.utils.peft_utils import set_weights_and_activate_adapters
+
+        transformer = variant.pipe.transformer
+        if lora is None:
+            if variant.peft_path is not None and variant.peft_applied:
+                transformer.disable_lora()
+            return
+        if variant.peft_path != lora.path:
+            if variant.peft_path is not None:
+                variant.pipe.delete_adapters(LORA_ADAPTER)
+                variant.peft_path = None
+            deltas = self.lora(lora.path)  # validates the file first
+            path = Path(lora.path)
+            try:
+                variant.pipe.load_lora_weights(
+                    str(path.parent), weight_name=path.name, adapter_name=LORA_ADAPTER
+                )
+            except ValueError as e:
+                audit = audit_keys(read_header(lora.path).tensors)  # the key names suffice
+                if audit.refused:
+                    raise LoraError(
+                        f"{path}: the server's diffusers cannot load this file: {audit.refused}"
+                    ) from None
+                # diffusers also raises when no module at all is targeted.
+                log.warning("%s: diffusers applied no LoRA module (%s)", path, e)
+                variant.peft_path = lora.path
+                variant.peft_applied = 0
+                variant.peft_in_file = len(deltas)
+                return
+            variant.peft_path = lora.path
+            variant.peft_in_file = len(deltas)
+            variant.peft_applied = _count_adapted_modules(transformer, LORA_ADAPTER)
+        if variant.peft_applied:
+            transformer.enable_lora()
+            set_weights_and_activate_adapters(transformer, [LORA_ADAPTER], [lora.scale])
+
+    def _aitk_lora(self, variant: _Variant, lora: LoraSettings) -> tuple[list[Any], list[Any], int]:
+        """Apply ai-toolkit's network; return (hooks, weight backups, modules applied)."""
+        import torch
+
+        deltas = self.lora(lora.path, rounding_seed=lora.rounding_seed)
+        modules = dict(variant.pipe.transformer.named_modules())
+        hooks: list[Any] = []
+        backups: list[tuple[Any, Any]] = []
+        applied = 0
+        # ai-toolkit merges only into plain weights (can_merge_in is False when quantized).
+        merge = lora.merged and not variant.key.quantization.qtype
+        multiplier = torch.tensor((lora.scale,), dtype=torch.float32, device=self.device)
+        for name, delta in deltas.items():
+            module = modules.get(name)
+            if module is None:
+                continue
+            base = getattr(module, "base_layer", module)  # under a PEFT wrapper, the Linear
+            if not isinstance(base, torch.nn.Linear):
+                continue
+            applied += 1
+            if merge:
+                if delta.is_zero():
+                    continue  # ai-toolkit skips zero updates
+                weight = base.weight
+                backups.append((weight, weight.data.clone()))
+                merged = weight.data.float() + delta.weight(lora.scale).to(weight.device)
+                weight.data.copy_(merged.to(weight.dtype))
+                continue
+            on_device = dataclasses.replace(
+                delta, first=delta.first.to(self.device), second=delta.second.to(self.device)
+            )
+
+            def run_lora(mod: Any, args: Any, out: Any, d: ModuleDelta = on_device) -> Any:
+                x = args[0]
+                if hasattr(x, "dequantize") and type(x) is not torch.Tensor:
+                    x = x.dequantize()  # a quantized activation (never with weight-only)
+                return out + d.output(x, multiplier, out.dtype)
+
+            hooks.append(base.register_forward_hook(run_lora))
+        return hooks, backups, applied
+
+    # ---- rendering
+
+    def render(self, settings: RenderSettings) -> RenderOutput:
+        """Render one image exactly as ``settings`` describe.
+
+        Raises
+        ------
+        RenderError
+            NaN or inf in the decoded image, or a pipeline failure.
+        LoraError
+            The LoRA file is unusable.
+        """
+        import torch
+
+        started = time.perf_counter()
+        key = VariantKey.of(settings)
+        variant = self.variant(
+            key.dtype,
+            key.quantization,
+            text_encoder_cast=key.text_encoder_cast,
+            adapter=key.adapter,
+        )
+        lora = settings.lora
+        use_aitk = lora is not None and (
+            lora.applier is LoraApplier.AITK or lora.merged or not key.plain
+        )
+        hooks: list[Any] = []
+        backups: list[Any] = []
+        in_file = applied = 0
+        notes: list[str] = []
+        try:
+            if use_aitk:
+                assert lora is not None
+                self._use_peft(variant, None)
+                hooks, backups, applied = self._aitk_lora(variant, lora)
+                in_file = len(self.lora(lora.path))
+            else:
+                self._use_peft(variant, lora)
+                if lora is not None:
+                    in_file, applied = variant.peft_in_file, variant.peft_applied
+            if lora is not None and applied < in_file:
+                notes.append(
+                    f"{lora.path}: {applied} of {in_file} LoRA modules matched the transformer"
+                )
+            image = self._call_pipeline(variant, settings)
+        finally:
+            for hook in hooks:
+                hook.remove()
+            for weight, original in backups:
+                weight.data.copy_(original)
+        self.renders += 1
+        if torch.cuda.is_available() and self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return RenderOutput(
+            image=image,
+            settings=settings,
+            lora_modules_in_file=in_file,
+            lora_modules_applied=applied,
+            seconds=time.perf_counter() - started,
+            notes=notes,
+        )
+
+    def _call_pipeline(self, variant: _Variant, s: RenderSettings) -> Image.Image:
+        import numpy as np
+        import torch
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        pipe = variant.pipe
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler(
+            num_train_timesteps=1000, shift=s.scheduler_shift, use_dynamic_shifting=False
+        )
+        prompt_embeds = self.encode(s.prompt, variant)
+        negative = self.encode(s.negative_prompt, variant) if s.pipeline_guidance > 0 else None
+        # ai-toolkit seeds the global CPU generator, the server a fresh CPU generator: both
+        # draw the same numbers, so a fresh generator serves both without global state.
+        generator = torch.Generator("cpu").manual_seed(int(s.seed))
+        kwargs: dict[str, Any] = {}
+        if s.sigmas is not None:
+            kwargs["sigmas"] = list(s.sigmas)
+        for attempt in (1, 2):
+            try:
+                with torch.no_grad():
+                    out = pipe(
+                        prompt_embeds=prompt_embeds,
+                        negative_prompt_embeds=negative,
+                        height=s.height,
+                        width=s.width,
+                        num_inference_steps=s.steps,
+                        guidance_scale=s.pipeline_guidance,
+                        generator=generator,
+                        output_type="np",
+                        **kwargs,
+                    )
+                break
+            except torch.OutOfMemoryError:
+                if attempt == 2:
+                    raise RenderError(
+                        f"out of memory on {self.device} rendering {s.width}x{s.height}, "
+                        "also with model offload"
+                    ) from None
+                log.warning("out of memory on %s; retrying with model CPU offload", self.device)
+                self._enable_offload(pipe)
+                generator = torch.Generator("cpu").manual_seed(int(s.seed))
+        array = out.images[0]
+        if not np.isfinite(array).all():
+            raise RenderError(
+                f"render produced NaN/inf pixels ({s.width}x{s.height}, dtype {s.dtype}, "
+                f"seed {s.seed}); the weights or LoRA overflow at this precision"
+            )
+        return pipe.image_processor.numpy_to_pil(array[None])[0]
+
+    def _enable_offload(self, pipe: Any) -> None:
+        import torch
+
+        if self.device.startswith("cuda") and not self._offloaded:
+            pipe.enable_model_cpu_offload(device=self.device)
+            self._offloaded = True
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def close(self) -> None:
+        self._variants.clear()
+        self._embeddings.clear()
+        self._loras.clear()
+
+
+def _torch_dtype(dtype: Dtype) -> torch.dtype:
+    import torch
+
+    return getattr(torch, dtype)
+
+
+def _load_failure(source: Any, error: Exception) -> str:
+    """One line: which checkpoint could not be loaded, why, and how to fix it."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    parts = {source.transformer, source.components}
+    hub_ids = sorted(p for p in parts if not os.path.isdir(p))
+    if hub_ids:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        where = "offline (HF_HUB_OFFLINE is set)" if offline else "from the hub or its cache"
+        return (
+            f"cannot load {', '.join(hub_ids)} {where}: {reason}; map it to a local diffusers "
+            "folder with --base-model PATH or --model-map ID=PATH"
+        )
+    return f"cannot load the checkpoint {source.label} ({', '.join(sorted(parts))}): {reason}"
+
+
+def _count_adapted_modules(transformer: Any, adapter: str) -> int:
+    """Modules PEFT wrapped with ``adapter`` (a LoRA's ``lora_A``, a LoKr's ``lokr_w1``...)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    count = 0
+    for module in transformer.modules():
+        if isinstance(module, BaseTunerLayer):
+            names = getattr(module, "adapter_layer_names", ()) or ("lora_A",)
+            if adapter in getattr(module, names[0], {}):
+                count += 1
+    return count

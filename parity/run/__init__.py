@@ -1,0 +1,24 @@
+"""Stage orchestration for one job: every preview rendered the server's way, compared,
+attributed, corrected, written (:func:`run_job`).
+
+:mod:`parity.run.options` (what a run is asked to do and what it found),
+:mod:`parity.run.runner` (one case at a time: render, compare, attribute) and
+:mod:`parity.run.job_run` (the job from start to end).
+"""
+
+from parity.run.job_run import run_job, write_corrected_requests, write_run_report
+from parity.run.options import RunOptions, RunSummary, default_out_dir, utc_now
+from parity.run.runner import Runner, progress, progress_enabled
+
+__all__ = [
+    "RunOptions",
+    "RunSummary",
+    "Runner",
+    "default_out_dir",
+    "progress",
+    "progress_enabled",
+    "run_job",
+    "utc_now",
+    "write_corrected_requests",
+    "write_run_report",
+]

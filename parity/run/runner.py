@@ -1,0 +1,446 @@
+"""A parity run: every preview of a job rendered the server's way, compared, attributed.
+
+Data flow per preview: planned case (:mod:`parity.plan`) → reference render → comparison
+with the stored preview (kept in the run folder, ``previews/<step>/``) and, where given,
+with the image the server returned → (mismatch) counterfactual renders
+(:mod:`parity.attribute`) → result row. Rows are written after every preview (atomically), so a killed run leaves a
+readable ``results.json`` of what was finished and ``resume=True`` continues from it.
+The job's run as a whole is :func:`parity.run.job_run.run_job`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from parity.attribute import ROUNDING, Attribution, Counterfactual, Planned, attribute
+from parity.errors import ModelError, ParityError
+from parity.job import Job, outside_path_error
+from parity.plan import (
+    Case,
+    unreadable_image,
+)
+from parity.results import (
+    ResultRow,
+    Verdict,
+    link_or_copy,
+    read_results,
+    save_png,
+    write_results,
+)
+from parity.settings import Cause, Dtype, RenderSettings
+from parity.zimage.diffusers_era import DiffusersEra, diffusers_era
+
+if TYPE_CHECKING:
+    from parity.render.engine import RenderEngine
+
+from parity.run.options import RunOptions
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------- execution
+
+
+class Runner:
+    """Renders, compares and attributes the cases of one job into one output folder."""
+
+    def __init__(
+        self,
+        job: Job,
+        engine: RenderEngine,
+        out_dir: str | Path,
+        options: RunOptions,
+        *,
+        relative_to: str | Path | None = None,
+    ) -> None:
+        from parity import compare
+
+        self.job = job
+        self.engine = engine
+        self.out_dir = Path(out_dir)
+        self.options = options
+        self.thresholds = options.thresholds or compare.Thresholds()
+        # Rows name previews relative to the run folder. A worker that renders into a
+        # private folder for another one (parity.fleet) gives that final folder here.
+        self.relative_to = Path(relative_to) if relative_to is not None else self.out_dir
+        self._encode = None
+
+    def rel(self, path: str | Path) -> str:
+        """``path`` relative to the run folder (:attr:`relative_to`)."""
+        return os.path.relpath(Path(path).resolve(), self.relative_to.resolve())
+
+    def _encoder(self, dtype: Dtype) -> Any:
+        """The VAE encoder of the reference pipeline (loaded anyway for its renders)."""
+        from parity.compare import make_vae_encoder
+
+        if not self.options.latent_metric:
+            return None
+        if self._encode is None:
+            self._encode = make_vae_encoder(self.engine.variant(dtype).pipe.vae)
+        return self._encode
+
+    def evaluate(self, case: Case) -> ResultRow:
+        """The result row of one case. Per-preview problems become ``error`` rows; a model
+        that cannot be used at all raises (the whole run stops)."""
+        from parity import compare
+
+        row = ResultRow(job=self.job.name, step=case.step, index=case.index)
+        if case.preview is not None:
+            row.preview = self.keep_preview(case)
+            row.preview_source = str(case.preview.path)
+        if case.sample is not None:
+            row.prompt = case.sample.prompt
+        if case.request is not None:
+            row.request = case.request.to_json()
+        if case.error:
+            row.detail = case.error
+            return row
+        assert case.pair is not None and case.preview is not None
+        try:
+            preview_rgb = compare.load_rgb(case.preview.path)
+            codec = compare.inspect_codec(case.preview.path)
+        except ParityError as e:
+            row.detail = str(e)
+            return row
+        row.height_preview, row.width_preview = preview_rgb.shape[:2]
+        if codec.format == "JPEG" and case.preview.ext not in ("jpg", "jpeg"):
+            log.warning("%s: JPEG data under a .%s name", case.preview.path, case.preview.ext)
+        encode = self._encoder(case.pair.reference.dtype)
+        # The preview is encoded once per case, not once per counterfactual.
+        preview_latent = compare.encode_latent(preview_rgb, encode) if encode else None
+
+        def evaluate(
+            planned: Sequence[Planned], paths: Sequence[str]
+        ) -> list[tuple[Counterfactual, Any]]:
+            """Render each planned render and save it at its path (relative to the run
+            folder), then score them all in one batch."""
+            outputs = [self.engine.render(p.settings) for p in planned]
+            for out, path in zip(outputs, paths, strict=True):
+                save_png(out.image, self.out_dir / path)
+            scores = compare.compare_many(
+                preview_rgb,
+                [_to_rgb(out.image) for out in outputs],
+                codec=codec,
+                encode=encode,
+                preview_latent=preview_latent,
+                device=self.engine.device,
+            )
+            return [
+                (
+                    Counterfactual(
+                        name=p.name,
+                        switched=p.switched,
+                        settings=p.settings,
+                        ssim=c.ssim,
+                        psnr=c.psnr,
+                        latent_distance=c.latent_distance,
+                        match=self.thresholds.is_match(c),
+                        image=path,
+                    ),
+                    (c, out),
+                )
+                for p, path, c, out in zip(planned, paths, scores, outputs, strict=True)
+            ]
+
+        try:
+            [(reference, (c, ref_out))] = evaluate(
+                [Planned("reference", (), case.pair.reference)],
+                [f"renders/{case.step}/{case.index}.png"],
+            )
+        except ModelError:
+            raise
+        except ParityError as e:
+            row.detail = str(e)
+            return row
+        except Exception as e:  # one failing render never stops the run
+            log.exception("render failed for step %s index %s", case.step, case.index)
+            row.detail = f"render failed: {type(e).__name__}: {e}"
+            return row
+        row.render = reference.image
+        row.width_render, row.height_render = c.width_render, c.height_render
+        row.ssim, row.psnr, row.ms_ssim = c.ssim, c.psnr, c.ms_ssim
+        row.latent_distance, row.lpips = c.latent_distance, c.lpips
+        row.resized_for_comparison = c.resized
+        row.jpeg_floor = (
+            compare.jpeg_floor(_to_rgb(ref_out.image), codec) if not codec.lossless else None
+        )
+        row.candidate_causes = list(case.pair.differences)
+        if ref_out.lora_not_applied and case.pair.preview.lora is not None:
+            row.candidate_causes.append(Cause.LORA_NOT_APPLIED)
+        if ref_out.notes:
+            row.detail = "; ".join(ref_out.notes)
+        if case.pair.server_prompt.random_seed:
+            row.detail = _join(
+                row.detail,
+                f"the request's seed {case.pair.server_prompt.seed} asks the server for a random "
+                "seed: its image cannot be reproduced; parity rendered that seed as written",
+            )
+        if case.served is not None:
+            self._check_served(row, case, ref_out.image)
+        if reference.match:
+            row.verdict = Verdict.MATCH
+            row.explained = True
+            return row
+        row.verdict = Verdict.MISMATCH
+        if not self.options.attribute:
+            return row
+        if not row.candidate_causes:
+            row.unexplained_residual = {"distance": reference.distance, "ssim": c.ssim}
+            row.detail = _join(row.detail, "no setting differs; unexplained residual")
+            return row
+        folder = f"counterfactuals/{case.step}/{case.index}"
+        try:
+            result = attribute(
+                reference=case.pair.reference,
+                preview=case.pair.preview,
+                candidates=row.candidate_causes,
+                reference_render=reference,
+                evaluate=lambda planned: [
+                    cf for cf, _ in evaluate(planned, [f"{folder}/{p.name}.png" for p in planned])
+                ],
+                confirm_margin=self.options.confirm_margin,
+            )
+        except ModelError:
+            raise
+        except Exception as e:
+            log.exception("attribution failed for step %s index %s", case.step, case.index)
+            row.detail = _join(row.detail, f"attribution failed: {type(e).__name__}: {e}")
+            return row
+        _fill_attribution(row, result)
+        checkpoint = self.job.checkpoint_for_step(case.step)
+        everything = result.all_switched
+        if (
+            not result.explained
+            and everything is not None
+            and everything.settings.lora is not None
+            and checkpoint is not None
+            and checkpoint.rounded
+        ):
+            try:
+                self._weigh_rounding(row, everything, checkpoint.dtype or "", codec, evaluate)
+            except ModelError:
+                raise
+            except Exception as e:
+                log.exception("rounding renders failed for step %s index %s", case.step, case.index)
+                row.detail = _join(row.detail, f"rounding renders failed: {e}")
+        return row
+
+    def _weigh_rounding(
+        self,
+        row: ResultRow,
+        everything: Counterfactual,
+        checkpoint_dtype: str,
+        codec: Any,
+        evaluate: Any,
+    ) -> None:
+        """How much of an unexplained residual the checkpoint's rounding can account for.
+
+        A checkpoint saved in bf16 holds the rounding of the float32 weights that rendered
+        the preview. The all-switched render is repeated with the LoRA moved within that
+        rounding (:data:`ROUNDING_DRAWS` seeds); the spread of those renders around it is
+        what the rounding alone does. The residual counts as the rounding's when it is
+        within :data:`ROUNDING_SLACK` times the largest spread (a few draws estimate the
+        spread's size, not its maximum; the float32 weights are one more draw).
+        """
+        from parity import compare
+
+        lora = everything.settings.lora
+        assert lora is not None
+        planned = [
+            Planned(
+                f"{ROUNDING}{seed}",
+                everything.switched,
+                everything.settings.replace(lora=dataclasses.replace(lora, rounding_seed=seed)),
+            )
+            for seed in range(1, ROUNDING_DRAWS + 1)
+        ]
+        folder = str(Path(everything.image or "").parent)
+        results = evaluate(planned, [f"{folder}/{p.name}.png" for p in planned])
+        center = compare.encode_like(compare.load_rgb(self.out_dir / everything.image), codec)
+        spread = max(
+            1.0 - compare.ssim(center, compare.encode_like(_to_rgb(out.image), codec))
+            for _, (_, out) in results
+        )
+        residual = everything.distance
+        accounts = residual <= ROUNDING_SLACK * spread
+        row.counterfactuals.extend(cf for cf, _ in results)
+        row.counterfactual_renders += len(results)
+        row.rounding = {
+            "checkpoint_dtype": checkpoint_dtype,
+            "draws": len(results),
+            "spread": spread,
+            "residual": residual,
+            "accounts": accounts,
+        }
+        share = 1.0 if residual <= 0 else min(1.0, spread / residual)
+        what = (
+            f"checkpoint saved in {checkpoint_dtype}; previews used the fp32 training weights: "
+            f"moving the LoRA within its rounding moves the render by up to {spread:.4f} "
+            f"(1 - SSIM), the preview is {residual:.4f} away"
+        )
+        if accounts:
+            row.explained = True
+            row.unexplained_residual = None
+            if Cause.PRECISION not in row.causes:
+                row.causes = sorted([*row.causes, Cause.PRECISION])
+            row.detail = _join(_drop_residual(row.detail), f"{what}: the rounding accounts for it")
+        else:
+            row.detail = _join(row.detail, f"{what}: the rounding accounts for {share:.0%} of it")
+
+    def keep_preview(self, case: Case) -> str:
+        """Link or copy the case's preview into ``previews/<step>/`` of the run folder, so
+        that the folder stays valid when moved; the path to use, relative to it.
+
+        A preview refused as outside the job folder, or unreadable, is not copied (its
+        original path is kept, for the error row).
+        """
+        assert case.preview is not None
+        source = case.preview.path
+        outside = outside_path_error(source, self.job.root, "preview")
+        if (outside and not self.options.allow_outside_paths) or unreadable_image(source):
+            return self.rel(source)
+        target = self.out_dir / "previews" / str(case.step) / source.name
+        try:
+            link_or_copy(source, target)
+        except OSError as e:
+            log.warning("%s: not copied into the run folder (%s)", source, e)
+            return self.rel(source)
+        return target.relative_to(self.out_dir).as_posix()
+
+    def _check_served(self, row: ResultRow, case: Case, render: Any) -> None:
+        """Compare the server's own image of the case's prompt with the reference render."""
+        from parity.compare import check_served
+
+        assert case.served is not None and case.request is not None and case.pair is not None
+        kept = self.out_dir / "served" / str(case.request.request) / case.served.name
+        try:
+            check = check_served(case.served, _to_rgb(render), dtype=case.pair.reference.dtype)
+            link_or_copy(case.served, kept, link=False)
+        except (ParityError, OSError) as e:
+            row.detail = _join(row.detail, f"served image not compared: {e}")
+            return
+        row.served = {
+            "verdict": "same" if check.same else "drift",
+            "ssim": check.ssim,
+            "psnr": check.psnr,
+            "max_abs_diff": check.max_abs_diff,
+            "path": kept.relative_to(self.out_dir).as_posix(),
+        }
+        if not check.same:
+            row.served_note = drift_note(
+                check, case.pair.reference, device=self.engine.device, era=self.options.server_era
+            )
+
+    def run(
+        self,
+        cases: list[Case],
+        *,
+        resume: bool = False,
+        on_row: Callable[[ResultRow], None] | None = None,
+    ) -> list[ResultRow]:
+        """Evaluate ``cases`` (with ``resume``, those without a row in results.json yet),
+        writing results.json after each one; ``on_row`` is called with each new row once
+        it and its images are on disk."""
+        done: dict[tuple[int, int], ResultRow] = {}
+        if resume:
+            for row in read_results(self.out_dir):
+                done[(row.step, row.index)] = row
+        rows = list(done.values())
+        todo = [c for c in cases if (c.step, c.index) not in done]
+        for case in progress(todo, self.options.progress, desc=f"parity {self.job.name}"):
+            row = self.evaluate(case)
+            rows.append(row)
+            write_results(self.out_dir, rows, durable=False)
+            if on_row is not None:
+                on_row(row)
+        write_results(self.out_dir, rows)
+        return sorted(rows, key=lambda r: r.key)
+
+
+def drift_note(
+    check: Any, reference: RenderSettings, *, device: str, era: DiffusersEra | None
+) -> str:
+    """What a served image that is not parity's reference render means, and which of
+    dtype, library era or hardware could explain it."""
+    if check.max_abs_diff is None:
+        how = (
+            f"it is {check.served_size[0]}x{check.served_size[1]}, parity's render "
+            f"{check.render_size[0]}x{check.render_size[1]}"
+        )
+    else:
+        how = (
+            f"max difference {check.max_abs_diff}/255 where float noise and the codec allow "
+            f"{check.limit}, SSIM {check.ssim:.4f}"
+        )
+    era_text = (era or diffusers_era(None)).label
+    return (
+        f"the deployed server is not the reference parity renders: its image differs from "
+        f"parity's render of the same request ({how}), so the causes above explain parity's "
+        f"reference, not this server. Could explain it: dtype (parity rendered in "
+        f"{reference.dtype} on {device}; the server renders bf16 on CUDA, fp16 where bf16 "
+        f"is unsupported, fp32 on CPU: try --dtype), library era (parity modelled diffusers "
+        f"{era_text}; runcomfy's requirements pin 072d15ee, N-1 updates for N steps: try "
+        f"--server-diffusers), hardware (another GPU or CPU moves pixels by more than float "
+        f"noise: try --device with the server's)"
+    )
+
+
+def _fill_attribution(row: ResultRow, result: Attribution) -> None:
+    row.counterfactual_renders = result.renders
+    row.causes = sorted(result.confirmed)
+    row.explained = result.explained
+    row.counterfactuals = list(result.counterfactuals)
+    everything = result.all_switched
+    if everything is None:
+        return
+    row.best_counterfactual = everything.image
+    if not result.explained:
+        row.unexplained_residual = {"distance": everything.distance, "ssim": everything.ssim}
+        row.detail = _join(
+            row.detail,
+            f"unexplained residual: with every candidate cause switched, SSIM is "
+            f"{everything.ssim:.4f}",
+        )
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}; {b}" if a else b
+
+
+def _drop_residual(detail: str) -> str:
+    """``detail`` without the "unexplained residual" part (once something explains it)."""
+    return "; ".join(p for p in detail.split("; ") if not p.startswith("unexplained residual"))
+
+
+#: Renders with the LoRA moved within its rounding, per unexplained bf16-checkpoint preview.
+ROUNDING_DRAWS = 3
+#: A residual up to this many times the rounding renders' largest spread is the rounding's.
+ROUNDING_SLACK = 2.0
+
+
+def _to_rgb(image: Any) -> Any:
+    import numpy as np
+
+    return np.asarray(image.convert("RGB"))
+
+
+def progress_enabled(enabled: bool | None = None) -> bool:
+    """Whether to draw progress bars: ``enabled``, or when None, on a terminal outside CI."""
+    if enabled is None:
+        return sys.stderr.isatty() and not os.environ.get("CI")
+    return enabled
+
+
+def progress(items: list[Any], enabled: bool | None, *, desc: str) -> Iterable[Any]:
+    """``items`` behind a progress bar when ``enabled`` (None: on a terminal outside CI)."""
+    if not progress_enabled(enabled):
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="preview")

@@ -1,0 +1,121 @@
+"""The package reads as the data flow: each stage imports only itself and the stages
+before it, and the Z-Image family's facts import no stage at all."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "parity"
+
+#: The stages in data-flow order, then the front doors. Shared records and facts
+#: (rank 0) come before every stage.
+RANKS: dict[str, int] = {
+    "parity": 0,
+    "parity.errors": 0,
+    "parity.settings": 0,
+    "parity.stack": 0,
+    "parity.logs": 0,
+    "parity.model_map": 0,
+    "parity.zimage": 0,
+    "parity.job": 1,
+    "parity.plan": 2,
+    "parity.render": 3,
+    "parity.compare": 4,
+    "parity.attribute": 5,
+    "parity.correct": 6,
+    "parity.results": 7,
+    "parity.report": 8,
+    "parity.run": 9,
+    "parity.fleet": 10,
+    "parity.options": 11,
+    "parity.cli": 12,
+    "parity.pytest_plugin": 12,
+    "parity.testing": 12,
+}
+
+#: What the family's facts may use: nothing of parity but these.
+FAMILY_MAY_IMPORT = ("parity.errors", "parity.settings", "parity.stack", "parity.zimage")
+
+
+def _stage(module: str) -> str:
+    """The longest RANKS key that ``module`` is or lies under."""
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        name = ".".join(parts[:n])
+        if name in RANKS and (n > 1 or len(parts) == 1):
+            return name
+    raise AssertionError(f"{module}: not in any stage of RANKS; add it")
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """Every parity module ``path`` imports, lazily inside functions included."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "parity":
+                found += [(node.lineno, f"parity.{a.name}") for a in node.names]
+            elif node.module.startswith("parity."):
+                found.append((node.lineno, node.module))
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.startswith("parity")]
+    return found
+
+
+def _violations() -> list[str]:
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        here = _module_name(path)
+        stage = _stage(here)
+        for line, target in _imports(path):
+            if target == "parity.__version__":
+                continue
+            other = _stage(target)
+            where = f"{path.relative_to(PACKAGE.parent)}:{line}"
+            if stage == "parity.zimage" and not target.startswith(FAMILY_MAY_IMPORT):
+                out.append(f"{where}: the family's facts import the stage {target}")
+            elif RANKS[other] > RANKS[stage]:
+                out.append(f"{where}: {stage} imports the later stage {target}")
+    return out
+
+
+def test_no_stage_imports_a_later_one():
+    assert _violations() == []
+
+
+def test_every_module_belongs_to_a_stage():
+    for path in PACKAGE.rglob("*.py"):
+        _stage(_module_name(path))  # raises for a module no stage names
+
+
+def test_no_import_cycles():
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {
+        name: {t for _, t in _imports(path) if t in modules and t != name}
+        for name, path in modules.items()
+    }
+    cycles = []
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join([*path[path.index(nxt) :], nxt]))
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert cycles == []
