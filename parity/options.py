@@ -302,7 +302,7 @@ def resolve(layers: Sequence[Layer], names: Iterable[str] | None = None) -> dict
     out: dict[str, Any] = {}
     for name in names if names is not None else BY_NAME:
         option = BY_NAME[name]
-        out[name] = option.default
+        out[name] = [] if option.is_list and option.default is None else option.default
         for layer in layers:
             if layer.names is not None and name not in layer.names:
                 continue
