@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from parity.errors import ParityError
 from parity.job import Job, outside_path_error, parse_prompt_flags
-from parity.zimage.server import InferenceRequest, server_prompts
+from parity.zimage.server import InferenceRequest, load_request, server_prompts
 
 #: How prompts of a request meet previews: prompt i with preview i, or by prompt text.
 Match = Literal["index", "prompt"]
@@ -188,37 +188,68 @@ def check_served_pairs(requests: int, served: Sequence[Path]) -> None:
 
 
 def bind_requests(
-    job: Job,
-    requests: Sequence[tuple[Path, InferenceRequest]],
+    jobs: Sequence[Job],
+    paths: Sequence[Path],
     *,
+    served: Sequence[Path] = (),
     lora_root: Path | None = None,
     allow_outside_paths: bool = False,
-    served: Sequence[Path] = (),
-) -> list[UserRequest]:
-    """Every request bound to ``job``; ParityError for one that names none of its
-    checkpoints (the error names the request and the checkpoints the job has)."""
-    check_served_pairs(len(requests), served)
-    root = Path(lora_root) if lora_root is not None else default_lora_root(job)
-    bound = []
-    for number, (source, request) in enumerate(requests):
-        user = bind_request(
-            job,
-            source,
-            request,
-            lora_root=root,
-            allow_outside_paths=allow_outside_paths,
-            served=served[number] if served else None,
-            number=number,
-        )
-        if user is None:
-            have = ", ".join(checkpoint_names(job, root)) or "none"
-            raise ParityError(
-                f"{source}: loras[0].path {request.loras[0].path!r} names no checkpoint of "
-                f"job {job.name} under the LoRA root {root}; the job's checkpoints: {have} "
-                "(set --lora-root to the server's workflows folder)"
+) -> dict[str, list[UserRequest]]:
+    """The request files at ``paths`` read and each bound to the one of ``jobs`` whose
+    checkpoint its LoRA names: job name -> its requests, in order (``number`` counts
+    within the job). ``served[k]`` is the folder of images the server returned for
+    ``paths[k]``. Every front door (one job, many, the pytest plugin) binds with this.
+
+    Raises
+    ------
+    ParityError
+        A request that cannot be read, names none of the jobs' checkpoints (under
+        ``lora_root``, default each job's training folder), or is refused by
+        :func:`bind_request`; ``served`` without requests or not one per request.
+    """
+    if served and not paths:
+        raise ParityError("--served needs the --request it answers (paired in order)")
+    check_served_pairs(len(paths), served)
+    out: dict[str, list[UserRequest]] = {}
+    for k, source in enumerate(paths):
+        request = load_request(source)
+        for job in jobs:
+            mine = out.setdefault(job.name, [])
+            user = bind_request(
+                job,
+                Path(source),
+                request,
+                lora_root=lora_root,
+                allow_outside_paths=allow_outside_paths,
+                served=served[k] if served else None,
+                number=len(mine),
             )
-        bound.append(user)
-    return bound
+            if user is not None:
+                mine.append(user)
+                break
+        else:
+            raise ParityError(_names_no_job(Path(source), request, jobs, lora_root))
+    return {name: bound for name, bound in out.items() if bound}
+
+
+def _names_no_job(
+    source: Path, request: InferenceRequest, jobs: Sequence[Job], lora_root: Path | None
+) -> str:
+    lora = request.loras[0].path if request.loras else None
+    if len(jobs) == 1:
+        [job] = jobs
+        root = Path(lora_root) if lora_root is not None else default_lora_root(job)
+        have = ", ".join(checkpoint_names(job, root)) or "none"
+        return (
+            f"{source}: loras[0].path {lora!r} names no checkpoint of job {job.name} under "
+            f"the LoRA root {root}; the job's checkpoints: {have} (set --lora-root to the "
+            "server's workflows folder)"
+        )
+    names = ", ".join(job.name for job in jobs) or "none"
+    return (
+        f"{source}: loras[0].path {lora!r} names no checkpoint of the jobs of this run "
+        f"({names}); set --lora-root to the server's workflows folder"
+    )
 
 
 def served_image(folder: Path, prompt: int) -> Path | None:
