@@ -30,10 +30,13 @@ class FloatNoiseRecorder:
         self.node_id = node_id
         self.checks: list = []
 
-    def check(self, name: str, reference, render, *, codec=None, dtype="float32"):
+    def check(self, name: str, reference, render, *, codec=None, dtype="float32", floor=None):
         from parity.compare import same_within_noise
 
-        result = same_within_noise(reference, render, codec=codec, dtype=dtype)
+        # bf16/fp16 noise depends on the image: such an image made elsewhere is judged
+        # against the floor measured for its own setting here, never a constant.
+        assert floor is not None or dtype == "float32", f"{name}: {dtype} needs its floor"
+        result = same_within_noise(reference, render, codec=codec, dtype=dtype, floor=floor)
         self.checks.append(result)
         assert result.same, f"{name}: {result}"
         return result

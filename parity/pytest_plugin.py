@@ -279,6 +279,11 @@ class ParityPlugin:
             source = str(Path(source).resolve())
         key = (repr(source), device)
         if key not in self.engines:
+            threads = setting(self.config, "threads")
+            if threads:  # --parity-threads, as --threads does for the command line
+                import torch
+
+                torch.set_num_threads(threads)
             self.engines[key] = RenderEngine(source, device=device)
         return self.engines[key]
 

@@ -58,16 +58,13 @@ def corrected_index(run_dir: Path, step: int) -> dict:
 def request_for(run_dir: Path, step: int, index: int) -> tuple[dict, dict]:
     """The corrected request a preview is placed in, or for a preview no request
     reproduces the closest one its reasons name: (request, its prompt for the preview)."""
-    import re
-
     corrected = corrected_index(run_dir, step)
     place = corrected["placement"].get(str(index))
-    if place is not None:
-        file, prompt = place["file"], place["prompt"]
-    else:
-        reasons = " ".join(corrected["cannot_reproduce"][str(index)])
-        match = re.search(r"closest request: (\S+) prompt (\d+)", reasons)
-        assert match, reasons
-        file, prompt = match[1], int(match[2])
+    if place is None:  # the reasons name the same request as the index's "closest"
+        place = corrected["closest"][str(index)]
+        assert f"closest request: {place['file']} prompt {place['prompt']}" in " ".join(
+            corrected["cannot_reproduce"][str(index)]
+        )
+    file, prompt = place["file"], place["prompt"]
     request = json.loads((run_dir / "corrected_requests" / file).read_text("utf-8"))
     return request, request["prompts"][prompt]

@@ -128,7 +128,10 @@ def test_every_corrected_request_file_reproduces_what_it_claims(request_run, tmp
     _, out = request_run
     rows = _rows(out)
     index = json.loads((out / "corrected_requests" / "10.json").read_text())
-    assert set(index) == {"step", "placement", "cannot_reproduce"} and index["step"] == 10
+    assert (
+        set(index) == {"step", "placement", "cannot_reproduce", "closest"} and index["step"] == 10
+    )
+    assert sorted(index["closest"]) == sorted(index["cannot_reproduce"])
     # Every preview is placed in a request that reproduces it or named with a reason.
     assert sorted(index["placement"]) == ["0", "2", "3"]
     assert sorted(index["cannot_reproduce"]) == ["1", "4"]

@@ -18,6 +18,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import corrected_index, request_for
 
@@ -30,6 +31,7 @@ from parity.testing.jobs import (
     TINY_BASE,
     TINY_TURBO,
     UI_PRESET,
+    shared_engine,
     write_job,
 )
 from parity.testing.lora import write_aitk_lora
@@ -82,10 +84,12 @@ def test_real_ui_job_previews_within_bf16_float_noise(
         assert settings["lora"] is None or settings["lora"]["merged"] is False
         name = _preview_name(ui_fp32_job, entry["step"], entry["index"])
         render = load_rgb(out / entry["image"])
+        floor = _floor(render, entry["settings"])
         lossless = load_rgb(UI_FIXTURE / "lossless_previews" / f"{name}.png")
-        float_noise.check(f"{name} before JPEG", lossless, render, dtype="bfloat16")
+        float_noise.check(f"{name} before JPEG", lossless, render, dtype="bfloat16", floor=floor)
         jpeg = ui_fp32_job / "samples" / f"{name}.jpg"
-        float_noise.check(name, load_rgb(jpeg), render, codec=inspect_codec(jpeg), dtype="bfloat16")
+        codec = inspect_codec(jpeg)
+        float_noise.check(name, load_rgb(jpeg), render, codec=codec, dtype="bfloat16", floor=floor)
 
 
 def test_real_ui_job_with_its_bf16_checkpoints_step_0_within_float_noise(
@@ -97,11 +101,27 @@ def test_real_ui_job_with_its_bf16_checkpoints_step_0_within_float_noise(
     out = tmp_path / "previews"
     args = ["preview", str(UI_JOB), "--base-model", str(AITK_REAL_BASE), "--step", "0"]
     assert main([*args, "--out", str(out)]) == 0
+    effective = json.loads((out / "effective.json").read_text(encoding="utf-8"))
+    settings = {(e["step"], e["index"]): e["settings"] for e in effective}
     for index in range(3):
         name = _preview_name(UI_JOB, 0, index)
         render = load_rgb(out / "0" / f"{index}.png")
+        floor = _floor(render, settings[(0, index)])
         lossless = load_rgb(UI_FIXTURE / "lossless_previews" / f"{name}.png")
-        float_noise.check(f"{name} before JPEG", lossless, render, dtype="bfloat16")
+        float_noise.check(f"{name} before JPEG", lossless, render, dtype="bfloat16", floor=floor)
+
+
+def _floor(render, settings: dict):
+    """The noise floor of a preview's setting on this machine: the same settings through
+    the engine's alternate kernel path (in this process), against ``render``."""
+    from parity.compare import measure_floor
+    from parity.render.engine import alternate_method
+    from parity.settings import RenderSettings
+
+    engine = shared_engine(AITK_REAL_BASE)
+    image = engine.render(RenderSettings.from_dict(settings), alternate=True).image
+    alternate = np.asarray(image.convert("RGB"))
+    return measure_floor(render, alternate, method=alternate_method(engine.device))
 
 
 @pytest.fixture(scope="module")

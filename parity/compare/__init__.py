@@ -64,6 +64,9 @@ from parity.compare.metrics import _torch_ssim_psnr as _torch_ssim_psnr
 from parity.compare.noise import FLOAT_NOISE_LEVELS, NoiseCheck, codec_spread, same_within_noise
 from parity.compare.noise import HALF_NOISE_LEVELS as HALF_NOISE_LEVELS
 from parity.compare.noise import HALF_NOISE_MEAN as HALF_NOISE_MEAN
+from parity.compare.noise import NOISE_FLOOR_K as NOISE_FLOOR_K
+from parity.compare.noise import NoiseFloor as NoiseFloor
+from parity.compare.noise import measure_floor as measure_floor
 from parity.compare.noise import noise_limits as noise_limits
 from parity.compare.scores import Comparison, compare, compare_many
 from parity.compare.scores import Renders as Renders

@@ -7,6 +7,7 @@ then spread further (:func:`codec_spread`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,9 +33,103 @@ HALF_NOISE_LEVELS = 16
 HALF_NOISE_MEAN = 2.0
 
 
-def noise_limits(dtype: str = "float32") -> tuple[int, float | None]:
-    """``(max levels, mean levels or None)`` of the float-noise rule for a pipeline dtype."""
-    if dtype in ("bfloat16", "float16", "bf16", "fp16"):
+#: A render made elsewhere is the same image when it is within this many times its own
+#: measured noise floor (:class:`NoiseFloor`). Measured on the real bf16 UI-preset job
+#: (fixtures/aitk_ui_zimage, 9 previews, preview and reference settings, ATen kernels
+#: ``default``, ``avx2`` and ``avx512`` on one AVX-512-bf16 CPU): the largest difference
+#: between two kernel families is at most 1.62 times the smaller family's SDPA floor
+#: (1.37 for the mean), and the previews ai-toolkit rendered on another CPU at most 1.57
+#: times this machine's floor. docs/deciding.md has the table.
+NOISE_FLOOR_K = 2.0
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    """How far one setting's render moves through a second, numerically equivalent
+    kernel path in the same process: the float noise of that case, measured.
+
+    Attributes
+    ----------
+    method : str
+        The kernels switched (``parity.render.engine.alternate_method``), e.g. ``"sdpa
+        math vs default"``.
+    max_abs_diff : int
+        Largest per-channel difference of the two lossless renders, levels of 255.
+    mean_abs_diff : float
+        Mean per-channel difference, levels of 255.
+    ssim : float
+        SSIM of the two renders, in ``[-1, 1]``.
+    psnr : float
+        PSNR of the two renders, dB (capped at ``PSNR_IDENTICAL_DB``).
+    """
+
+    method: str
+    max_abs_diff: int
+    mean_abs_diff: float
+    ssim: float
+    psnr: float
+
+    def limits(self, k: float = NOISE_FLOOR_K) -> tuple[int, float]:
+        """``(max levels, mean levels)`` allowed by ``k`` times this floor, never below
+        :data:`FLOAT_NOISE_LEVELS` levels."""
+        return (
+            max(FLOAT_NOISE_LEVELS, math.ceil(k * self.max_abs_diff)),
+            k * self.mean_abs_diff,
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "method": self.method,
+            "max_abs_diff": self.max_abs_diff,
+            "mean_abs_diff": self.mean_abs_diff,
+            "ssim": self.ssim,
+            "psnr": self.psnr,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> NoiseFloor:
+        return cls(
+            str(d["method"]),
+            int(d["max_abs_diff"]),
+            float(d["mean_abs_diff"]),
+            float(d["ssim"]),
+            float(d["psnr"]),
+        )
+
+
+def measure_floor(render: np.ndarray, alternate: np.ndarray, *, method: str) -> NoiseFloor:
+    """The :class:`NoiseFloor` of two lossless ``uint8`` RGB renders ``(H, W, 3)`` of one
+    setting, ``render`` through the default kernels and ``alternate`` through the other
+    path (``method`` names it)."""
+    from parity.compare.metrics import PSNR_IDENTICAL_DB, psnr, ssim
+
+    render, alternate = _check_pair(render, alternate)
+    diff = np.abs(render.astype(np.int16) - alternate.astype(np.int16))
+    return NoiseFloor(
+        method=method,
+        max_abs_diff=int(diff.max()),
+        mean_abs_diff=float(diff.mean()),
+        ssim=float(ssim(render, alternate)),
+        psnr=float(min(psnr(render, alternate), PSNR_IDENTICAL_DB)),
+    )
+
+
+def noise_limits(
+    dtype: str = "float32", floor: NoiseFloor | None = None
+) -> tuple[int, float | None]:
+    """``(max levels, mean levels or None)`` of the float-noise rule for a pipeline dtype.
+
+    With a measured ``floor``: the larger of the float32 rule and :data:`NOISE_FLOOR_K`
+    times the floor (its mean too). Without one, a bf16/fp16 pipeline falls back to the
+    bound measured once (:data:`HALF_NOISE_LEVELS`, :data:`HALF_NOISE_MEAN`); how much a
+    half-precision render moves depends on the image, so callers that can measure the
+    floor should.
+    """
+    half = dtype in ("bfloat16", "float16", "bf16", "fp16")
+    if floor is not None:
+        levels, mean = floor.limits()
+        return levels, mean if half else None
+    if half:
         return HALF_NOISE_LEVELS, HALF_NOISE_MEAN
     return FLOAT_NOISE_LEVELS, None
 
@@ -152,6 +247,7 @@ def same_within_noise(
     *,
     codec: Codec | None = None,
     dtype: str = "float32",
+    floor: NoiseFloor | None = None,
 ) -> NoiseCheck:
     """The float-noise rule: is ``render`` the same image as ``reference``, made elsewhere?
 
@@ -168,6 +264,10 @@ def same_within_noise(
     dtype : str, default "float32"
         Compute dtype of the pipeline that rendered both (``"bfloat16"``...): it sets the
         tolerance (:func:`noise_limits`).
+    floor : NoiseFloor, optional
+        The measured noise floor of ``render``'s setting on this machine
+        (:func:`measure_floor`): the tolerance is then the larger of the float32 rule and
+        :data:`NOISE_FLOOR_K` times it.
 
     Returns
     -------
@@ -184,7 +284,7 @@ def same_within_noise(
     fixtures, a server's images). Renders made in the same process are bit-identical and
     are compared exactly instead.
     """
-    levels, mean_limit = noise_limits(dtype)
+    levels, mean_limit = noise_limits(dtype, floor)
     if codec is None or codec.lossless:
         return _noise_check(reference, render, levels, mean_limit)
     worst, mean = _spread(render, codec, levels=levels, draws=4, seed=0)
