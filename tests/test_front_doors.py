@@ -15,24 +15,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import REQUEST as FULL_REQUEST
 
 from parity.cli import main
 from parity.testing.jobs import AITK_REAL_BASE, AITK_REAL_JOB
 
-#: What a user sends for step 10 of the real job (as tests/test_requests.py's REQUEST,
-#: two prompts): preview 0 differs by cfg (ai-toolkit passes 4 - 1), preview 1 by
+#: The first two prompts of what a user sends for step 10 of the real job
+#: (helpers.REQUEST): preview 0 differs by cfg (ai-toolkit passes 4 - 1), preview 1 by
 #: snapping (80x112 floored to 64x96 by the server).
-REQUEST = {
-    "model": "zimage",
-    "trigger_word": "sks",
-    "loras": [{"path": "aitk_zimage/aitk_zimage_000000010.safetensors", "network_multiplier": 1}],
-    "prompts": [
-        {"prompt": "[trigger] a red cube on a table", "width": 64, "height": 64, "seed": 42,
-         "sample_steps": 6, "guidance_scale": 4},
-        {"prompt": "[trigger] a blue sphere", "width": 80, "height": 112, "seed": 43,
-         "sample_steps": 6, "guidance_scale": 0},
-    ],
-}  # fmt: skip
+REQUEST = {**FULL_REQUEST, "prompts": FULL_REQUEST["prompts"][:2]}
 
 #: The causes derived from the two sides' rules (see REQUEST).
 CAUSES = {(10, 0): ["cfg"], (10, 1): ["snapping"]}
