@@ -16,6 +16,7 @@ from typing import Any
 from parity import __version__
 from parity.errors import LoraError, ModelError, ParityError
 from parity.logs import configure_logging
+from parity.run_info import RunInfo
 
 log = logging.getLogger("parity")
 
@@ -432,19 +433,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     recorded: dict[str, Any] = {}
     if resume:
         out_dir = Path(args.resume)
-        info_path = out_dir / "run.json"
-        if not info_path.is_file():
-            raise ParityError(
-                f"{out_dir}: no run.json to resume from; start the run again without --resume"
-            )
-        try:
-            info = json.loads(info_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ParityError(f"{info_path}: unreadable ({e}); start the run again") from None
-        recorded = info.get("options") or {}
-        job_path = args.job or info.get("job_path")
+        info = RunInfo.read(out_dir)
+        recorded = info.options
+        job_path = args.job or info.job_path
         if not job_path:
-            raise ParityError(f"{info_path}: names no job; give the JOB folder too")
+            raise ParityError(f"{RunInfo.path(out_dir)}: names no job; give the JOB folder too")
     else:
         if args.job is None:
             raise ParityError("give a JOB folder (or --resume DIR)")
@@ -500,7 +493,7 @@ def _is_fleet_run(args: argparse.Namespace) -> bool:
     if args.resume is None:
         return False
     folder = Path(args.resume)
-    return not (folder / "run.json").is_file() and _is_fleet_folder(folder)
+    return not RunInfo.exists(folder) and _is_fleet_folder(folder)
 
 
 def _is_fleet_folder(folder: Path) -> bool:
@@ -508,18 +501,7 @@ def _is_fleet_folder(folder: Path) -> bool:
 
     if (folder / SUMMARY_FILE).is_file():
         return True
-    return folder.is_dir() and any((d / "run.json").is_file() for d in folder.iterdir())
-
-
-def _read_run_info(folder: Path) -> dict[str, Any]:
-    info_path = folder / "run.json"
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ParityError(f"{info_path}: unreadable ({e}); start the run again") from None
-    if not isinstance(info, dict):
-        raise ParityError(f"{info_path}: not a parity run.json; start the run again")
-    return info
+    return folder.is_dir() and any(RunInfo.exists(d) for d in folder.iterdir())
 
 
 def _fleet_entries(
@@ -542,12 +524,12 @@ def _fleet_entries(
         root = Path(args.out) if args.out else Path("reports") / "fleet" / stamp
         return [(job, None) for job in jobs], root, {}
     root = Path(args.resume)
-    if (root / "run.json").is_file():  # the run folder of one job
+    if RunInfo.exists(root):  # the run folder of one job
         if len(jobs) > 1:
             raise ParityError(f"{root} is the run folder of one job; give at most one JOB with it")
-        job_path = jobs[0] if jobs else _read_run_info(root).get("job_path")
+        job_path = jobs[0] if jobs else RunInfo.read(root).job_path
         if not job_path:
-            raise ParityError(f"{root / 'run.json'}: names no job; give the JOB folder too")
+            raise ParityError(f"{RunInfo.path(root)}: names no job; give the JOB folder too")
         return [(job_path, root)], None, {}
     summary = read_summary(root / SUMMARY_FILE) if (root / SUMMARY_FILE).is_file() else None
     recorded = (summary or {}).get("options") or {}
@@ -557,9 +539,7 @@ def _fleet_entries(
         entries = [(str(j["job_path"]), root / str(j["run_dir"])) for j in summary["jobs"]]
     else:
         entries = [
-            (str(_read_run_info(d).get("job_path") or ""), d)
-            for d in sorted(root.iterdir())
-            if (d / "run.json").is_file()
+            (RunInfo.read(d).job_path or "", d) for d in sorted(root.iterdir()) if RunInfo.exists(d)
         ]
     missing = [str(folder) for path, folder in entries if not path]
     if missing:
@@ -592,8 +572,8 @@ def cmd_run_fleet(args: argparse.Namespace) -> int:
         if out_dir is None and resume:  # ROOT/<job name>: the name is in the job
             reference = args.reference_model or recorded.get("reference_model")
             out_dir = root / read_job(job_path, reference_model=reference).name
-        if resume and out_dir is not None and (out_dir / "run.json").is_file():
-            recorded = _read_run_info(out_dir).get("options") or recorded
+        if resume and out_dir is not None and RunInfo.exists(out_dir):
+            recorded = RunInfo.read(out_dir).options or recorded
         job_args.steps_given = job_args.steps is not None or "steps" in recorded
         used = _resolve(job_args, recorded)
         shared = shared or used
@@ -721,9 +701,8 @@ def _warn_stack() -> None:
         print(f"warning: {warning}", file=sys.stderr)
 
 
-def _run_time(out_dir: Path) -> str:
-    info = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))
-    return info.get("started")
+def _run_time(out_dir: Path) -> str | None:
+    return RunInfo.read(out_dir).started
 
 
 def _print_summary(summary: Any) -> None:

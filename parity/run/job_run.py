@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from parity.results import (
     link_or_copy,
     write_results,
 )
+from parity.run_info import RunInfo
 from parity.settings import Cause, RenderSettings
 from parity.zimage.diffusers_era import DiffusersEra, diffusers_era
 from parity.zimage.server import server_dtype
@@ -165,39 +166,41 @@ def run_job(
     engine.variant(options.reference_dtype or server_dtype(device))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    run_info_path = out_dir / "run.json"
-    run_info: dict[str, Any] = {}
-    if resume and run_info_path.exists():
-        run_info = json.loads(run_info_path.read_text(encoding="utf-8"))
+    previous = RunInfo.read(out_dir) if resume and RunInfo.exists(out_dir) else RunInfo()
     runner = Runner(job, engine, out_dir, options, relative_to=relative_to)
     era = options.server_era or diffusers_era(None)
     lora_root = options.lora_root or default_lora_root(job)
-    run_info.update(
-        {
-            "options": dict(recorded_options or run_info.get("options") or {}),
-            "stack": stack_record(),
-            "model_source": _source_record(engine),
-            "job": job.name,
-            "job_path": str(job.root),
-            "started": run_info.get("started") or utc_now(),
-            "finished": None,
-            "parity_version": __version__,
-            "device": device,
-            "reference_model": job.reference_model,
-            "aitk_version": job.aitk_version,
-            "steps": steps,
-            "thresholds": asdict(runner.thresholds),
-            "confirm_margin": options.confirm_margin,
-            "attribution": options.attribute,
-            "server_diffusers": era.to_json(),
-            "lora_root": str(lora_root),
-            "match": options.match,
-        }
+    info = replace(
+        previous,
+        options=dict(recorded_options or previous.options or {}),
+        stack=stack_record(),
+        model_source=_source_record(engine),
+        job=job.name,
+        job_path=str(job.root),
+        started=previous.started or utc_now(),
+        finished=None,
+        parity_version=__version__,
+        device=device,
+        reference_model=job.reference_model,
+        aitk_version=job.aitk_version,
+        steps=tuple(steps),
+        thresholds=asdict(runner.thresholds),
+        confirm_margin=options.confirm_margin,
+        attribution=options.attribute,
+        server_diffusers=era.to_json(),
+        lora_root=str(lora_root),
+        match=options.match,
     )
     if request_plan is not None:
-        run_info["requests"] = _keep_requests(request_plan, out_dir)
-        run_info.update({k: v for k, v in request_plan.to_json().items() if k != "requests"})
-    atomic_write_text(run_info_path, json.dumps(run_info, indent=2))
+        plan = request_plan.to_json()
+        info = replace(
+            info,
+            requests=_keep_requests(request_plan, out_dir),
+            unmatched_prompts=plan["unmatched_prompts"],
+            unmatched_previews=plan["unmatched_previews"],
+            served_missing=plan["served_missing"],
+        )
+    info.write(out_dir)
     shift = engine.checkpoint_scheduler_shift
     cases = plan_cases(
         job,
@@ -221,17 +224,19 @@ def run_job(
         lora_paths={u.step: u.request.loras[0].path for u in requests},
     )
     summary = RunSummary(out_dir, rows, corrected)
-    run_info["finished"] = utc_now()
-    run_info["counts"] = summary.counts
-    if request_plan is not None:
-        run_info["served_drift"] = summary.served_drift
-    atomic_write_text(run_info_path, json.dumps(run_info, indent=2))
+    info = replace(
+        info,
+        finished=utc_now(),
+        counts=summary.counts,
+        served_drift=summary.served_drift if request_plan is not None else info.served_drift,
+    )
+    info.write(out_dir)
     if report:
         write_run_report(
             out_dir,
             rows,
             job_name=job.name,
-            run_info=run_info,
+            run_info=info,
             corrected_requests={s: c.to_json_dict() for s, c in corrected.items()},
             request_files={
                 name: body for c in corrected.values() for name, body in c.request_files().items()
@@ -261,7 +266,7 @@ def write_run_report(
     rows: list[ResultRow],
     *,
     job_name: str,
-    run_info: dict[str, Any],
+    run_info: RunInfo,
     corrected_requests: dict[int, Any],
     request_files: dict[str, Any] | None = None,
 ) -> None:
@@ -274,7 +279,7 @@ def write_run_report(
             out_dir,
             rows,
             job_name=job_name,
-            run_info=run_info,
+            run_info=run_info.to_json(),
             corrected_requests=corrected_requests,
             request_files=request_files,
         )
