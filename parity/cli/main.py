@@ -424,20 +424,18 @@ def _requests_in_steps(requests: list, steps: list[int], option: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from parity.fleet import is_fleet_run, job_to_resume
     from parity.run import default_out_dir, run_job
 
-    if _is_fleet_run(args):
+    if is_fleet_run(args.job, workers=args.workers, ray=args.ray, resume=args.resume):
         return cmd_run_fleet(args)
     args.job = args.job[0] if args.job else None
     resume = args.resume is not None
     recorded: dict[str, Any] = {}
     if resume:
         out_dir = Path(args.resume)
-        info = RunInfo.read(out_dir)
-        recorded = info.options
-        job_path = args.job or info.job_path
-        if not job_path:
-            raise ParityError(f"{RunInfo.path(out_dir)}: names no job; give the JOB folder too")
+        job_path, info = job_to_resume(out_dir, args.job)
+        recorded = info.options or {}
     else:
         if args.job is None:
             raise ParityError("give a JOB folder (or --resume DIR)")
@@ -486,102 +484,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ many jobs
 
 
-def _is_fleet_run(args: argparse.Namespace) -> bool:
-    """Several jobs, workers, Ray, or the resume of a multi-job folder: parity.fleet."""
-    if len(args.job) > 1 or args.workers is not None or args.ray is not None:
-        return True
-    if args.resume is None:
-        return False
-    folder = Path(args.resume)
-    return not RunInfo.exists(folder) and _is_fleet_folder(folder)
-
-
-def _is_fleet_folder(folder: Path) -> bool:
-    from parity.fleet import SUMMARY_FILE
-
-    if (folder / SUMMARY_FILE).is_file():
-        return True
-    return folder.is_dir() and any(RunInfo.exists(d) for d in folder.iterdir())
-
-
-def _fleet_entries(
-    args: argparse.Namespace,
-) -> tuple[list[tuple[str, Path | None]], Path | None, dict[str, Any]]:
-    """(job path, run folder or None for ROOT/<job name>) per job, the multi-job folder
-    ROOT (None for one job: its run folder is the output) and the options recorded for
-    the whole run (those of a resumed summary.json)."""
-    from datetime import UTC, datetime
-
-    from parity.fleet import SUMMARY_FILE, read_summary
-
-    jobs: list[str] = list(args.job)
-    if args.resume is None:
-        if not jobs:
-            raise ParityError("give one or more JOB folders (or --resume DIR)")
-        if len(jobs) == 1:
-            return [(jobs[0], Path(args.out) if args.out else None)], None, {}
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        root = Path(args.out) if args.out else Path("reports") / "fleet" / stamp
-        return [(job, None) for job in jobs], root, {}
-    root = Path(args.resume)
-    if RunInfo.exists(root):  # the run folder of one job
-        if len(jobs) > 1:
-            raise ParityError(f"{root} is the run folder of one job; give at most one JOB with it")
-        job_path = jobs[0] if jobs else RunInfo.read(root).job_path
-        if not job_path:
-            raise ParityError(f"{RunInfo.path(root)}: names no job; give the JOB folder too")
-        return [(job_path, root)], None, {}
-    summary = read_summary(root / SUMMARY_FILE) if (root / SUMMARY_FILE).is_file() else None
-    recorded = (summary or {}).get("options") or {}
-    if jobs:
-        return [(job, None) for job in jobs], root, recorded
-    if summary is not None:
-        entries = [(str(j["job_path"]), root / str(j["run_dir"])) for j in summary["jobs"]]
-    else:
-        entries = [
-            (RunInfo.read(d).job_path or "", d) for d in sorted(root.iterdir()) if RunInfo.exists(d)
-        ]
-    missing = [str(folder) for path, folder in entries if not path]
-    if missing:
-        raise ParityError(f"{missing[0]}/run.json names no job; give the JOB folders too")
-    if not entries:
-        raise ParityError(
-            f"{root}: nothing to resume (no run.json, summary.json or job folders with "
-            "run.json); start the run again without --resume"
-        )
-    return entries, root, recorded
-
-
 def cmd_run_fleet(args: argparse.Namespace) -> int:
     """``parity run`` of several jobs, or with ``--workers`` / ``--ray`` (parity.fleet)."""
     import copy
     import os
 
     from parity import fleet
-    from parity.job import read_job
     from parity.run import default_out_dir
 
-    entries, root, recorded_run = _fleet_entries(args)
-    resume = args.resume is not None
+    plan = fleet.run_entries(args.job, out=args.out, resume=args.resume)
+    root = plan.root
     jobs: list[Any] = []
     shared: dict[str, Any] = {}
     readied = []
-    for job_path, out_dir in entries:
+    for entry in plan.entries:
         job_args = copy.copy(args)
-        recorded = dict(recorded_run)
-        if out_dir is None and resume:  # ROOT/<job name>: the name is in the job
-            reference = args.reference_model or recorded.get("reference_model")
-            out_dir = root / read_job(job_path, reference_model=reference).name
-        if resume and out_dir is not None and RunInfo.exists(out_dir):
-            recorded = RunInfo.read(out_dir).options or recorded
+        out_dir, recorded = plan.folder_and_options(entry, args.reference_model)
         job_args.steps_given = job_args.steps is not None or "steps" in recorded
         used = _resolve(job_args, recorded)
         shared = shared or used
-        opened = _open(job_args, job_path)
+        opened = _open(job_args, entry.job_path)
         job = opened.job
         if out_dir is None:
             out_dir = default_out_dir(job) if root is None else root / job.name
-        readied.append((job_path, out_dir, job_args, used, opened))
+        readied.append((entry.job_path, out_dir, job_args, used, opened))
     # --request, --served and --lora-root are run-wide: as given, or as every job recorded.
     requests = _requests([r[4].job for r in readied], readied[0][2] if readied else args)
     for job_path, out_dir, job_args, used, opened in readied:
@@ -604,53 +530,30 @@ def cmd_run_fleet(args: argparse.Namespace) -> int:
         )
         jobs.append(planned)
     fleet.check_unique_names([(j.name, j.job_path) for j in jobs])
-    if root is not None:
-        for job in jobs:
-            if job.out_dir.parent.resolve() != root.resolve():
-                raise ParityError(f"{job.out_dir}: not a job folder of {root}")
+    fleet.check_job_folders([j.out_dir for j in jobs], root)
     for job in jobs:
         for problem in job.problems:
             print(f"warning: {job.name}: {problem}", file=sys.stderr)
     _warn_stack()
 
-    signal_dir = os.environ.get(fleet.SIGNAL_DIR_ENV) or None
-    level = logging.getLogger("parity").getEffectiveLevel()
-    if args.ray is not None:
-        backend: Any = fleet.RayBackend(
-            args.ray,
-            workers=args.workers,
-            device=args.device,
-            threads=args.threads,
-            signal_dir=signal_dir,
-            log_level=level,
-        )
-    else:
-        from parity.render.engine import default_device
-
-        device = args.device or default_device()
-        if args.workers is not None:
-            specs = fleet.local_worker_specs(
-                args.workers, device, args.threads, signal_dir=signal_dir, log_level=level
-            )
-            backend = fleet.LocalBackend(specs)
-        else:
-            backend = fleet.InProcessBackend(
-                fleet.WorkerSpec("in-process", device, args.threads, signal_dir, level)
-            )
-    execution = {
-        "backend": backend.name,
-        "ray_address": args.ray,
-        "workers": [
-            {"label": s.label, "device": s.device, "threads": s.threads} for s in backend.specs
-        ],
-    }
+    backend = fleet.choose_backend(
+        workers=args.workers,
+        ray=args.ray,
+        device=args.device,
+        threads=args.threads,
+        signal_dir=os.environ.get(fleet.SIGNAL_DIR_ENV) or None,
+        log_level=logging.getLogger("parity").getEffectiveLevel(),
+    )
     try:
         run = fleet.FleetRun(
             jobs,
             backend,
             summary_path=None if root is None else root / fleet.SUMMARY_FILE,
-            resume=resume,
-            summary_info={"options": shared, "execution": execution},
+            resume=plan.resume,
+            summary_info={
+                "options": shared,
+                "execution": fleet.execution_record(backend, args.ray),
+            },
         )
     except BaseException:
         backend.close(abort=True)  # a Ray cluster started for the run stops
