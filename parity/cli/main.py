@@ -465,18 +465,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         requests=requests,
     )
     if args.history and not args.no_history:
-        try:
-            from parity.report.history import append_history
+        from parity.report.history import append_run_history
 
-            run_id = out_dir.name
-            append_history(
-                args.history,
-                summary.rows,
-                run_time=_run_time(out_dir),
-                run_id=f"{job.name}/{run_id}",
-            )
-        except Exception as e:
-            print(f"warning: history not updated: {e}", file=sys.stderr)
+        append_run_history(
+            args.history,
+            summary.rows,
+            run_time=RunInfo.read(out_dir).started,
+            run_id=f"{job.name}/{out_dir.name}",
+            warn=lambda line: print(line, file=sys.stderr),
+        )
     _print_summary(summary)
     return summary.exit_code
 
@@ -602,10 +599,6 @@ def _warn_stack() -> None:
     warning = stack_warning()
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
-
-
-def _run_time(out_dir: Path) -> str | None:
-    return RunInfo.read(out_dir).started
 
 
 def _print_summary(summary: Any) -> None:

@@ -299,12 +299,16 @@ class FleetRun:
         )
         state.status = "finished"
         if job.history:
-            try:
-                from parity.report.history import append_history
+            from parity.report.history import append_run_history
 
-                append_history(job.history, rows, run_time=run_info.started, run_id=job.run_id)
-            except Exception as e:  # the run folder is complete; say so and go on
-                self.progress.line(f"warning: {job.name}: history not updated: {e}")
+            append_run_history(
+                job.history,
+                rows,
+                run_time=run_info.started,
+                run_id=job.run_id,
+                warn=self.progress.line,
+                job=job.name,
+            )
 
     def _write_run_info(self, state: JobState, worker: str) -> RunInfo:
         assert state.run_info is not None
