@@ -638,23 +638,15 @@ def _print_summary(summary: Any) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from parity.plan import default_lora_root, plan_cases
-    from parity.plan.sides import era_of
-    from parity.run import Runner, utc_now, write_corrected_requests
+    from parity.report.text import explain_lines
+    from parity.run import utc_now
+    from parity.run.explain import explain_preview
 
     _resolve(args)
     opened = _open(args)
     job = opened.job
     requests = _requests([job], args).get(job.name, [])
-    step = args.step
-    if step is None:
-        steps = sorted({u.step for u in requests})
-        if len(steps) != 1:
-            raise ParityError(
-                "give --step N (with --request it defaults to the step the request names"
-                + (f"; these name steps {steps})" if steps else ")")
-            )
-        step = steps[0]
+    step = args.step if args.step is not None else _step_of_requests(requests)
     _requests_in_steps(requests, [step], "--step")
     request_plan = _request_plan(job, args, requests)
     engine, device = _engine_for_job(opened, args)
@@ -663,146 +655,40 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if args.out
         else Path("reports") / job.name / f"explain-{utc_now().replace(':', '')}"
     )
-    options = _run_options(args, steps=(step,))
-    cases = plan_cases(
+    explained = explain_preview(
         job,
-        [step],
+        engine,
+        out_dir,
+        _run_options(args, steps=(step,)),
+        step=step,
+        index=args.index,
         device=device,
-        checkpoint_shift=engine.checkpoint_scheduler_shift,
-        reference_dtype=_dtype(args),
-        allow_outside_paths=args.allow_outside_paths,
+        requests=requests,
         request_plan=request_plan,
-        server_era=options.server_era,
     )
-    case = next((c for c in cases if c.index == args.index), None)
-    if case is None:
-        raise ParityError(f"{job.root}: no preview for step {step} index {args.index}")
-    for user in requests:  # a LoRA problem is found before the model loads
-        engine.lora(str(user.lora_path))
-    row = Runner(job, engine, out_dir, options).evaluate(case)
-    print(f"{job.name} step {row.step} index {row.index}: {str(row.verdict).upper()}")
-    if row.prompt:
-        print(f"prompt: {row.prompt}")
-    if case.request is not None:
-        print(f"reference side: prompt {case.request.prompt} of {case.request.source}")
-    if case.pair is not None:
-        era = era_of(job, job.checkpoint_for_step(step))
-        print(f"ai-toolkit {job.aitk_version or 'unknown'}: {era.label}")
-        server_era = options.server_era or _installed_era()
-        print(f"server: {server_era.describe()}")
-        print(f"\n{'setting':<20}{'preview (ai-toolkit)':<32}{'reference (server)':<32}")
-        p, r = case.pair.preview.to_dict(), case.pair.reference.to_dict()
-        for key in p:
-            pv, rv = _short(p[key]), _short(r[key])
-            # The generator kind is provenance only: both draw the same numbers on CPU.
-            mark = "" if pv == rv or key == "generator" else "  <-"
-            print(f"{key:<20}{pv:<32}{rv:<32}{mark}")
-        print(f"\nstatic differences: {', '.join(map(str, case.pair.differences)) or 'none'}")
-    if row.ssim is not None:
-        print(
-            f"reference render vs preview: SSIM {row.ssim:.4f}  PSNR {row.psnr:.2f} dB  "
-            f"latent {_fmt(row.latent_distance)}  LPIPS {_fmt(row.lpips)}"
+    lines = explain_lines(
+        job,
+        explained.case,
+        explained.row,
+        out_dir=out_dir,
+        server_era=explained.server_era,
+        lora_root=explained.lora_root,
+        corrected=explained.corrected,
+        lossless_ssim=explained.lossless_ssim,
+    )
+    print("\n".join(lines))
+    return explained.exit_code
+
+
+def _step_of_requests(requests: list) -> int:
+    """Without --step, explain takes the one step the requests name."""
+    steps = sorted({u.step for u in requests})
+    if len(steps) != 1:
+        raise ParityError(
+            "give --step N (with --request it defaults to the step the request names"
+            + (f"; these name steps {steps})" if steps else ")")
         )
-        print(
-            "  (the render encoded like the preview before scoring: an exact reproduction "
-            "scores SSIM 1.0000)"
-        )
-    if row.jpeg_floor:
-        lossless = _lossless_ssim(out_dir, row)
-        measured = f"{lossless:.4f}" if lossless is not None else "n/a"
-        print(
-            f"  without that encoding, the lossless render scores SSIM {measured}; best "
-            f"possible SSIM against this JPEG preview (a perfect reproduction): "
-            f"{row.jpeg_floor.get('ssim', float('nan')):.4f}"
-        )
-    if row.served is not None:
-        served = row.served
-        diff = served["max_abs_diff"]
-        print(
-            f"served image {served['path']}: {served['verdict'].upper()} against parity's "
-            f"reference render (SSIM {served['ssim']:.4f}, max difference "
-            f"{'n/a (sizes differ)' if diff is None else f'{diff}/255'})"
-        )
-        if row.served_note:
-            print(f"  {row.served_note}")
-    if row.counterfactuals:
-        print("counterfactuals (renders of the reference with the preview's values for):")
-    for cf in row.counterfactuals:
-        flag = ""
-        if cf.leaves_out_a_cause:
-            flag = "  CONFIRMED cause" if cf.confirmed else "  not a cause"
-        print(
-            f"  {cf.label:<24} SSIM {cf.ssim:.4f}  {'match' if cf.match else 'mismatch':<8}"
-            f"{flag}  {out_dir / (cf.image or '')}"
-        )
-    if row.verdict == "mismatch":
-        state = "complete" if row.explained else "INCOMPLETE (unexplained residual)"
-        print(f"causes: {', '.join(map(str, row.causes)) or 'none confirmed'}; explanation {state}")
-    if row.detail:
-        print(f"detail: {row.detail}")
-    if case.pair is not None:
-        lora_root = Path(args.lora_root) if args.lora_root else default_lora_root(job)
-        corrected = write_corrected_requests(
-            job,
-            [case],
-            [row],
-            out_dir,
-            engine.checkpoint_scheduler_shift,
-            server_era=options.server_era,
-            lora_root=lora_root,
-            lora_paths={u.step: u.request.loras[0].path for u in requests},
-        )[step]
-        folder = out_dir / "corrected_requests"
-        placed = corrected.placement.get(args.index) or corrected.closest.get(args.index)
-        if placed is not None:
-            request_file = folder / corrected.file(placed[0])
-            label = "corrected request" if args.index in corrected.placement else "closest request"
-            print(f"\n{label}: {request_file} prompt {placed[1]}")
-            print(json.dumps(corrected.requests[placed[0]].to_json_dict(), indent=2))
-            print(
-                f"render it as the server would: parity render {request_file} "
-                f"--lora-root {lora_root} --out DIR"
-            )
-        for reason in corrected.cannot.get(args.index, []):
-            print(f"  the server cannot reproduce this preview exactly: {reason}")
-    if row.preview:
-        print(f"\npreview: {(out_dir / row.preview).resolve()}")
-    if row.render:
-        print(f"reference render: {(out_dir / row.render).resolve()}")
-    failed = row.verdict != "match" or (row.served or {}).get("verdict") == "drift"
-    return EXIT_MISMATCH if failed else EXIT_OK
-
-
-def _installed_era() -> Any:
-    from parity.zimage.diffusers_era import diffusers_era
-
-    return diffusers_era(None)
-
-
-def _lossless_ssim(out_dir: Path, row: Any) -> float | None:
-    """SSIM of the lossless reference render against the preview as stored."""
-    from parity.compare import load_rgb, ssim
-
-    if not row.preview or not row.render:
-        return None
-    preview, render = load_rgb(out_dir / row.preview), load_rgb(out_dir / row.render)
-    return ssim(preview, render) if preview.shape == render.shape else None
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, dict) and "applier" in value:  # a LoRA
-        how = "merged" if value["merged"] else value["applier"]
-        return f"{Path(value['path']).name[:16]} x{value['scale']:g} {how}"
-    if isinstance(value, dict):
-        value = {k: v for k, v in value.items() if v is not None}
-        if "path" in value:
-            value["path"] = Path(value["path"]).name
-    text = json.dumps(value) if not isinstance(value, str) else value
-    return text if len(text) <= 30 else text[:27] + "..."
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
+    return steps[0]
 
 
 # ------------------------------------------------------------------------- env
