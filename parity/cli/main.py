@@ -16,7 +16,6 @@ from typing import Any
 from parity import __version__
 from parity.errors import LoraError, ModelError, ParityError
 from parity.logs import configure_logging
-from parity.run_info import RunInfo
 
 log = logging.getLogger("parity")
 
@@ -466,6 +465,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if args.history and not args.no_history:
         from parity.report.history import append_run_history
+        from parity.run_info import RunInfo
 
         append_run_history(
             args.history,
