@@ -17,6 +17,7 @@ from parity.report.history import (
     SSIM_DROP_THRESHOLD,
     HistoryError,
     append_history,
+    append_run_history,
     find_regressions,
     read_history,
     render_trends,
@@ -72,6 +73,25 @@ def test_read_missing_history_is_empty(tmp_path):
 def test_unknown_extension_rejected(tmp_path):
     with pytest.raises(HistoryError, match="history.txt"):
         append_history(tmp_path / "history.txt", [], run_time="2025-01-01T00:00:00Z", run_id="r")
+
+
+def test_a_history_that_cannot_be_written_is_one_warning(tmp_path):
+    """What ``parity run`` of one job and the fleet's driver both do after a run."""
+    rows = _rows("j", [0.9], ["match"])
+    lines: list[str] = []
+    ok = append_run_history(
+        tmp_path / "history.parquet", rows, run_time="2025-01-01T00:00:00Z", run_id="r",
+        warn=lines.append,
+    )  # fmt: skip
+    assert ok and lines == [] and len(read_history(tmp_path / "history.parquet")) == 1
+    bad = tmp_path / "history.txt"
+    assert not append_run_history(bad, rows, run_time="2025", run_id="r", warn=lines.append)
+    assert not append_run_history(
+        tmp_path / "h.csv", rows, run_time=None, run_id="r", warn=lines.append, job="j"
+    )
+    assert lines[0].startswith("warning: history not updated: ") and "history.txt" in lines[0]
+    assert lines[1] == "warning: j: history not updated: the run has no start time in its run.json"
+    assert not (tmp_path / "h.csv").exists()
 
 
 def _writer(path: str, run_id: str, n: int, chunks: int, barrier) -> None:

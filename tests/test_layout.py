@@ -25,6 +25,7 @@ RANKS: dict[str, int] = {
     "parity.attribute": 5,
     "parity.correct": 6,
     "parity.results": 7,
+    "parity.run_info": 7,
     "parity.report": 8,
     "parity.run": 9,
     "parity.fleet": 10,

@@ -423,28 +423,18 @@ def _requests_in_steps(requests: list, steps: list[int], option: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from parity.fleet import is_fleet_run, job_to_resume
     from parity.run import default_out_dir, run_job
 
-    if _is_fleet_run(args):
+    if is_fleet_run(args.job, workers=args.workers, ray=args.ray, resume=args.resume):
         return cmd_run_fleet(args)
     args.job = args.job[0] if args.job else None
     resume = args.resume is not None
     recorded: dict[str, Any] = {}
     if resume:
         out_dir = Path(args.resume)
-        info_path = out_dir / "run.json"
-        if not info_path.is_file():
-            raise ParityError(
-                f"{out_dir}: no run.json to resume from; start the run again without --resume"
-            )
-        try:
-            info = json.loads(info_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ParityError(f"{info_path}: unreadable ({e}); start the run again") from None
-        recorded = info.get("options") or {}
-        job_path = args.job or info.get("job_path")
-        if not job_path:
-            raise ParityError(f"{info_path}: names no job; give the JOB folder too")
+        job_path, info = job_to_resume(out_dir, args.job)
+        recorded = info.options or {}
     else:
         if args.job is None:
             raise ParityError("give a JOB folder (or --resume DIR)")
@@ -474,102 +464,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         requests=requests,
     )
     if args.history and not args.no_history:
-        try:
-            from parity.report.history import append_history
+        from parity.report.history import append_run_history
+        from parity.run_info import RunInfo
 
-            run_id = out_dir.name
-            append_history(
-                args.history,
-                summary.rows,
-                run_time=_run_time(out_dir),
-                run_id=f"{job.name}/{run_id}",
-            )
-        except Exception as e:
-            print(f"warning: history not updated: {e}", file=sys.stderr)
+        append_run_history(
+            args.history,
+            summary.rows,
+            run_time=RunInfo.read(out_dir).started,
+            run_id=f"{job.name}/{out_dir.name}",
+            warn=lambda line: print(line, file=sys.stderr),
+        )
     _print_summary(summary)
     return summary.exit_code
 
 
 # ------------------------------------------------------------------ many jobs
-
-
-def _is_fleet_run(args: argparse.Namespace) -> bool:
-    """Several jobs, workers, Ray, or the resume of a multi-job folder: parity.fleet."""
-    if len(args.job) > 1 or args.workers is not None or args.ray is not None:
-        return True
-    if args.resume is None:
-        return False
-    folder = Path(args.resume)
-    return not (folder / "run.json").is_file() and _is_fleet_folder(folder)
-
-
-def _is_fleet_folder(folder: Path) -> bool:
-    from parity.fleet import SUMMARY_FILE
-
-    if (folder / SUMMARY_FILE).is_file():
-        return True
-    return folder.is_dir() and any((d / "run.json").is_file() for d in folder.iterdir())
-
-
-def _read_run_info(folder: Path) -> dict[str, Any]:
-    info_path = folder / "run.json"
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ParityError(f"{info_path}: unreadable ({e}); start the run again") from None
-    if not isinstance(info, dict):
-        raise ParityError(f"{info_path}: not a parity run.json; start the run again")
-    return info
-
-
-def _fleet_entries(
-    args: argparse.Namespace,
-) -> tuple[list[tuple[str, Path | None]], Path | None, dict[str, Any]]:
-    """(job path, run folder or None for ROOT/<job name>) per job, the multi-job folder
-    ROOT (None for one job: its run folder is the output) and the options recorded for
-    the whole run (those of a resumed summary.json)."""
-    from datetime import UTC, datetime
-
-    from parity.fleet import SUMMARY_FILE, read_summary
-
-    jobs: list[str] = list(args.job)
-    if args.resume is None:
-        if not jobs:
-            raise ParityError("give one or more JOB folders (or --resume DIR)")
-        if len(jobs) == 1:
-            return [(jobs[0], Path(args.out) if args.out else None)], None, {}
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        root = Path(args.out) if args.out else Path("reports") / "fleet" / stamp
-        return [(job, None) for job in jobs], root, {}
-    root = Path(args.resume)
-    if (root / "run.json").is_file():  # the run folder of one job
-        if len(jobs) > 1:
-            raise ParityError(f"{root} is the run folder of one job; give at most one JOB with it")
-        job_path = jobs[0] if jobs else _read_run_info(root).get("job_path")
-        if not job_path:
-            raise ParityError(f"{root / 'run.json'}: names no job; give the JOB folder too")
-        return [(job_path, root)], None, {}
-    summary = read_summary(root / SUMMARY_FILE) if (root / SUMMARY_FILE).is_file() else None
-    recorded = (summary or {}).get("options") or {}
-    if jobs:
-        return [(job, None) for job in jobs], root, recorded
-    if summary is not None:
-        entries = [(str(j["job_path"]), root / str(j["run_dir"])) for j in summary["jobs"]]
-    else:
-        entries = [
-            (str(_read_run_info(d).get("job_path") or ""), d)
-            for d in sorted(root.iterdir())
-            if (d / "run.json").is_file()
-        ]
-    missing = [str(folder) for path, folder in entries if not path]
-    if missing:
-        raise ParityError(f"{missing[0]}/run.json names no job; give the JOB folders too")
-    if not entries:
-        raise ParityError(
-            f"{root}: nothing to resume (no run.json, summary.json or job folders with "
-            "run.json); start the run again without --resume"
-        )
-    return entries, root, recorded
 
 
 def cmd_run_fleet(args: argparse.Namespace) -> int:
@@ -578,30 +487,24 @@ def cmd_run_fleet(args: argparse.Namespace) -> int:
     import os
 
     from parity import fleet
-    from parity.job import read_job
     from parity.run import default_out_dir
 
-    entries, root, recorded_run = _fleet_entries(args)
-    resume = args.resume is not None
+    plan = fleet.run_entries(args.job, out=args.out, resume=args.resume)
+    root = plan.root
     jobs: list[Any] = []
     shared: dict[str, Any] = {}
     readied = []
-    for job_path, out_dir in entries:
+    for entry in plan.entries:
         job_args = copy.copy(args)
-        recorded = dict(recorded_run)
-        if out_dir is None and resume:  # ROOT/<job name>: the name is in the job
-            reference = args.reference_model or recorded.get("reference_model")
-            out_dir = root / read_job(job_path, reference_model=reference).name
-        if resume and out_dir is not None and (out_dir / "run.json").is_file():
-            recorded = _read_run_info(out_dir).get("options") or recorded
+        out_dir, recorded = plan.folder_and_options(entry, args.reference_model)
         job_args.steps_given = job_args.steps is not None or "steps" in recorded
         used = _resolve(job_args, recorded)
         shared = shared or used
-        opened = _open(job_args, job_path)
+        opened = _open(job_args, entry.job_path)
         job = opened.job
         if out_dir is None:
             out_dir = default_out_dir(job) if root is None else root / job.name
-        readied.append((job_path, out_dir, job_args, used, opened))
+        readied.append((entry.job_path, out_dir, job_args, used, opened))
     # --request, --served and --lora-root are run-wide: as given, or as every job recorded.
     requests = _requests([r[4].job for r in readied], readied[0][2] if readied else args)
     for job_path, out_dir, job_args, used, opened in readied:
@@ -624,53 +527,30 @@ def cmd_run_fleet(args: argparse.Namespace) -> int:
         )
         jobs.append(planned)
     fleet.check_unique_names([(j.name, j.job_path) for j in jobs])
-    if root is not None:
-        for job in jobs:
-            if job.out_dir.parent.resolve() != root.resolve():
-                raise ParityError(f"{job.out_dir}: not a job folder of {root}")
+    fleet.check_job_folders([j.out_dir for j in jobs], root)
     for job in jobs:
         for problem in job.problems:
             print(f"warning: {job.name}: {problem}", file=sys.stderr)
     _warn_stack()
 
-    signal_dir = os.environ.get(fleet.SIGNAL_DIR_ENV) or None
-    level = logging.getLogger("parity").getEffectiveLevel()
-    if args.ray is not None:
-        backend: Any = fleet.RayBackend(
-            args.ray,
-            workers=args.workers,
-            device=args.device,
-            threads=args.threads,
-            signal_dir=signal_dir,
-            log_level=level,
-        )
-    else:
-        from parity.render.engine import default_device
-
-        device = args.device or default_device()
-        if args.workers is not None:
-            specs = fleet.local_worker_specs(
-                args.workers, device, args.threads, signal_dir=signal_dir, log_level=level
-            )
-            backend = fleet.LocalBackend(specs)
-        else:
-            backend = fleet.InProcessBackend(
-                fleet.WorkerSpec("in-process", device, args.threads, signal_dir, level)
-            )
-    execution = {
-        "backend": backend.name,
-        "ray_address": args.ray,
-        "workers": [
-            {"label": s.label, "device": s.device, "threads": s.threads} for s in backend.specs
-        ],
-    }
+    backend = fleet.choose_backend(
+        workers=args.workers,
+        ray=args.ray,
+        device=args.device,
+        threads=args.threads,
+        signal_dir=os.environ.get(fleet.SIGNAL_DIR_ENV) or None,
+        log_level=logging.getLogger("parity").getEffectiveLevel(),
+    )
     try:
         run = fleet.FleetRun(
             jobs,
             backend,
             summary_path=None if root is None else root / fleet.SUMMARY_FILE,
-            resume=resume,
-            summary_info={"options": shared, "execution": execution},
+            resume=plan.resume,
+            summary_info={
+                "options": shared,
+                "execution": fleet.execution_record(backend, args.ray),
+            },
         )
     except BaseException:
         backend.close(abort=True)  # a Ray cluster started for the run stops
@@ -721,11 +601,6 @@ def _warn_stack() -> None:
         print(f"warning: {warning}", file=sys.stderr)
 
 
-def _run_time(out_dir: Path) -> str:
-    info = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))
-    return info.get("started")
-
-
 def _print_summary(summary: Any) -> None:
     counts = summary.counts
     print(
@@ -763,23 +638,15 @@ def _print_summary(summary: Any) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from parity.plan import default_lora_root, plan_cases
-    from parity.plan.sides import era_of
-    from parity.run import Runner, utc_now, write_corrected_requests
+    from parity.report.text import explain_lines
+    from parity.run import utc_now
+    from parity.run.explain import explain_preview
 
     _resolve(args)
     opened = _open(args)
     job = opened.job
     requests = _requests([job], args).get(job.name, [])
-    step = args.step
-    if step is None:
-        steps = sorted({u.step for u in requests})
-        if len(steps) != 1:
-            raise ParityError(
-                "give --step N (with --request it defaults to the step the request names"
-                + (f"; these name steps {steps})" if steps else ")")
-            )
-        step = steps[0]
+    step = args.step if args.step is not None else _step_of_requests(requests)
     _requests_in_steps(requests, [step], "--step")
     request_plan = _request_plan(job, args, requests)
     engine, device = _engine_for_job(opened, args)
@@ -788,146 +655,40 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if args.out
         else Path("reports") / job.name / f"explain-{utc_now().replace(':', '')}"
     )
-    options = _run_options(args, steps=(step,))
-    cases = plan_cases(
+    explained = explain_preview(
         job,
-        [step],
+        engine,
+        out_dir,
+        _run_options(args, steps=(step,)),
+        step=step,
+        index=args.index,
         device=device,
-        checkpoint_shift=engine.checkpoint_scheduler_shift,
-        reference_dtype=_dtype(args),
-        allow_outside_paths=args.allow_outside_paths,
+        requests=requests,
         request_plan=request_plan,
-        server_era=options.server_era,
     )
-    case = next((c for c in cases if c.index == args.index), None)
-    if case is None:
-        raise ParityError(f"{job.root}: no preview for step {step} index {args.index}")
-    for user in requests:  # a LoRA problem is found before the model loads
-        engine.lora(str(user.lora_path))
-    row = Runner(job, engine, out_dir, options).evaluate(case)
-    print(f"{job.name} step {row.step} index {row.index}: {str(row.verdict).upper()}")
-    if row.prompt:
-        print(f"prompt: {row.prompt}")
-    if case.request is not None:
-        print(f"reference side: prompt {case.request.prompt} of {case.request.source}")
-    if case.pair is not None:
-        era = era_of(job, job.checkpoint_for_step(step))
-        print(f"ai-toolkit {job.aitk_version or 'unknown'}: {era.label}")
-        server_era = options.server_era or _installed_era()
-        print(f"server: {server_era.describe()}")
-        print(f"\n{'setting':<20}{'preview (ai-toolkit)':<32}{'reference (server)':<32}")
-        p, r = case.pair.preview.to_dict(), case.pair.reference.to_dict()
-        for key in p:
-            pv, rv = _short(p[key]), _short(r[key])
-            # The generator kind is provenance only: both draw the same numbers on CPU.
-            mark = "" if pv == rv or key == "generator" else "  <-"
-            print(f"{key:<20}{pv:<32}{rv:<32}{mark}")
-        print(f"\nstatic differences: {', '.join(map(str, case.pair.differences)) or 'none'}")
-    if row.ssim is not None:
-        print(
-            f"reference render vs preview: SSIM {row.ssim:.4f}  PSNR {row.psnr:.2f} dB  "
-            f"latent {_fmt(row.latent_distance)}  LPIPS {_fmt(row.lpips)}"
+    lines = explain_lines(
+        job,
+        explained.case,
+        explained.row,
+        out_dir=out_dir,
+        server_era=explained.server_era,
+        lora_root=explained.lora_root,
+        corrected=explained.corrected,
+        lossless_ssim=explained.lossless_ssim,
+    )
+    print("\n".join(lines))
+    return explained.exit_code
+
+
+def _step_of_requests(requests: list) -> int:
+    """Without --step, explain takes the one step the requests name."""
+    steps = sorted({u.step for u in requests})
+    if len(steps) != 1:
+        raise ParityError(
+            "give --step N (with --request it defaults to the step the request names"
+            + (f"; these name steps {steps})" if steps else ")")
         )
-        print(
-            "  (the render encoded like the preview before scoring: an exact reproduction "
-            "scores SSIM 1.0000)"
-        )
-    if row.jpeg_floor:
-        lossless = _lossless_ssim(out_dir, row)
-        measured = f"{lossless:.4f}" if lossless is not None else "n/a"
-        print(
-            f"  without that encoding, the lossless render scores SSIM {measured}; best "
-            f"possible SSIM against this JPEG preview (a perfect reproduction): "
-            f"{row.jpeg_floor.get('ssim', float('nan')):.4f}"
-        )
-    if row.served is not None:
-        served = row.served
-        diff = served["max_abs_diff"]
-        print(
-            f"served image {served['path']}: {served['verdict'].upper()} against parity's "
-            f"reference render (SSIM {served['ssim']:.4f}, max difference "
-            f"{'n/a (sizes differ)' if diff is None else f'{diff}/255'})"
-        )
-        if row.served_note:
-            print(f"  {row.served_note}")
-    if row.counterfactuals:
-        print("counterfactuals (renders of the reference with the preview's values for):")
-    for cf in row.counterfactuals:
-        flag = ""
-        if cf.leaves_out_a_cause:
-            flag = "  CONFIRMED cause" if cf.confirmed else "  not a cause"
-        print(
-            f"  {cf.label:<24} SSIM {cf.ssim:.4f}  {'match' if cf.match else 'mismatch':<8}"
-            f"{flag}  {out_dir / (cf.image or '')}"
-        )
-    if row.verdict == "mismatch":
-        state = "complete" if row.explained else "INCOMPLETE (unexplained residual)"
-        print(f"causes: {', '.join(map(str, row.causes)) or 'none confirmed'}; explanation {state}")
-    if row.detail:
-        print(f"detail: {row.detail}")
-    if case.pair is not None:
-        lora_root = Path(args.lora_root) if args.lora_root else default_lora_root(job)
-        corrected = write_corrected_requests(
-            job,
-            [case],
-            [row],
-            out_dir,
-            engine.checkpoint_scheduler_shift,
-            server_era=options.server_era,
-            lora_root=lora_root,
-            lora_paths={u.step: u.request.loras[0].path for u in requests},
-        )[step]
-        folder = out_dir / "corrected_requests"
-        placed = corrected.placement.get(args.index) or corrected.closest.get(args.index)
-        if placed is not None:
-            request_file = folder / corrected.file(placed[0])
-            label = "corrected request" if args.index in corrected.placement else "closest request"
-            print(f"\n{label}: {request_file} prompt {placed[1]}")
-            print(json.dumps(corrected.requests[placed[0]].to_json_dict(), indent=2))
-            print(
-                f"render it as the server would: parity render {request_file} "
-                f"--lora-root {lora_root} --out DIR"
-            )
-        for reason in corrected.cannot.get(args.index, []):
-            print(f"  the server cannot reproduce this preview exactly: {reason}")
-    if row.preview:
-        print(f"\npreview: {(out_dir / row.preview).resolve()}")
-    if row.render:
-        print(f"reference render: {(out_dir / row.render).resolve()}")
-    failed = row.verdict != "match" or (row.served or {}).get("verdict") == "drift"
-    return EXIT_MISMATCH if failed else EXIT_OK
-
-
-def _installed_era() -> Any:
-    from parity.zimage.diffusers_era import diffusers_era
-
-    return diffusers_era(None)
-
-
-def _lossless_ssim(out_dir: Path, row: Any) -> float | None:
-    """SSIM of the lossless reference render against the preview as stored."""
-    from parity.compare import load_rgb, ssim
-
-    if not row.preview or not row.render:
-        return None
-    preview, render = load_rgb(out_dir / row.preview), load_rgb(out_dir / row.render)
-    return ssim(preview, render) if preview.shape == render.shape else None
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, dict) and "applier" in value:  # a LoRA
-        how = "merged" if value["merged"] else value["applier"]
-        return f"{Path(value['path']).name[:16]} x{value['scale']:g} {how}"
-    if isinstance(value, dict):
-        value = {k: v for k, v in value.items() if v is not None}
-        if "path" in value:
-            value["path"] = Path(value["path"]).name
-    text = json.dumps(value) if not isinstance(value, str) else value
-    return text if len(text) <= 30 else text[:27] + "..."
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
+    return steps[0]
 
 
 # ------------------------------------------------------------------------- env

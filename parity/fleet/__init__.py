@@ -28,8 +28,10 @@ Modules. :mod:`parity.fleet.records` (jobs, tasks, worker specs, events and the
 constants), :mod:`parity.fleet.planning` (:func:`plan_job`,
 :func:`check_unique_names`), :mod:`parity.fleet.worker` (:class:`FleetWorker`, the
 bodies of a worker process and of a Ray actor), :mod:`parity.fleet.backends` (the
-three backends) and :mod:`parity.fleet.driver` (:class:`FleetRun`, which writes the
-run folders). Each imports only records and those named before it; this package
+three backends, and :func:`choose_backend` of the command line's options),
+:mod:`parity.fleet.driver` (:class:`FleetRun`, which writes the run folders) and
+:mod:`parity.fleet.resume` (which jobs a run covers and where each writes, a resumed
+run's included). Each imports only records and those named before it; this package
 re-exports their public names.
 """
 
@@ -38,6 +40,8 @@ from parity.fleet.backends import (
     InProcessBackend,
     LocalBackend,
     RayBackend,
+    choose_backend,
+    execution_record,
     import_ray,
     local_worker_specs,
 )
@@ -64,6 +68,15 @@ from parity.fleet.records import (
     RowEvent,
     WorkerLost,
     WorkerSpec,
+)
+from parity.fleet.resume import (
+    RunEntries,
+    RunEntry,
+    check_job_folders,
+    is_fleet_folder,
+    is_fleet_run,
+    job_to_resume,
+    run_entries,
 )
 from parity.fleet.worker import (
     FleetWorker,
@@ -93,10 +106,19 @@ __all__ = [
     "LocalBackend",
     "RAY_LOOPBACK_ENV",
     "RayBackend",
+    "choose_backend",
+    "execution_record",
     "import_ray",
     "local_worker_specs",
     "FleetProgress",
     "FleetRun",
     "JobState",
     "read_summary",
+    "RunEntries",
+    "RunEntry",
+    "check_job_folders",
+    "is_fleet_folder",
+    "is_fleet_run",
+    "job_to_resume",
+    "run_entries",
 ]

@@ -56,6 +56,61 @@ class InProcessBackend:
         self._streams.clear()
 
 
+def choose_backend(
+    *,
+    workers: int | None,
+    ray: str | None,
+    device: str | None,
+    threads: int | None,
+    signal_dir: str | None = None,
+    log_level: int = logging.WARNING,
+) -> InProcessBackend | LocalBackend | RayBackend:
+    """The backend of ``--workers``, ``--ray``, ``--device`` and ``--threads``.
+
+    With ``ray`` (an address, ``auto`` or ``local``): Ray actors (``workers`` of them,
+    by default one per GPU or node). Else with ``workers``: that many local worker
+    processes. Else one worker in this process. Without ``device``, local workers take
+    :func:`parity.render.engine.default_device`.
+
+    Raises
+    ------
+    ParityError
+        Workers the machine or cluster cannot give (:func:`local_worker_specs`), or a
+        Ray cluster that cannot be reached.
+    """
+    if ray is not None:
+        return RayBackend(
+            ray,
+            workers=workers,
+            device=device,
+            threads=threads,
+            signal_dir=signal_dir,
+            log_level=log_level,
+        )
+    from parity.render.engine import default_device
+
+    device = device or default_device()
+    if workers is not None:
+        specs = local_worker_specs(
+            workers, device, threads, signal_dir=signal_dir, log_level=log_level
+        )
+        return LocalBackend(specs)
+    return InProcessBackend(WorkerSpec("in-process", device, threads, signal_dir, log_level))
+
+
+def execution_record(
+    backend: InProcessBackend | LocalBackend | RayBackend, ray: str | None = None
+) -> dict[str, Any]:
+    """How a run executes, for summary.json: the backend, ``--ray`` and the workers."""
+    return {
+        "backend": backend.name,
+        "ray_address": ray,
+        "workers": [
+            {"label": s.label, "device": s.device, "threads": s.threads} for s in backend.specs
+        ],
+    }
+
+
 def local_worker_specs(
     workers: int,
     device: str,

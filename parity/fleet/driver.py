@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from parity.results import (
     write_results,
 )
 from parity.run import progress_enabled, utc_now, write_run_report
+from parity.run_info import RunInfo
 
 # --------------------------------------------------------------------- the driver
 
@@ -46,7 +47,7 @@ class JobState:
 
     job: FleetJob
     rows: dict[tuple[int, int], ResultRow] = field(default_factory=dict)
-    run_info: dict[str, Any] | None = None
+    run_info: RunInfo | None = None
     attempts: int = 0
     status: str = "pending"  # pending, running, finished, failed
     error: str | None = None
@@ -224,7 +225,7 @@ class FleetRun:
     def _task(self, state: JobState) -> JobTask:
         job = state.job
         results = json.dumps([r.to_json() for r in state.sorted_rows()]) if state.rows else None
-        run_json = json.dumps(state.run_info) if state.run_info is not None else None
+        run_json = state.run_info.to_text() if state.run_info is not None else None
         return JobTask(
             name=job.name,
             job_path=job.job_path,
@@ -266,7 +267,7 @@ class FleetRun:
         row = ResultRow.from_json(event.row)
         state.rows[(row.step, row.index)] = row
         if event.run_json is not None:
-            state.run_info = json.loads(event.run_json)
+            state.run_info = RunInfo.from_json(json.loads(event.run_json))
             self._write_run_info(state, event.worker)
         write_results(out_dir, state.sorted_rows(), durable=False)
         self.progress.advance()
@@ -277,7 +278,7 @@ class FleetRun:
         rows = [ResultRow.from_json(d) for d in event.rows]
         state.rows = {(r.step, r.index): r for r in rows}
         write_results(job.out_dir, rows)
-        state.run_info = json.loads(event.run_json)
+        state.run_info = RunInfo.from_json(json.loads(event.run_json))
         run_info = self._write_run_info(state, event.worker)
         corrected, request_files = {}, {}
         for name, data in event.files.items():
@@ -298,18 +299,21 @@ class FleetRun:
         )
         state.status = "finished"
         if job.history:
-            try:
-                from parity.report.history import append_history
+            from parity.report.history import append_run_history
 
-                append_history(job.history, rows, run_time=run_info["started"], run_id=job.run_id)
-            except Exception as e:  # the run folder is complete; say so and go on
-                self.progress.line(f"warning: {job.name}: history not updated: {e}")
+            append_run_history(
+                job.history,
+                rows,
+                run_time=run_info.started,
+                run_id=job.run_id,
+                warn=self.progress.line,
+                job=job.name,
+            )
 
-    def _write_run_info(self, state: JobState, worker: str) -> dict[str, Any]:
+    def _write_run_info(self, state: JobState, worker: str) -> RunInfo:
         assert state.run_info is not None
-        state.run_info["worker"] = worker
-        state.run_info["attempts"] = state.attempts
-        atomic_write_text(state.job.out_dir / "run.json", json.dumps(state.run_info, indent=2))
+        state.run_info = replace(state.run_info, worker=worker, attempts=state.attempts)
+        state.run_info.write(state.job.out_dir)
         return state.run_info
 
     def _lost(self, slot: int, lost: WorkerLost) -> None:
@@ -347,12 +351,8 @@ class FleetRun:
                 state.rows = {(r.step, r.index): r for r in read_results(out_dir)}
             except (OSError, ValueError) as e:
                 raise ParityError(f"{out_dir / 'results.json'}: unreadable ({e})") from None
-        info_path = out_dir / "run.json"
-        if info_path.is_file():
-            try:
-                state.run_info = json.loads(info_path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                raise ParityError(f"{info_path}: unreadable ({e}); start again") from None
+        if RunInfo.exists(out_dir):
+            state.run_info = RunInfo.read(out_dir)
 
     def counts(self) -> dict[str, int]:
         return verdict_counts(row for state in self.states.values() for row in state.rows.values())

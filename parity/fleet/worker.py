@@ -32,6 +32,7 @@ from parity.logs import configure_logging
 from parity.model_map import ModelMap
 from parity.render.models import ModelSource
 from parity.results import ResultRow, atomic_write_text
+from parity.run_info import RUN_FILE
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +92,14 @@ class FleetWorker:
                 if task.results_json is not None:
                     (work / "results.json").write_text(task.results_json, encoding="utf-8")
                 if task.run_json is not None:
-                    (work / "run.json").write_text(task.run_json, encoding="utf-8")
+                    (work / RUN_FILE).write_text(task.run_json, encoding="utf-8")
                 first = [True]
                 sent: set[str] = set()
 
                 def on_row(row: ResultRow) -> None:
                     run_json = None
                     if first[0]:
-                        run_json = (work / "run.json").read_text(encoding="utf-8")
+                        run_json = (work / RUN_FILE).read_text(encoding="utf-8")
                         first[0] = False
                     files = _row_files(work, row)
                     sent.update(files)
@@ -129,7 +130,7 @@ class FleetWorker:
                         task.name,
                         [r.to_json() for r in summary.rows],
                         files,
-                        (work / "run.json").read_text(encoding="utf-8"),
+                        (work / RUN_FILE).read_text(encoding="utf-8"),
                         self.label,
                     )
                 )
@@ -155,7 +156,7 @@ class FleetWorker:
 
 
 #: Files of a run folder the driver writes itself from the rows and run.json it receives.
-_DRIVER_FILES = frozenset({"results.json", "results.csv", "run.json"})
+_DRIVER_FILES = frozenset({"results.json", "results.csv", RUN_FILE})
 
 
 def _folder_files(work: Path) -> list[str]:

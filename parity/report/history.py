@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -244,6 +245,36 @@ def append_history(
         ) from exc
     log.info("appended %d rows of run %s to %s", len(new), run_id, path)
     return path
+
+
+def append_run_history(
+    history_path: str | os.PathLike[str],
+    rows: list[ResultRow],
+    *,
+    run_time: str | None,
+    run_id: str,
+    warn: Callable[[str], None],
+    job: str | None = None,
+) -> bool:
+    """Append a finished run's rows (:func:`append_history`); a failure is a warning.
+
+    The run folder is complete by then, so a history that cannot be written (locked,
+    unreadable, another format) costs the run nothing: ``warn`` gets one line saying so
+    (``job`` names the job in it, for a run of several) and the run goes on.
+
+    Returns
+    -------
+    bool
+        Whether the rows were appended.
+    """
+    try:
+        if not run_time:
+            raise HistoryError("the run has no start time in its run.json")
+        append_history(history_path, rows, run_time=run_time, run_id=run_id)
+    except Exception as e:
+        warn(f"warning: {f'{job}: ' if job else ''}history not updated: {e}")
+        return False
+    return True
 
 
 def read_history(path: str | os.PathLike[str]) -> pd.DataFrame:

@@ -293,7 +293,8 @@ def write_report(
     job_name
         Shown in the title and summary.
     run_info
-        Run facts for the summary (run.json). Known keys (all optional): those of
+        Run facts for the summary: run.json's object
+        (:meth:`parity.run_info.RunInfo.to_json`). Known keys (all optional): those of
         :data:`RUN_INFO_LABELS`, ``thresholds`` (name to value), ``options`` (the
         recorded command-line options), ``stack`` (:func:`parity.stack.stack_record`) and
         ``requests``, each shown as a table; any other key is shown as plain text.

@@ -2,8 +2,10 @@
 attributed, corrected, written (:func:`run_job`).
 
 :mod:`parity.run.options` (what a run is asked to do and what it found),
-:mod:`parity.run.runner` (one case at a time: render, compare, attribute) and
-:mod:`parity.run.job_run` (the job from start to end).
+:mod:`parity.run.runner` (one case at a time: render, compare, attribute),
+:mod:`parity.run.job_run` (the job from start to end), :mod:`parity.run.explain` (one
+preview in depth) and :mod:`parity.run.open_job` (a job and its model, for every front
+door).
 """
 
 from parity.run.job_run import run_job, write_corrected_requests, write_run_report

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from parity.results import (
     link_or_copy,
     write_results,
 )
+from parity.run_info import RunInfo
 from parity.settings import Cause, RenderSettings
 from parity.zimage.diffusers_era import DiffusersEra, diffusers_era
 from parity.zimage.server import server_dtype
@@ -141,8 +142,59 @@ def run_job(
     to it) and ``report=False`` leaves report.html, whose links must resolve from the
     final folder, to the driver.
     """
-    from parity.stack import stack_record
+    out_dir = Path(out_dir)
+    # 1. The job can run: its steps have previews, its training adapter is there.
+    steps = _check_job(job, options)
+    # 2. The user's requests meet the previews, and their LoRAs load.
+    request_plan = _plan_user_requests(job, engine, requests, options)
+    # 3. The reference model loads, before anything is written.
+    _load_reference_model(engine, options, device)
+    # 4. The run folder and its run.json (continued, on a resume).
+    runner = Runner(job, engine, out_dir, options, relative_to=relative_to)
+    info = _open_run_folder(
+        job,
+        engine,
+        out_dir,
+        options,
+        steps=steps,
+        thresholds=asdict(runner.thresholds),
+        device=device,
+        recorded_options=recorded_options,
+        request_plan=request_plan,
+        resume=resume,
+    )
+    # 5. Both sides' settings of every preview.
+    cases = _plan_job_cases(job, engine, steps, options, device, request_plan)
+    # 6. Each preview rendered the server's way, judged and, on a mismatch, explained.
+    rows = runner.run(cases, resume=resume, on_row=on_row)
+    # 7. The requests the server takes unchanged that reproduce the previews.
+    corrected = write_corrected_requests(
+        job,
+        cases,
+        rows,
+        out_dir,
+        engine.checkpoint_scheduler_shift,
+        server_era=options.server_era,
+        lora_root=_lora_root(job, options),
+        lora_paths={u.step: u.request.loras[0].path for u in requests},
+    )
+    # 8. run.json finished, then the report.
+    summary = RunSummary(out_dir, rows, corrected)
+    _finish_run(info, summary, with_requests=request_plan is not None, report=report)
+    return summary
 
+
+# -------------------------------------------------------------------- its steps
+
+
+def _check_job(job: Job, options: RunOptions) -> list[int]:
+    """The steps the run covers, once the job is known to be runnable.
+
+    Raises
+    ------
+    JobError
+        The training adapter every preview needs is missing, or there is no preview.
+    """
     steps = select_steps(job, options.steps)
     if job.adapter_problem:  # every preview needs it: the run cannot happen
         raise JobError(job.adapter_problem)
@@ -153,91 +205,140 @@ def run_job(
             else f"no <ms>__<step>_<index> images in {job.root / 'samples'}"
         )
         raise JobError(f"{job.root}: the job has no previews to check ({why})")
+    return steps
+
+
+def _plan_user_requests(
+    job: Job, engine: RenderEngine, requests: Sequence[UserRequest], options: RunOptions
+) -> RequestPlan | None:
+    """The user's requests paired with previews (None without any).
+
+    Each request's LoRA is read before the model loads: like a model that cannot load,
+    it is a problem of the whole run (exit 2), found before anything is rendered.
+    """
     request_plan = plan_requests(job, requests, options.match) if requests else None
-    # A request's LoRA is checked before the model loads (both are exit-2 problems).
     for user in requests:
         try:
             engine.lora(str(user.lora_path))
         except LoraError as e:
             raise LoraError(f"{user.source}: {e}") from None
-    # Load the reference model before anything is written: a model that cannot be loaded
-    # makes the whole run impossible (ModelLoadError), not every preview an error.
+    return request_plan
+
+
+def _load_reference_model(engine: RenderEngine, options: RunOptions, device: str) -> None:
+    """Load the reference model in the server's dtype.
+
+    Before anything is written: a model that cannot be loaded makes the whole run
+    impossible (ModelLoadError), not every preview an error.
+    """
     engine.variant(options.reference_dtype or server_dtype(device))
-    out_dir = Path(out_dir)
+
+
+def _open_run_folder(
+    job: Job,
+    engine: RenderEngine,
+    out_dir: Path,
+    options: RunOptions,
+    *,
+    steps: list[int],
+    thresholds: dict[str, float],
+    device: str,
+    recorded_options: dict[str, Any] | None,
+    request_plan: RequestPlan | None,
+    resume: bool,
+) -> RunInfo:
+    """Create ``out_dir`` and write its run.json, not finished yet.
+
+    A resumed run continues the run.json it finds: its start time, its options when none
+    are given, and what only a finished run writes (counts...) until this one finishes.
+    """
+    from parity.stack import stack_record
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    run_info_path = out_dir / "run.json"
-    run_info: dict[str, Any] = {}
-    if resume and run_info_path.exists():
-        run_info = json.loads(run_info_path.read_text(encoding="utf-8"))
-    runner = Runner(job, engine, out_dir, options, relative_to=relative_to)
+    previous = RunInfo.read(out_dir) if resume and RunInfo.exists(out_dir) else RunInfo()
     era = options.server_era or diffusers_era(None)
-    lora_root = options.lora_root or default_lora_root(job)
-    run_info.update(
-        {
-            "options": dict(recorded_options or run_info.get("options") or {}),
-            "stack": stack_record(),
-            "model_source": _source_record(engine),
-            "job": job.name,
-            "job_path": str(job.root),
-            "started": run_info.get("started") or utc_now(),
-            "finished": None,
-            "parity_version": __version__,
-            "device": device,
-            "reference_model": job.reference_model,
-            "aitk_version": job.aitk_version,
-            "steps": steps,
-            "thresholds": asdict(runner.thresholds),
-            "confirm_margin": options.confirm_margin,
-            "attribution": options.attribute,
-            "server_diffusers": era.to_json(),
-            "lora_root": str(lora_root),
-            "match": options.match,
-        }
+    info = replace(
+        previous,
+        options=dict(recorded_options or previous.options or {}),
+        stack=stack_record(),
+        model_source=_source_record(engine),
+        job=job.name,
+        job_path=str(job.root),
+        started=previous.started or utc_now(),
+        finished=None,
+        parity_version=__version__,
+        device=device,
+        reference_model=job.reference_model,
+        aitk_version=job.aitk_version,
+        steps=tuple(steps),
+        thresholds=thresholds,
+        confirm_margin=options.confirm_margin,
+        attribution=options.attribute,
+        server_diffusers=era.to_json(),
+        lora_root=str(_lora_root(job, options)),
+        match=options.match,
     )
     if request_plan is not None:
-        run_info["requests"] = _keep_requests(request_plan, out_dir)
-        run_info.update({k: v for k, v in request_plan.to_json().items() if k != "requests"})
-    atomic_write_text(run_info_path, json.dumps(run_info, indent=2))
-    shift = engine.checkpoint_scheduler_shift
-    cases = plan_cases(
+        plan = request_plan.to_json()
+        info = replace(
+            info,
+            requests=_keep_requests(request_plan, out_dir),
+            unmatched_prompts=plan["unmatched_prompts"],
+            unmatched_previews=plan["unmatched_previews"],
+            served_missing=plan["served_missing"],
+        )
+    info.write(out_dir)
+    return info
+
+
+def _plan_job_cases(
+    job: Job,
+    engine: RenderEngine,
+    steps: list[int],
+    options: RunOptions,
+    device: str,
+    request_plan: RequestPlan | None,
+) -> list[Case]:
+    """Both sides' settings of every preview of ``steps`` (:func:`parity.plan.plan_cases`)."""
+    return plan_cases(
         job,
         steps,
         device=device,
-        checkpoint_shift=shift,
+        checkpoint_shift=engine.checkpoint_scheduler_shift,
         reference_dtype=options.reference_dtype,
         allow_outside_paths=options.allow_outside_paths,
         request_plan=request_plan,
         server_era=options.server_era,
     )
-    rows = runner.run(cases, resume=resume, on_row=on_row)
-    corrected = write_corrected_requests(
-        job,
-        cases,
-        rows,
-        out_dir,
-        shift,
-        server_era=options.server_era,
-        lora_root=lora_root,
-        lora_paths={u.step: u.request.loras[0].path for u in requests},
+
+
+def _finish_run(info: RunInfo, summary: RunSummary, *, with_requests: bool, report: bool) -> None:
+    """Write the finished run.json (its counts; with requests, their served drift), then
+    report.html unless the caller writes it (a fleet worker's driver)."""
+    info = replace(
+        info,
+        finished=utc_now(),
+        counts=summary.counts,
+        served_drift=summary.served_drift if with_requests else info.served_drift,
     )
-    summary = RunSummary(out_dir, rows, corrected)
-    run_info["finished"] = utc_now()
-    run_info["counts"] = summary.counts
-    if request_plan is not None:
-        run_info["served_drift"] = summary.served_drift
-    atomic_write_text(run_info_path, json.dumps(run_info, indent=2))
+    info.write(summary.out_dir)
     if report:
+        corrected = summary.corrected
         write_run_report(
-            out_dir,
-            rows,
-            job_name=job.name,
-            run_info=run_info,
+            summary.out_dir,
+            summary.rows,
+            job_name=info.job,
+            run_info=info,
             corrected_requests={s: c.to_json_dict() for s, c in corrected.items()},
             request_files={
                 name: body for c in corrected.values() for name, body in c.request_files().items()
             },
         )
-    return summary
+
+
+def _lora_root(job: Job, options: RunOptions) -> Path:
+    """The server's workflows folder corrected requests' LoRA paths start from."""
+    return options.lora_root or default_lora_root(job)
 
 
 def _keep_requests(request_plan: RequestPlan, out_dir: Path) -> list[dict[str, Any]]:
@@ -261,7 +362,7 @@ def write_run_report(
     rows: list[ResultRow],
     *,
     job_name: str,
-    run_info: dict[str, Any],
+    run_info: RunInfo,
     corrected_requests: dict[int, Any],
     request_files: dict[str, Any] | None = None,
 ) -> None:
@@ -274,7 +375,7 @@ def write_run_report(
             out_dir,
             rows,
             job_name=job_name,
-            run_info=run_info,
+            run_info=run_info.to_json(),
             corrected_requests=corrected_requests,
             request_files=request_files,
         )

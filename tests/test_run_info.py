@@ -1,0 +1,131 @@
+"""run.json as a record (:class:`parity.run_info.RunInfo`): what a real run writes reads
+back as the same file, key for key, and a broken run.json is one line naming it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from parity.cli import main
+from parity.errors import ParityError
+from parity.run_info import RUN_FILE, RunInfo
+from parity.testing.jobs import AITK_REAL_BASE, AITK_REAL_JOB
+
+#: The keys of a finished one-job run's run.json, in order (docs/run-folder.md): a
+#: contract other tools read, which the record must not change.
+RUN_KEYS = [
+    "options",
+    "stack",
+    "model_source",
+    "job",
+    "job_path",
+    "started",
+    "finished",
+    "parity_version",
+    "device",
+    "reference_model",
+    "aitk_version",
+    "steps",
+    "thresholds",
+    "confirm_margin",
+    "attribution",
+    "server_diffusers",
+    "lora_root",
+    "match",
+    "counts",
+]
+
+#: Keys a run writes only with --request (the request plan, then served drift), and
+#: those a fleet's driver adds.
+REQUEST_KEYS = ["requests", "unmatched_prompts", "unmatched_previews", "served_missing"]
+FLEET_KEYS = ["worker", "attempts"]
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    argv = ["run", str(AITK_REAL_JOB), "--base-model", str(AITK_REAL_BASE)]
+    status = main([*argv, "--device", "cpu", "--out", str(out), "--no-history"])
+    assert status == 1  # the real job's previews have mismatches (test_aitk_real)
+    return out
+
+
+def test_a_real_run_json_reads_back_key_for_key(real_run):
+    text = (real_run / RUN_FILE).read_text(encoding="utf-8")
+    data = json.loads(text)
+    assert list(data) == RUN_KEYS
+    info = RunInfo.read(real_run)
+    assert info.job_path == str(AITK_REAL_JOB) and info.finished is not None
+    assert info.steps == (0, 10, 20) and info.counts == data["counts"]
+    assert list(info.to_json()) == RUN_KEYS
+    assert info.to_json() == data
+    assert info.to_text() == text  # written back, the file is byte for byte the same
+
+
+def test_run_info_round_trips(real_run, tmp_path):
+    info = replace(
+        RunInfo.read(real_run),
+        requests=[{"file": "/r.json", "step": 10, "lora": "a.safetensors", "prompts": 5}],
+        unmatched_prompts=[],
+        unmatched_previews=[{"step": 10, "index": 4, "reason": "no prompt"}],
+        served_missing=[],
+        served_drift=0,
+        worker="local-0",
+        attempts=2,
+        extra={"written_by_a_newer_parity": {"kept": True}},
+    )
+    path = info.write(tmp_path)
+    assert path == tmp_path / RUN_FILE
+    again = RunInfo.read(tmp_path)
+    assert again == info
+    assert list(again.to_json()) == [
+        *RUN_KEYS[:-1],
+        *REQUEST_KEYS,
+        "counts",
+        "served_drift",
+        *FLEET_KEYS,
+        "written_by_a_newer_parity",
+    ]
+
+
+def test_keys_after_match_are_written_only_once_set():
+    data = RunInfo().to_json()
+    assert list(data) == RUN_KEYS[:-1]
+    assert data["finished"] is None  # a running run says so: null, not absent
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "{folder}: no run.json to resume from; start the run again without --resume"),
+        ("{not json", "{folder}/run.json: unreadable ("),
+        ("[1, 2]", "{folder}/run.json: not a parity run.json; start the run again"),
+    ],
+    ids=["missing", "unreadable", "not-an-object"],
+)
+def test_a_broken_run_json_is_one_line_naming_it(tmp_path, capsys, content, message):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    if content is not None:
+        (folder / RUN_FILE).write_text(content, encoding="utf-8")
+    expected = message.format(folder=folder)
+    with pytest.raises(ParityError, match="start the run again") as caught:
+        RunInfo.read(folder)
+    assert str(caught.value).startswith(expected)
+    capsys.readouterr()
+    assert main(["run", "--resume", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"parity: error: {expected}"), err
+    assert "start the run again" in err
+
+
+def test_a_broken_run_json_in_a_multi_job_folder_is_one_line(tmp_path, capsys):
+    (tmp_path / "job_a").mkdir()
+    (tmp_path / "job_a" / RUN_FILE).write_text("{", encoding="utf-8")
+    assert main(["run", "--resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"parity: error: {tmp_path / 'job_a' / RUN_FILE}: unreadable (")
+    assert err.rstrip().endswith("start the run again")
