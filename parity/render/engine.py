@@ -6,7 +6,8 @@ decides the pixels. Per run the engine keeps:
 - one diffusers ``ZImagePipeline`` per :class:`VariantKey` (dtype, quantization,
   text-encoder cast, training adapter), loaded on demand and built the way ai-toolkit
   builds its model for sampling (see :meth:`RenderEngine.variant`);
-- prompt embeddings per (text, variant), shared by checkpoints and counterfactuals;
+- prompt embeddings per (text, variant, kernel path), shared by checkpoints and
+  counterfactuals;
 - the LoRA files, read once each (:mod:`parity.job.lora_files`).
 
 LoRA application comes in two kinds, matching the two sides:
@@ -20,14 +21,22 @@ LoRA application comes in two kinds, matching the two sides:
   merged into the weights (``W + m * delta`` in float32, rounded once to the weight dtype)
   for the render and restored after; otherwise it runs beside each linear through a
   forward hook (:meth:`parity.render.lora.ModuleDelta.output`).
+
+A render can also go through the *alternate kernel path* (``render(..., alternate=True)``,
+:func:`alternate_kernels`): numerically equivalent kernels that order their float
+reductions differently. Two renders of one setting, one through each path, differ by
+what another machine's kernels would change; that is the noise floor a run measures
+(:mod:`parity.compare.noise`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,6 +85,61 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+#: What :func:`alternate_kernels` switches, per device kind: the noise floor's ``method``.
+ALTERNATE_METHODS = {
+    "cpu": "sdpa math vs default",
+    "cuda": "sdpa math vs default, tf32 on vs off, reduced-precision reductions off vs on",
+}
+
+
+def alternate_method(device: str) -> str:
+    """The name of the alternate kernel path on ``device`` (``"cpu"``, ``"cuda:1"``...)."""
+    return ALTERNATE_METHODS["cuda" if str(device).startswith("cuda") else "cpu"]
+
+
+@contextlib.contextmanager
+def alternate_kernels(device: str) -> Iterator[None]:
+    """Run torch through numerically equivalent kernels that reduce in another order.
+
+    Everywhere: scaled dot-product attention through its math kernel instead of the
+    fused one torch picks (the text encoder's attention included). On CUDA also TF32 for
+    matmuls and cuDNN switched on (it is off by default) and reduced-precision
+    reductions in bf16/fp16 matmuls switched off (they are on by default). Every setting
+    is restored on exit.
+
+    Notes
+    -----
+    Measured on CPU (``docs/deciding.md``): the math kernel's renders differ from the
+    default ones by about as much as renders made with other ATen kernel sets (scalar,
+    AVX2, AVX-512) do, the best predictor of the cross-machine spread among the
+    switches tried; changing torch's thread count changed nothing at the fixtures'
+    sizes. Process-wide: do not render in other threads meanwhile.
+    """
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    cuda = str(device).startswith("cuda") and torch.cuda.is_available()
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (
+        matmul.allow_tf32,
+        cudnn.allow_tf32,
+        matmul.allow_bf16_reduced_precision_reduction,
+        matmul.allow_fp16_reduced_precision_reduction,
+    )
+    try:
+        if cuda:
+            matmul.allow_tf32 = cudnn.allow_tf32 = not saved[0]
+            matmul.allow_bf16_reduced_precision_reduction = not saved[2]
+            matmul.allow_fp16_reduced_precision_reduction = not saved[3]
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        if cuda:
+            matmul.allow_tf32, cudnn.allow_tf32 = saved[0], saved[1]
+            matmul.allow_bf16_reduced_precision_reduction = saved[2]
+            matmul.allow_fp16_reduced_precision_reduction = saved[3]
 
 
 @dataclass(frozen=True)
@@ -135,7 +199,9 @@ class RenderEngine:
         self.source = source
         self.device = device or default_device()
         self._variants: dict[VariantKey, _Variant] = {}
-        self._embeddings: dict[tuple[str, VariantKey], Any] = {}
+        # Keyed by kernel path too: embeddings of the alternate path never feed a default
+        # render, and the reverse.
+        self._embeddings: dict[tuple[str, VariantKey, bool], Any] = {}
         self._loras: dict[tuple[str, int | None], dict[str, ModuleDelta]] = {}
         self._offloaded = False
         self.renders = 0
@@ -260,11 +326,14 @@ class RenderEngine:
 
     # ---- prompts
 
-    def encode(self, text: str, variant: _Variant) -> Any:
-        """Prompt embeddings for ``text``, cached per (text, variant)."""
+    def encode(self, text: str, variant: _Variant, *, alternate: bool = False) -> Any:
+        """Prompt embeddings for ``text``, cached per (text, variant, kernel path).
+
+        ``alternate``: encoded through :func:`alternate_kernels` (the caller is inside it).
+        """
         import torch
 
-        key = (text, variant.key)
+        key = (text, variant.key, alternate)
         if key not in self._embeddings:
             with torch.no_grad():
                 embeds, _ = variant.pipe.encode_prompt(
@@ -380,8 +449,11 @@ class RenderEngine:
 
     # ---- rendering
 
-    def render(self, settings: RenderSettings) -> RenderOutput:
+    def render(self, settings: RenderSettings, *, alternate: bool = False) -> RenderOutput:
         """Render one image exactly as ``settings`` describe.
+
+        ``alternate``: through the alternate kernel path (:func:`alternate_kernels`), text
+        encoder included, for a noise floor; the default renders are unaffected.
 
         Raises
         ------
@@ -422,7 +494,8 @@ class RenderEngine:
                 notes.append(
                     f"{lora.path}: {applied} of {in_file} LoRA modules matched the transformer"
                 )
-            image = self._call_pipeline(variant, settings)
+            with alternate_kernels(self.device) if alternate else contextlib.nullcontext():
+                image = self._call_pipeline(variant, settings, alternate=alternate)
         finally:
             for hook in hooks:
                 hook.remove()
@@ -440,7 +513,9 @@ class RenderEngine:
             notes=notes,
         )
 
-    def _call_pipeline(self, variant: _Variant, s: RenderSettings) -> Image.Image:
+    def _call_pipeline(
+        self, variant: _Variant, s: RenderSettings, *, alternate: bool = False
+    ) -> Image.Image:
         import numpy as np
         import torch
         from diffusers import FlowMatchEulerDiscreteScheduler
@@ -449,8 +524,12 @@ class RenderEngine:
         pipe.scheduler = FlowMatchEulerDiscreteScheduler(
             num_train_timesteps=1000, shift=s.scheduler_shift, use_dynamic_shifting=False
         )
-        prompt_embeds = self.encode(s.prompt, variant)
-        negative = self.encode(s.negative_prompt, variant) if s.pipeline_guidance > 0 else None
+        prompt_embeds = self.encode(s.prompt, variant, alternate=alternate)
+        negative = (
+            self.encode(s.negative_prompt, variant, alternate=alternate)
+            if s.pipeline_guidance > 0
+            else None
+        )
         # ai-toolkit seeds the global CPU generator, the server a fresh CPU generator: both
         # draw the same numbers, so a fresh generator serves both without global state.
         generator = torch.Generator("cpu").manual_seed(int(s.seed))
