@@ -147,7 +147,7 @@ def test_explain_labels_the_jpeg_floor_and_the_counterfactuals(tmp_path, capsys)
     assert status == 1
     lines = {line.split()[0] + " " + line.split()[1]: line for line in out.splitlines()
              if line.startswith("  all ")}  # fmt: skip
-    assert "CONFIRMED" not in lines["all causes"] and "not a cause" not in lines["all causes"]
+    assert "CONFIRMED" not in lines["all causes"] and "not confirmed" not in lines["all causes"]
     assert "all but cfg" in out and "all but snapping" in out
     assert "CONFIRMED cause" in lines["all but"]
     assert "closest request:" in out and "the server cannot reproduce this preview" in out

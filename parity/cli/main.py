@@ -1046,6 +1046,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
             f"possible SSIM against this JPEG preview (a perfect reproduction): "
             f"{row.jpeg_floor.get('ssim', float('nan')):.4f}"
         )
+    if row.noise_floor is not None:
+        print(
+            f"noise floor ({row.noise_floor.render} render): {row.noise_floor}; "
+            f"verdicts of {row.noise_floor.dtype} renders allow {_noise_floor_k():g} times it"
+        )
     if row.served is not None:
         served = row.served
         diff = served["max_abs_diff"]
@@ -1061,7 +1066,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for cf in row.counterfactuals:
         flag = ""
         if cf.leaves_out_a_cause:
-            flag = "  CONFIRMED cause" if cf.confirmed else "  not a cause"
+            flag = "  CONFIRMED cause" if cf.confirmed else "  not confirmed"
         print(
             f"  {cf.label:<24} SSIM {cf.ssim:.4f}  {'match' if cf.match else 'mismatch':<8}"
             f"{flag}  {out_dir / (cf.image or '')}"
@@ -1069,6 +1074,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if row.verdict == "mismatch":
         state = "complete" if row.explained else "INCOMPLETE (unexplained residual)"
         print(f"causes: {', '.join(map(str, row.causes)) or 'none confirmed'}; explanation {state}")
+        for unconfirmed in row.below_noise_floor:
+            print(f"  below noise floor: {unconfirmed.note}")
     if row.detail:
         print(f"detail: {row.detail}")
     if case.pair is not None:
@@ -1102,6 +1109,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"reference render: {(out_dir / row.render).resolve()}")
     failed = row.verdict != "match" or (row.served or {}).get("verdict") == "drift"
     return EXIT_MISMATCH if failed else EXIT_OK
+
+
+def _noise_floor_k() -> float:
+    from parity.compare import NOISE_FLOOR_K
+
+    return NOISE_FLOOR_K
 
 
 def _installed_era() -> Any:

@@ -81,6 +81,7 @@ def write_corrected_requests(
             step,
             previews,
             attributions={i: r.attribution for i, r in step_rows.items() if r is not None},
+            unconfirmed={i: r.below_noise_floor for i, r in step_rows.items() if r is not None},
             lora_not_applied=any(
                 r is not None and Cause.LORA_NOT_APPLIED in r.candidate_causes
                 for r in step_rows.values()
@@ -188,6 +189,7 @@ def run_job(
             "steps": steps,
             "thresholds": asdict(runner.thresholds),
             "confirm_margin": options.confirm_margin,
+            "noise_floor_k": _noise_floor_k(),
             "attribution": options.attribute,
             "server_diffusers": era.to_json(),
             "lora_root": str(lora_root),
@@ -284,3 +286,9 @@ def write_run_report(
 
 def _source_record(engine: RenderEngine) -> dict[str, Any]:
     return {"transformer": engine.source.transformer, "components": engine.source.components}
+
+
+def _noise_floor_k() -> float:
+    from parity.compare.noise import NOISE_FLOOR_K
+
+    return NOISE_FLOOR_K
