@@ -394,12 +394,22 @@ def describe_difference(cause: Cause, reference: RenderSettings, preview: Render
 
 
 def _numerics(s: RenderSettings) -> str:
+    """A side's numerics: dtype, quantization, text-encoder cast, adapter, LoRA arithmetic."""
     parts = []
     if s.quantization.active:
         q = s.quantization
         parts.append(f"transformer {q.qtype or 'full'}, text encoder {q.qtype_te or 'full'}")
+    if s.text_encoder_cast:
+        parts.append("text encoder cast")
     if s.adapter is not None:
         parts.append("training adapter")
+    if s.lora is not None and s.dtype != "float32":  # how a LoRA is attached rounds below fp32
+        if s.lora.merged:
+            parts.append("LoRA merged")
+        elif s.lora.applier is LoraApplier.AITK:
+            parts.append("LoRA beside the weights in float32")
+        else:
+            parts.append(f"LoRA as a PEFT adapter in {s.dtype}")
     return f"{s.dtype} ({', '.join(parts)})" if parts else s.dtype
 
 

@@ -529,21 +529,19 @@ def unconfirmed_causes(
         effect = f"max {worst}/255, mean {mean:.2f}" if worst >= 0 else "a change of size"
         if floor is not None:
             allowance = (
-                f"this case's noise floor (max {floor.max_abs_diff}/255, mean "
+                f"this case's float noise (its noise floor: max {floor.max_abs_diff}/255, mean "
                 f"{floor.mean_abs_diff:.2f}; {NOISE_FLOOR_K:g} times it counts as noise)"
             )
         else:
             allowance = f"float noise (max {FLOAT_NOISE_LEVELS}/255)"
-        why = (
-            "so it is not confirmed"
-            if within
-            else "but leaving it out does not move the render away from the preview beyond "
-            "the rule, so it is not confirmed"
-        )
-        note = (
-            f"{cause}: {what}; its effect here ({effect}) is "
-            f"{'below' if within else 'above'} {allowance}, {why}"
-        )
+        if within:
+            verdict = f"is within {allowance}, so it is not confirmed"
+        else:
+            verdict = (
+                f"is beyond {allowance}, but leaving it out does not move the render away "
+                "from the preview beyond the rule, so it is not confirmed"
+            )
+        note = f"{cause}: {what}; its effect here ({effect}) {verdict}"
         out.append(UnconfirmedCause(cause, worst, mean, within, note))
     return out
 
