@@ -607,7 +607,10 @@ class ParityItem(pytest.Item):
                 ("verdict", str(row.verdict)),
                 ("causes", ";".join(map(str, row.causes))),
                 ("explained", str(row.explained).lower()),
-                ("below_noise_floor", ";".join(str(u.cause) for u in row.below_noise_floor)),
+                (
+                    "below_noise_floor",
+                    ";".join(sorted(str(u.cause) for u in row.below_noise_floor)),
+                ),
             ]
         )
         assert run.out_dir is not None

@@ -120,16 +120,39 @@ def ui_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
 
 
 def test_real_ui_job_every_preview_gets_its_causes(ui_run) -> None:
+    """Every difference the config makes is a cause, confirmed by its leave-one-out render
+    or listed below the case's noise floor: never missing, whatever the CPU's kernels."""
     _, rows = ui_run
     assert len(rows) == 9
     for row in rows:
-        assert row["verdict"] == "mismatch", row["detail"]
-        assert row["causes"] == UI_CAUSES[row["index"]], (row["step"], row["index"])
-        assert row["explained"] is True, (row["step"], row["index"], row["detail"])
+        where = (row["step"], row["index"], row["detail"])
+        assert row["verdict"] == "mismatch", where
+        assert row["causes"] == UI_CAUSES[row["index"]], where
+        assert row["explained"] is True, where
+        confirmed = {c["cause"] for c in row["counterfactuals"] if c["confirmed"]}
+        unconfirmed = {u["cause"] for u in row["below_noise_floor"]}
+        assert confirmed | unconfirmed == set(UI_CAUSES[row["index"]]), where
+        assert not confirmed & unconfirmed, where
+
+
+def test_real_ui_job_every_bf16_row_carries_its_noise_floor(ui_run) -> None:
+    """The server renders fp32 on CPU, the previews are bf16: each row's floor is measured
+    on its all-switched render (the preview's numerics), scored like the JPEG preview, and
+    that render is judged with it."""
+    _, rows = ui_run
+    for row in rows:
+        floor = row["noise_floor"]
+        assert floor is not None, (row["step"], row["index"])
+        assert (floor["render"], floor["dtype"]) == ("all", "bfloat16")
+        assert floor["method"] == "sdpa math vs default"
+        assert floor["max_abs_diff"] > 0 and floor["encoded_max_abs_diff"] is not None
+        everything = next(c for c in row["counterfactuals"] if c["cause"] == "all")
+        assert everything["settings"]["dtype"] == "bfloat16"
 
 
 def test_real_ui_job_step_0_is_reproduced_and_later_steps_within_their_rounding(ui_run) -> None:
-    """Step 0 has no LoRA file: the preview side reproduces it (within the thresholds).
+    """Step 0 has no LoRA file: the preview side reproduces it (within the rule: the
+    thresholds, or 3 times the all-switched render's own noise floor).
     Steps 10 and 20 come from bf16 checkpoints: where the all-switched render does not
     match, re-rendering within the checkpoint's rounding accounts for the residual."""
     _, rows = ui_run
