@@ -342,3 +342,45 @@ def test_parity_noise_prints_per_case_figures_and_exits_0(capsys) -> None:
     assert preview[:4] == ["0", "0", "preview", "bfloat16"] and int(preview[4]) > 0
     assert reference[:4] == ["0", "0", "reference", "float32"] and int(reference[4]) <= 1
     assert f"k = {NOISE_FLOOR_K:g}:" in out
+
+
+def test_served_bf16_image_is_judged_against_the_renders_own_floor(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from parity.compare import check_served
+
+    rng = np.random.default_rng(1)
+    render = rng.integers(40, 200, (32, 32, 3), dtype=np.uint8)
+    served = np.clip(render.astype(int) + rng.integers(-6, 7, render.shape), 0, 255)
+    Image.fromarray(served.astype(np.uint8)).save(tmp_path / "served.png")
+    with pytest.raises(ValueError, match="measured noise floor"):
+        check_served(tmp_path / "served.png", render, dtype="bfloat16")
+    quiet = np.clip(render.astype(int) + 1, 0, 255).astype(np.uint8)  # a 1-level floor
+    loud = np.clip(render.astype(int) + rng.integers(-3, 4, render.shape), 0, 255)
+    drift = check_served(tmp_path / "served.png", render, dtype="bfloat16", alternate_rgb=quiet)
+    same = check_served(
+        tmp_path / "served.png", render, dtype="bfloat16", alternate_rgb=loud.astype(np.uint8)
+    )
+    assert not drift.same and drift.limit == 3 and drift.floor.max_abs_diff == 1
+    assert same.same and same.limit == 9 and same.floor.dtype == "bfloat16"
+
+
+def test_corrected_requests_still_account_for_unconfirmed_causes() -> None:
+    from parity.correct import corrected_requests
+    from parity.plan import plan_cases
+
+    job = read_job(UI_JOB)
+    engine = shared_engine(AITK_REAL_BASE)
+    cases = plan_cases(job, [0], device="cpu", checkpoint_shift=engine.checkpoint_scheduler_shift,
+                       reference_dtype=None, check_previews=False)  # fmt: skip
+    previews = {c.index: c.pair.preview for c in cases}
+    note = "precision: the preview is bfloat16 ...; its effect here ... so it is not confirmed"
+    below = {0: [UnconfirmedCause(Cause.PRECISION, 6, 0.4, True, note)]}
+    corrected = corrected_requests(job, 0, previews, unconfirmed=below, server_dtype="float32")
+    reasons = corrected.cannot[0]
+    assert any("quantized" in r for r in reasons)  # the blocker stays a blocker
+    assert f"not confirmed here: {note}" in reasons
+    assert not any("not confirmed" in r for r in corrected.cannot[1])
+    # The request still sets what a request can set: the guidance diffusers must receive.
+    number, position = corrected.closest[0]
+    assert corrected.requests[number].prompts[position].guidance_scale == 3
