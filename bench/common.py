@@ -112,6 +112,8 @@ def instrument_parity() -> Timers:
     for name in ("compare_many", "jpeg_floor", "load_rgb", "inspect_codec"):
         _wrap_everywhere(timers, compare, name, f"metrics.{name}")
     timers.wrap(runner, "attribute", "attribution")  # the runner calls it by this name
+    # One alternate-kernel render and its scoring per case that needs a noise floor.
+    timers.wrap(runner.Runner, "measure_floor", "noise_floor")
     for module in _modules_of(run):  # every module that writes results.json
         if hasattr(module, "write_results"):
             timers.wrap(module, "write_results", "io.results")
@@ -145,6 +147,8 @@ def parity_timings(timers: Timers) -> dict[str, Any]:
         "metrics_s": metrics,
         "attribution_s": timers.get("attribution"),
         "render_s": timers.get("render"),
+        "noise_floor_s": timers.get("noise_floor"),
+        "noise_floor_renders": timers.calls.get("noise_floor", 0),
         "load_s": timers.get("load"),
         "breakdown_s": dict(sorted(timers.seconds.items())),
         "calls": dict(sorted(timers.calls.items())),
@@ -256,6 +260,9 @@ def summarize(by_variant: dict[str, list[dict[str, Any]]], wall_key: str) -> dic
             "attribution_share": median_of(results, "attribution_s") / wall if wall else 0.0,
             "renders": results[0].get("renders"),
             "renders_per_mismatch": results[0].get("renders_per_mismatch"),
+            "render_s": median_of(results, "render_s"),
+            "noise_floor_s": median_of(results, "noise_floor_s"),
+            "noise_floor_renders": results[0].get("noise_floor_renders") or 0,
             "peak_mib": median_of(results, "peak_mib"),
             "walls_s": [r.get(wall_key) for r in results],
         }
@@ -281,6 +288,21 @@ def print_table(summary: dict[str, Any], title: str) -> None:
             f"{row['renders'] or 0:>9}{row['renders_per_mismatch'] or 0:>9.2f}"
             f"{row['peak_mib']:>10.0f}"
         )
+
+
+def noise_floor_line(label: str, row: dict[str, Any]) -> str:
+    """What measuring noise floors cost a ``parity run`` (a results row of
+    :func:`summarize`'s table, or one variant's measurements): its extra renders against
+    all renders, and their seconds (each one's scoring included) against the seconds
+    spent rendering."""
+    renders = int(row.get("renders") or 0)
+    extra = int(row.get("noise_floor_renders") or 0)
+    seconds, rendering = float(row.get("noise_floor_s") or 0.0), float(row.get("render_s") or 0.0)
+    return (
+        f"noise floor {label}: {extra} extra renders of {renders} "
+        f"({extra / renders if renders else 0.0:.3f}), {seconds:.2f} s of {rendering:.2f} s "
+        f"rendering ({seconds / rendering if rendering else 0.0:.3f})"
+    )
 
 
 def ratios_line(ratios: dict[str, float]) -> str:

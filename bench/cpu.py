@@ -30,6 +30,12 @@ metrics (:func:`parity.compare.compare_many`, which :func:`parity.compare.compar
 (:func:`parity.attribute.attribute`, which includes its counterfactual renders) is
 measured with wrappers around those functions.
 
+Beside the table, what the noise floors cost (:func:`bench.common.noise_floor_line`): the
+extra renders through the alternate kernel path against all renders, and their seconds
+against the seconds spent rendering, for (b) and (c) on the benchmark's float32 job
+(which needs none: its comparisons are exact or far from the thresholds) and for (c) on
+the real bf16 UI-preset job ``fixtures/aitk_ui_zimage`` (one per preview).
+
 On CPU the line before the last is ``render ratio: parity-render/bare=<e/f>``; the last
 line of the output is always
 ``ratios: parity/bare=<b/a> attribute/bare=<c/a> server/bare=<d/a>``.
@@ -59,6 +65,7 @@ from bench.common import (
     counterfactual_stats,
     environment,
     instrument_parity,
+    noise_floor_line,
     parity_timings,
     peak_memory_mib,
     print_table,
@@ -370,6 +377,17 @@ def spawn_variant(
     return result
 
 
+def bf16_noise_floor(runs: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """(c) on the real bf16 UI-preset job, once: what its noise floors cost."""
+    from parity.testing.jobs import AITK_REAL_BASE, FIXTURES
+
+    job = FIXTURES / "aitk_ui_zimage" / "output" / "aitk_zimage_ui"
+    ui_args = argparse.Namespace(**{**vars(args), "base_model": str(AITK_REAL_BASE)})
+    result = spawn_variant("attribute", job, runs / "attribute-bf16-ui", ui_args)
+    result["job"] = job.relative_to(REPO).as_posix()
+    return result
+
+
 def render_ratio_line(ratios: dict[str, float]) -> str:
     return f"render ratio: parity-render/bare={ratios['render']:.3f}"
 
@@ -419,6 +437,10 @@ def cpu_benchmark(args: argparse.Namespace) -> int:
         f"medians over {args.repeat} run(s), wall time from process start; "
         "ratio: (a)-(d) to (a), (e)-(f) to (f)",
     )
+    for variant in ("parity", "attribute"):
+        print(noise_floor_line(f"({LETTERS[variant]}) {variant}", summary["table"][variant]))
+    summary["noise_floor_bf16"] = bf16 = bf16_noise_floor(runs, args)
+    print(noise_floor_line(f"(c) attribute, bf16 UI job {bf16['job']}", bf16))
     cpu = summary["cpu_ratios"]
     print(
         f"cpu-time ratios: parity/bare={cpu['parity']:.3f} "

@@ -2,7 +2,8 @@
 # The full-size GPU benchmark as one command (bench/README.md, "GPU, full size"):
 # parity/bare and attribute/bare at 1024x1024 for Turbo (8 steps) and base (30 steps),
 # metrics share, peak GPU memory, the out-of-memory fallback exercised for real and the
-# GPU noise floor (SDPA math vs default kernel, TF32 off vs on).
+# GPU noise floor (SDPA math vs default kernel, TF32 off vs on, reduced-precision
+# reductions default vs flipped, and parity's alternate path with all three).
 #
 #   bash bench/gpu.sh [OUT]          on a CUDA machine (about 6 minutes on one H200)
 #   bash bench/gpu.sh --tiny [OUT]   the same code path at toy size on CPU, as a check

@@ -1,6 +1,7 @@
-"""GPU noise floor: how far renders of one setting move with SDPA's attention kernel and
-with TF32, scored with parity's metrics (``python -m bench --full-size --noise-floor``,
-first model)."""
+"""GPU noise floor: how far renders of one setting move with SDPA's attention kernel, with
+TF32, with reduced-precision reductions and with parity's own alternate kernel path (all
+three at once, what a run measures), scored with parity's metrics (``python -m bench
+--full-size --noise-floor``, first model)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,16 @@ from bench.common import _drop_engine_adapter, _fresh_engine, _reference_setting
 def noise_floor(
     pipe: Any, job_dir: Path, device: str, dtype_name: str, work: Path
 ) -> dict[str, Any]:
-    """How far renders of one setting move with the attention kernel and with TF32.
+    """How far renders of one setting move with the attention kernel, TF32 and
+    reduced-precision reductions.
 
     The job's first reference setting is rendered with PyTorch's defaults and TF32 off
-    (SDPA picks its kernel: flash or memory-efficient attention on CUDA), again with SDPA
-    forced to its math kernel, and again with TF32 on for matmuls and convolutions. Each
+    (SDPA picks its kernel: flash or memory-efficient attention on CUDA; bf16/fp16
+    matmuls may reduce in reduced precision, PyTorch's default), again with SDPA forced
+    to its math kernel, again with TF32 on for matmuls and convolutions, again with
+    reduced-precision reductions off, and again through parity's alternate kernel path
+    (:func:`parity.render.engine.alternate_kernels`: all three switched, the noise floor
+    a run measures; ``NoiseFloor`` is recorded for it as a run records it). Each
     pair is scored with parity's metrics (:func:`parity.compare.compare`, VAE latents
     included) twice: lossless, and with the first render stored as a JPEG q75 preview
     the way ai-toolkit stores previews (the other encoded alike, as a run does). Every
@@ -33,11 +39,17 @@ def noise_floor(
     engine = _fresh_engine(pipe, device, dtype_name)
     settings = _reference_settings(job_dir, engine, device)
     cuda = torch.backends.cuda.matmul, torch.backends.cudnn
-    saved = cuda[0].allow_tf32, cuda[1].allow_tf32
+    saved = (
+        cuda[0].allow_tf32,
+        cuda[1].allow_tf32,
+        cuda[0].allow_bf16_reduced_precision_reduction,
+        cuda[0].allow_fp16_reduced_precision_reduction,
+    )
 
-    def render() -> np.ndarray:
+    def render(*, alternate: bool = False) -> np.ndarray:
         engine._embeddings.clear()
-        return np.array(engine.render(settings).image.convert("RGB"))
+        out = engine.render(settings, alternate=alternate)
+        return np.array(out.image.convert("RGB"))
 
     try:
         cuda[0].allow_tf32 = cuda[1].allow_tf32 = False
@@ -46,8 +58,17 @@ def noise_floor(
             math = render()
         cuda[0].allow_tf32 = cuda[1].allow_tf32 = True
         tf32 = render()
+        cuda[0].allow_tf32 = cuda[1].allow_tf32 = False
+        cuda[0].allow_bf16_reduced_precision_reduction = not saved[2]
+        cuda[0].allow_fp16_reduced_precision_reduction = not saved[3]
+        reductions = render()
+        cuda[0].allow_bf16_reduced_precision_reduction = saved[2]
+        cuda[0].allow_fp16_reduced_precision_reduction = saved[3]
+        alternate = render(alternate=True)  # switches from these defaults and restores them
     finally:
-        cuda[0].allow_tf32, cuda[1].allow_tf32 = saved
+        cuda[0].allow_tf32, cuda[1].allow_tf32 = saved[0], saved[1]
+        cuda[0].allow_bf16_reduced_precision_reduction = saved[2]
+        cuda[0].allow_fp16_reduced_precision_reduction = saved[3]
         _drop_engine_adapter(pipe)
     encode = compare.make_vae_encoder(pipe.vae)
     thresholds = compare.Thresholds()
@@ -60,10 +81,19 @@ def noise_floor(
     pairs = {
         "attention: SDPA default vs math": math,
         "TF32: off vs on": tf32,
+        "reduced-precision reductions: default vs flipped": reductions,
+        "parity's alternate path (all three)": alternate,
     }
+    from parity.render.engine import alternate_method
+
     out: dict[str, Any] = {
         "setting": {"width": settings.width, "height": settings.height, "steps": settings.steps},
         "pairs": {},
+        # As a run records it; the CUDA k is not measured yet (NOISE_FLOOR_K is CPU's).
+        "run_floor": compare.noise_floor(
+            default, alternate, codec=codec, method=alternate_method(device), dtype=dtype_name
+        ).to_json(),
+        "noise_floor_k": compare.NOISE_FLOOR_K,
     }
     print(f"noise floor at {settings.width}x{settings.height}, {settings.steps} steps:")
     for name, other in pairs.items():

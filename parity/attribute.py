@@ -16,6 +16,11 @@ fields of :class:`RenderSettings` (:data:`CAUSE_FIELDS`). The proof:
 
 With one candidate the leave-one-out render is the reference render itself, so a
 mismatch costs at most (candidates + 1) extra renders, and a match costs none.
+
+No difference is dropped: a candidate the leave-one-out evidence cannot confirm is still
+a cause of the row, listed as an :class:`UnconfirmedCause` with what it does to the
+render (its leave-one-out render against the all-switched one) next to the case's noise
+floor, usually because its effect is within float noise.
 """
 
 from __future__ import annotations
@@ -298,3 +303,119 @@ def attribute(
         counterfactuals=(everything, *left_out),
         renders=len(planned),
     )
+
+
+@dataclass(frozen=True)
+class UnconfirmedCause:
+    """A candidate cause its leave-one-out render could not confirm, with its effect.
+
+    Attributes
+    ----------
+    cause:
+        The candidate.
+    effect_max_abs_diff, effect_mean_abs_diff:
+        Its leave-one-out render against the all-switched render: largest and mean
+        per-channel difference, levels of 255, lossless.
+    within_noise:
+        That effect is within the case's noise allowance (the float-noise levels, or
+        :data:`~parity.compare.NOISE_FLOOR_K` times the case's noise floor).
+    note:
+        One sentence: the difference, its effect and the floor, and why it is not
+        confirmed.
+    """
+
+    cause: Cause
+    effect_max_abs_diff: int
+    effect_mean_abs_diff: float
+    within_noise: bool
+    note: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cause": str(self.cause),
+            "effect_max_abs_diff": self.effect_max_abs_diff,
+            "effect_mean_abs_diff": self.effect_mean_abs_diff,
+            "within_noise": self.within_noise,
+            "note": self.note,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> UnconfirmedCause:
+        return cls(
+            cause=Cause(d["cause"]),
+            effect_max_abs_diff=int(d["effect_max_abs_diff"]),
+            effect_mean_abs_diff=float(d["effect_mean_abs_diff"]),
+            within_noise=bool(d["within_noise"]),
+            note=str(d.get("note", "")),
+        )
+
+
+def describe_difference(cause: Cause, reference: RenderSettings, preview: RenderSettings) -> str:
+    """How the two sides differ in ``cause``'s settings, in a few words.
+
+    Parameters
+    ----------
+    cause:
+        A candidate cause.
+    reference, preview:
+        The server's and the preview's settings.
+
+    Returns
+    -------
+    str
+        e.g. ``"the preview is bfloat16 (transformer qfloat8, text encoder qfloat8), the
+        server float32"`` or ``"the preview's diffusers got guidance 3, the server's 4"``.
+    """
+    p, r = preview, reference
+    if cause is Cause.PRECISION:
+        return f"the preview is {_numerics(p)}, the server {_numerics(r)}"
+    if cause is Cause.SNAPPING:
+        return f"the preview is {p.width}x{p.height}, the server's {r.width}x{r.height}"
+    if cause is Cause.CFG:
+        return (
+            f"the preview's diffusers got guidance {p.pipeline_guidance:g}, "
+            f"the server's {r.pipeline_guidance:g}"
+        )
+    if cause is Cause.SCHEDULER:
+        return f"scheduler shift {p.scheduler_shift:g} in the preview, {r.scheduler_shift:g} on the server"
+    if cause is Cause.STEPS:
+        return f"{p.steps} steps in the preview, {r.steps} on the server"
+    if cause is Cause.SEED:
+        return f"seed {p.seed} in the preview, {r.seed} on the server"
+    if cause is Cause.LORA_SCALE:
+        return f"LoRA scale {_lora_scale(p)} in the preview, {_lora_scale(r)} on the server"
+    if cause is Cause.LIBRARY:
+        return (
+            f"{_updates(p)} updates for {p.steps} steps in the preview, {_updates(r)} on the server"
+        )
+    if cause is Cause.LORA_NOT_APPLIED:
+        return "the server's LoRA loader leaves modules of the LoRA file unapplied"
+    return "the prompts differ"
+
+
+def _numerics(s: RenderSettings) -> str:
+    """A side's numerics: dtype, quantization, text-encoder cast, adapter, LoRA arithmetic."""
+    parts = []
+    if s.quantization.active:
+        q = s.quantization
+        parts.append(f"transformer {q.qtype or 'full'}, text encoder {q.qtype_te or 'full'}")
+    if s.text_encoder_cast:
+        parts.append("text encoder cast")
+    if s.adapter is not None:
+        parts.append("training adapter")
+    if s.lora is not None and s.dtype != "float32":  # how a LoRA is attached rounds below fp32
+        if s.lora.merged:
+            parts.append("LoRA merged")
+        elif s.lora.applier is LoraApplier.AITK:
+            parts.append("LoRA beside the weights in float32")
+        else:
+            parts.append(f"LoRA as a PEFT adapter in {s.dtype}")
+    return f"{s.dtype} ({', '.join(parts)})" if parts else s.dtype
+
+
+def _lora_scale(s: RenderSettings) -> str:
+    return "none" if s.lora is None else f"{s.lora.scale:g}"
+
+
+def _updates(s: RenderSettings) -> str:
+    return "N-1" if s.sigmas is not None else "N"

@@ -8,11 +8,11 @@ can reproduce a preview, the reason is given instead.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from parity.attribute import Attribution
+from parity.attribute import Attribution, UnconfirmedCause
 from parity.job import Checkpoint, Job
 from parity.settings import Cause, RenderSettings
 from parity.zimage.diffusers_era import DiffusersEra
@@ -198,6 +198,7 @@ def corrected_requests(
     previews: Mapping[int, RenderSettings],
     *,
     attributions: Mapping[int, Attribution | None] | None = None,
+    unconfirmed: Mapping[int, Sequence[UnconfirmedCause]] | None = None,
     lora_not_applied: bool = False,
     checkpoint_shift: float | None = None,
     server_dtype: str | None = None,
@@ -213,9 +214,14 @@ def corrected_requests(
     request per LoRA scale. ``lora_path`` is how the request names the LoRA (the user's
     own request's path for the step, where there is one); default: the step's checkpoint
     relative to ``lora_root``. ``attributions`` (index → the preview's attribution)
-    add, to a preview no request can reproduce, how close the server gets.
+    add, to a preview no request can reproduce, how close the server gets, and
+    ``unconfirmed`` (index → the causes its evidence did not confirm) what each of those
+    does there: a request still sets every setting to the preview's, confirmed or not,
+    and a blocker stays a blocker, but one whose effect is within the case's float noise
+    may leave the closest request within noise of the preview.
     """
     attributions = attributions or {}
+    unconfirmed = unconfirmed or {}
     checkpoint = job.checkpoint_for_step(step)
     out = CorrectedRequests(step=step)
     groups: dict[tuple[bool, float | None], list[tuple[int, PromptItem]]] = {}
@@ -233,6 +239,8 @@ def corrected_requests(
         closest = closest_without_precision(attributions.get(index))
         if reasons and closest is not None:
             reasons.append(closest)
+        if reasons:
+            reasons.extend(f"not confirmed here: {u.note}" for u in unconfirmed.get(index, ()))
         if reasons:
             out.cannot[index] = reasons
         sample = job.samples[index]

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 Kind = Literal["path", "paths", "model", "string", "strings", "int", "float", "bool"]
 
 #: The command-line commands that take the options of a job run.
-JOB_COMMANDS = frozenset({"inspect", "preview", "run", "explain"})
+JOB_COMMANDS = frozenset({"inspect", "preview", "run", "explain", "noise"})
 #: ... and those that judge renders (thresholds, attribution).
 JUDGING_COMMANDS = frozenset({"run", "explain"})
 #: ... and those that read the requests a user sent.
@@ -142,7 +142,7 @@ OPTIONS: tuple[Option, ...] = (
            default=False, commands=JOB_COMMANDS | {"render"}),
     Option("steps", "--steps", "string", "steps to check: all, last or N,N,... (default all; "
            "with a request, the steps its requests name)", metavar="STEPS",
-           commands=frozenset({"run"})),
+           commands=frozenset({"run", "noise"})),
     Option("no_attribution", "--no-attribution", "bool", "verdicts only: no counterfactual "
            "renders for mismatches", default=False, commands=frozenset({"run"})),
     Option("history", "--history", "string", "history table to append to, .parquet or .csv",

@@ -538,6 +538,10 @@ class ParityItem(pytest.Item):
                 ("verdict", str(row.verdict)),
                 ("causes", ";".join(map(str, row.causes))),
                 ("explained", str(row.explained).lower()),
+                (
+                    "below_noise_floor",
+                    ";".join(sorted(str(u.cause) for u in row.below_noise_floor)),
+                ),
             ]
         )
         assert run.out_dir is not None
@@ -591,6 +595,18 @@ def _drift(baseline: Path, render: Path) -> float | None:
     return c.ssim if c.ssim < DRIFT_SSIM_MIN else None
 
 
+def _reference_limits(thresholds: Any, row: Any) -> Any:
+    """The limits the reference render was judged with: the thresholds, widened by the
+    row's noise floor where it was measured on that render."""
+    from parity.compare import widened
+
+    floor = row.noise_floor
+    if floor is None or floor.render != "reference":
+        return thresholds
+    limits = widened(thresholds.rule, floor)
+    return type(thresholds)(limits.ssim_min, limits.psnr_min, limits.latent_distance_max)
+
+
 def _describe(node: ParityJob, row: Any, out_dir: Path, *, run_thresholds: Any) -> str:
     """The failure message of a mismatch or error row."""
     t = run_thresholds
@@ -603,7 +619,9 @@ def _describe(node: ParityJob, row: Any, out_dir: Path, *, run_thresholds: Any) 
             else "unexplained (a residual difference remains)"
         )
         lines.append(f"  causes: {causes}; {state}")
+        lines.extend(f"  not confirmed: {u.note}" for u in row.below_noise_floor)
     if row.ssim is not None:
+        t = _reference_limits(t, row)
 
         def check(name: str, value: float | None, op: str, limit: float, fmt: str) -> str:
             if value is None:

@@ -15,10 +15,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from parity.attribute import Attribution, Counterfactual
+from parity.attribute import Attribution, Counterfactual, UnconfirmedCause
 from parity.settings import Cause
+
+if TYPE_CHECKING:
+    from parity.compare.noise import NoiseFloor
 
 #: Columns of results.csv, in order.
 CSV_COLUMNS: tuple[str, ...] = (
@@ -40,6 +43,12 @@ CSV_COLUMNS: tuple[str, ...] = (
     "causes",
     "explained",
     "detail",
+    # Added with measured noise floors; the columns above never change.
+    "below_noise_floor",
+    "noise_floor_max_abs_diff",
+    "noise_floor_mean_abs_diff",
+    "noise_floor_ssim",
+    "noise_floor_psnr",
 )
 
 
@@ -84,8 +93,11 @@ class ResultRow:
     """One preview's outcome.
 
     Metric fields are None when they could not be computed (``error`` rows, LPIPS without
-    local weights). ``causes`` is the sorted list of confirmed causes; ``explained`` is
-    True when the all-causes-switched render reproduces the preview.
+    local weights). ``causes`` is the sorted list of the causes of an attributed mismatch:
+    every candidate (static difference), the ones its leave-one-out render confirms and
+    the ones it cannot, which ``below_noise_floor`` lists again with their effect (a
+    difference is never dropped); ``explained`` is True when the all-causes-switched
+    render reproduces the preview.
     """
 
     job: str
@@ -128,6 +140,11 @@ class ResultRow:
     served: dict[str, Any] | None = None
     #: On drift: what it means and what could explain it.
     served_note: str = ""
+    #: The case's measured noise floor (:class:`parity.compare.noise.NoiseFloor`): one
+    #: render through the alternate kernel path; None where none was needed.
+    noise_floor: NoiseFloor | None = None
+    #: Causes the leave-one-out evidence does not confirm, with their effect and a note.
+    below_noise_floor: list[UnconfirmedCause] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -138,9 +155,10 @@ class ResultRow:
         """The attribution record this row was filled from (None: no counterfactuals)."""
         if not self.counterfactuals:
             return None
+        unconfirmed = {u.cause for u in self.below_noise_floor}
         return Attribution(
             candidates=tuple(self.candidate_causes),
-            confirmed=tuple(self.causes),
+            confirmed=tuple(c for c in self.causes if c not in unconfirmed),
             explained=self.explained,
             counterfactuals=tuple(self.counterfactuals),
             renders=self.counterfactual_renders,
@@ -152,10 +170,16 @@ class ResultRow:
         d["causes"] = [str(c) for c in self.causes]
         d["candidate_causes"] = [str(c) for c in self.candidate_causes]
         d["counterfactuals"] = [cf.to_json() for cf in self.counterfactuals]
+        d["noise_floor"] = self.noise_floor.to_json() if self.noise_floor is not None else None
+        d["below_noise_floor"] = [u.to_json() for u in self.below_noise_floor]
         return d
 
     def to_csv_row(self) -> dict[str, Any]:
         d = self.to_json()
+        floor = d["noise_floor"] or {}
+        d["below_noise_floor"] = ";".join(sorted(u["cause"] for u in d["below_noise_floor"]))
+        for name in ("max_abs_diff", "mean_abs_diff", "ssim", "psnr"):
+            d[f"noise_floor_{name}"] = floor.get(name)
         out = {k: d[k] for k in CSV_COLUMNS}
         out["causes"] = ";".join(sorted(d["causes"]))
         out["explained"] = "true" if self.explained else "false"
@@ -170,6 +194,13 @@ class ResultRow:
         values["candidate_causes"] = [Cause(c) for c in values.get("candidate_causes", [])]
         values["counterfactuals"] = [
             Counterfactual.from_json(c) for c in values.get("counterfactuals", [])
+        ]
+        if values.get("noise_floor") is not None:
+            from parity.compare.noise import NoiseFloor
+
+            values["noise_floor"] = NoiseFloor.from_json(values["noise_floor"])
+        values["below_noise_floor"] = [
+            UnconfirmedCause.from_json(u) for u in values.get("below_noise_floor", [])
         ]
         return cls(**values)
 

@@ -53,6 +53,9 @@ class RunInfo:
     confirm_margin, attribution, match:
         How causes are confirmed, whether counterfactuals are rendered, how request
         prompts meet previews.
+    noise_floor_k:
+        The verdict rule's factor on a case's measured noise floor
+        (:data:`parity.compare.noise.NOISE_FLOOR_K`).
     server_diffusers:
         The server's diffusers era (:meth:`parity.zimage.diffusers_era.DiffusersEra.to_json`).
     lora_root:
@@ -87,6 +90,7 @@ class RunInfo:
     steps: tuple[int, ...] = ()
     thresholds: dict[str, float] = field(default_factory=dict)
     confirm_margin: float | None = None
+    noise_floor_k: float | None = None
     attribution: bool = True
     server_diffusers: dict[str, Any] = field(default_factory=dict)
     lora_root: str | None = None

@@ -97,14 +97,27 @@ def test_causes_follow_from_the_config(run_rows):
         expected = EXPECTED[row["step"]][row["index"]]
         assert row["causes"] == expected, (row["step"], row["index"])
         assert row["verdict"] == ("match" if not expected else "mismatch")
+        # Every cause is confirmed or listed below the noise floor, never missing.
+        confirmed = {c["cause"] for c in row["counterfactuals"] if c["confirmed"]}
+        assert confirmed | {u["cause"] for u in row["below_noise_floor"]} == set(expected)
+
+
+def test_float32_rows_need_no_noise_floor(run_rows):
+    """fp32 on both sides: exact matches and mismatches far from the thresholds measure
+    none (the floor only widens the rule, and fp32 floors are within a level)."""
+    _, rows = run_rows
+    assert all(row["noise_floor"] is None for row in rows)
 
 
 def test_run_folder_contents(run_rows):
     out, rows = run_rows
     header = (out / "results.csv").read_text().splitlines()[0]
+    # The original columns, in order, then the ones added since (never renamed or removed).
     assert header == (
         "job,step,index,preview,render,width_preview,height_preview,width_render,height_render,"
-        "ssim,psnr,ms_ssim,latent_distance,lpips,verdict,causes,explained,detail"
+        "ssim,psnr,ms_ssim,latent_distance,lpips,verdict,causes,explained,detail,"
+        "below_noise_floor,noise_floor_max_abs_diff,noise_floor_mean_abs_diff,noise_floor_ssim,"
+        "noise_floor_psnr"
     )
     for row in rows:
         assert (out / row["render"]).is_file()
@@ -147,7 +160,7 @@ def test_explain_labels_the_jpeg_floor_and_the_counterfactuals(tmp_path, capsys)
     assert status == 1
     lines = {line.split()[0] + " " + line.split()[1]: line for line in out.splitlines()
              if line.startswith("  all ")}  # fmt: skip
-    assert "CONFIRMED" not in lines["all causes"] and "not a cause" not in lines["all causes"]
+    assert "CONFIRMED" not in lines["all causes"] and "not confirmed" not in lines["all causes"]
     assert "all but cfg" in out and "all but snapping" in out
     assert "CONFIRMED cause" in lines["all but"]
     assert "closest request:" in out and "the server cannot reproduce this preview" in out

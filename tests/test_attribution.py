@@ -68,8 +68,11 @@ def test_injected_causes_are_named_and_explained(mixed, index, causes):
     assert row["verdict"] == "mismatch"
     assert row["causes"] == causes
     assert row["explained"] is True
-    # Every confirmed cause has its leave-one-out render in the evidence.
-    assert {c["cause"] for c in row["counterfactuals"] if c["confirmed"]} == set(causes)
+    # Every cause is the config's difference: confirmed by its leave-one-out render in the
+    # evidence, or listed below the case's noise floor (fp32 here: confirmed).
+    confirmed = {c["cause"] for c in row["counterfactuals"] if c["confirmed"]}
+    assert confirmed | {u["cause"] for u in row["below_noise_floor"]} == set(causes)
+    assert set(row["candidate_causes"]) == set(causes)
 
 
 def test_counterfactual_renders_respect_the_bound(mixed):
@@ -204,6 +207,10 @@ def test_precision_bf16_preview_against_fp32_server(tmp_path):
     row = run(folder, tmp_path / "out")[0]
     assert row["candidate_causes"] == ["cfg", "precision"]
     assert (row["causes"], row["explained"]) == (["cfg", "precision"], True)
+    # A bf16 preview against the fp32 server: the floor is the all-switched render's.
+    assert (row["noise_floor"]["render"], row["noise_floor"]["dtype"]) == ("all", "bfloat16")
+    confirmed = {c["cause"] for c in row["counterfactuals"] if c["confirmed"]}
+    assert confirmed | {u["cause"] for u in row["below_noise_floor"]} == {"cfg", "precision"}
 
 
 def test_precision_fp16_is_named_under_strict_thresholds(tmp_path):

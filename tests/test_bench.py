@@ -21,6 +21,7 @@ RATIOS = re.compile(
 )
 
 RENDER_RATIO = re.compile(r"^render ratio: parity-render/bare=\d+\.\d{3}$")
+ALTERNATE_CUDA = "sdpa math vs default, tf32 on vs off, reduced-precision reductions off vs on"
 
 
 def _bench(module: str):
@@ -51,6 +52,17 @@ def test_quick_benchmark_prints_render_ratio_then_ratios_line(tmp_path: Path) ->
     # The bare loops and parity rendered the same images: same work timed.
     assert "identical to parity's reference renders: True" in proc.stdout
     assert "bare request renders identical to parity render's: True" in proc.stdout
+    # What the noise floors cost beside the renders: none on the float32 job, one
+    # alternate-kernel render per preview on the real bf16 UI job (9 previews).
+    floors = [line for line in lines if line.startswith("noise floor ")]
+    assert floors[0].startswith("noise floor (b) parity: 0 extra renders of "), floors
+    assert floors[1].startswith("noise floor (c) attribute: 0 extra renders of "), floors
+    assert re.match(
+        r"^noise floor \(c\) attribute, bf16 UI job fixtures/aitk_ui_zimage/output/"
+        r"aitk_zimage_ui: 9 extra renders of \d+ \(0\.\d{3}\), \d+\.\d\d s of "
+        r"\d+\.\d\d s rendering \(0\.\d{3}\)$",
+        floors[2],
+    ), floors
 
 
 def test_full_size_refuses_cpu_with_a_clear_message(tmp_path: Path) -> None:
@@ -160,7 +172,15 @@ def test_gpu_script_runs_its_tiny_path_on_cpu(tmp_path: Path) -> None:
     report = json.loads((out / "full_size.json").read_text(encoding="utf-8"))
     assert set(report["models"]) == {"turbo", "base"}
     floor = report["models"]["turbo"]["noise_floor"]
-    assert set(floor["pairs"]) == {"attention: SDPA default vs math", "TF32: off vs on"}
+    assert set(floor["pairs"]) == {
+        "attention: SDPA default vs math",
+        "TF32: off vs on",
+        "reduced-precision reductions: default vs flipped",
+        "parity's alternate path (all three)",
+    }
+    # The floor a run records, from parity's own alternate path; no CUDA k measured yet.
+    assert floor["run_floor"]["method"] in ("sdpa math vs default", ALTERNATE_CUDA)
+    assert floor["noise_floor_k"] == 3.0
     for pair in floor["pairs"].values():
         assert {"lossless", "jpeg_q75_preview"} <= set(pair)
         assert 0.0 <= pair["lossless"]["ssim"] <= 1.0

@@ -122,6 +122,10 @@ def test_real_job_items_follow_the_library_verdicts(tmp_path: Path) -> None:
         assert case["props"]["verdict"] == row.verdict
         assert float(case["props"]["ssim"]) == pytest.approx(row.ssim, rel=1e-5)
         assert case["props"]["causes"] == ";".join(row.causes)
+        # Every cause is reported, confirmed or below the noise floor (fp32: confirmed).
+        below = {str(u.cause) for u in row.below_noise_floor}
+        assert case["props"]["below_noise_floor"] == ";".join(sorted(below))
+        assert {c.name for c in row.counterfactuals if c.confirmed} | below == set(expected)
         assert {"psnr", "latent_distance", "explained"} <= set(case["props"])
         if row.verdict == "match":
             continue

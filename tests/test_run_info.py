@@ -30,6 +30,7 @@ RUN_KEYS = [
     "steps",
     "thresholds",
     "confirm_margin",
+    "noise_floor_k",
     "attribution",
     "server_diffusers",
     "lora_root",

@@ -18,7 +18,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from helpers import corrected_index, request_for
 
@@ -31,7 +30,6 @@ from parity.testing.jobs import (
     TINY_BASE,
     TINY_TURBO,
     UI_PRESET,
-    shared_engine,
     write_job,
 )
 from parity.testing.lora import write_aitk_lora
@@ -71,7 +69,8 @@ def ui_fp32_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_real_ui_job_previews_within_bf16_float_noise(
     ui_fp32_job: Path, tmp_path: Path, float_noise
 ) -> None:
-    """With the fp32 weights, every lossless preview and every JPEG, within the rule."""
+    """With the fp32 weights, every lossless preview and every JPEG, within the rule:
+    each image against the noise floor measured for its own settings here."""
     out = tmp_path / "previews"
     args = ["preview", str(ui_fp32_job), "--base-model", str(AITK_REAL_BASE), "--out", str(out)]
     assert main(args) == 0
@@ -84,11 +83,12 @@ def test_real_ui_job_previews_within_bf16_float_noise(
         assert settings["lora"] is None or settings["lora"]["merged"] is False
         name = _preview_name(ui_fp32_job, entry["step"], entry["index"])
         render = load_rgb(out / entry["image"])
-        floor = _floor(render, entry["settings"])
-        lossless = load_rgb(UI_FIXTURE / "lossless_previews" / f"{name}.png")
-        float_noise.check(f"{name} before JPEG", lossless, render, dtype="bfloat16", floor=floor)
         jpeg = ui_fp32_job / "samples" / f"{name}.jpg"
         codec = inspect_codec(jpeg)
+        floor = float_noise.floor(settings, render, base_model=AITK_REAL_BASE, codec=codec)
+        assert floor.max_abs_diff > 0  # bf16 renders do move with the kernels
+        lossless = load_rgb(UI_FIXTURE / "lossless_previews" / f"{name}.png")
+        float_noise.check(f"{name} before JPEG", lossless, render, dtype="bfloat16", floor=floor)
         float_noise.check(name, load_rgb(jpeg), render, codec=codec, dtype="bfloat16", floor=floor)
 
 
@@ -96,32 +96,19 @@ def test_real_ui_job_with_its_bf16_checkpoints_step_0_within_float_noise(
     tmp_path: Path, float_noise
 ) -> None:
     """Step 0 previews come before training (no LoRA file): the job as it is reproduces
-    them within the bf16 rule. Later steps need the fp32 weights the folder lacks (see
-    the rounding test below)."""
+    them within the bf16 rule, each against its own measured noise floor. Later steps
+    need the fp32 weights the folder lacks (see the rounding test below)."""
     out = tmp_path / "previews"
     args = ["preview", str(UI_JOB), "--base-model", str(AITK_REAL_BASE), "--step", "0"]
     assert main([*args, "--out", str(out)]) == 0
     effective = json.loads((out / "effective.json").read_text(encoding="utf-8"))
-    settings = {(e["step"], e["index"]): e["settings"] for e in effective}
-    for index in range(3):
-        name = _preview_name(UI_JOB, 0, index)
-        render = load_rgb(out / "0" / f"{index}.png")
-        floor = _floor(render, settings[(0, index)])
+    assert [e["index"] for e in effective] == [0, 1, 2]
+    for entry in effective:
+        name = _preview_name(UI_JOB, 0, entry["index"])
+        render = load_rgb(out / entry["image"])
+        floor = float_noise.floor(entry["settings"], render, base_model=AITK_REAL_BASE)
         lossless = load_rgb(UI_FIXTURE / "lossless_previews" / f"{name}.png")
         float_noise.check(f"{name} before JPEG", lossless, render, dtype="bfloat16", floor=floor)
-
-
-def _floor(render, settings: dict):
-    """The noise floor of a preview's setting on this machine: the same settings through
-    the engine's alternate kernel path (in this process), against ``render``."""
-    from parity.compare import measure_floor
-    from parity.render.engine import alternate_method
-    from parity.settings import RenderSettings
-
-    engine = shared_engine(AITK_REAL_BASE)
-    image = engine.render(RenderSettings.from_dict(settings), alternate=True).image
-    alternate = np.asarray(image.convert("RGB"))
-    return measure_floor(render, alternate, method=alternate_method(engine.device))
 
 
 @pytest.fixture(scope="module")
@@ -133,16 +120,39 @@ def ui_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
 
 
 def test_real_ui_job_every_preview_gets_its_causes(ui_run) -> None:
+    """Every difference the config makes is a cause, confirmed by its leave-one-out render
+    or listed below the case's noise floor: never missing, whatever the CPU's kernels."""
     _, rows = ui_run
     assert len(rows) == 9
     for row in rows:
-        assert row["verdict"] == "mismatch", row["detail"]
-        assert row["causes"] == UI_CAUSES[row["index"]], (row["step"], row["index"])
-        assert row["explained"] is True, (row["step"], row["index"], row["detail"])
+        where = (row["step"], row["index"], row["detail"])
+        assert row["verdict"] == "mismatch", where
+        assert row["causes"] == UI_CAUSES[row["index"]], where
+        assert row["explained"] is True, where
+        confirmed = {c["cause"] for c in row["counterfactuals"] if c["confirmed"]}
+        unconfirmed = {u["cause"] for u in row["below_noise_floor"]}
+        assert confirmed | unconfirmed == set(UI_CAUSES[row["index"]]), where
+        assert not confirmed & unconfirmed, where
+
+
+def test_real_ui_job_every_bf16_row_carries_its_noise_floor(ui_run) -> None:
+    """The server renders fp32 on CPU, the previews are bf16: each row's floor is measured
+    on its all-switched render (the preview's numerics), scored like the JPEG preview, and
+    that render is judged with it."""
+    _, rows = ui_run
+    for row in rows:
+        floor = row["noise_floor"]
+        assert floor is not None, (row["step"], row["index"])
+        assert (floor["render"], floor["dtype"]) == ("all", "bfloat16")
+        assert floor["method"] == "sdpa math vs default"
+        assert floor["max_abs_diff"] > 0 and floor["encoded_max_abs_diff"] is not None
+        everything = next(c for c in row["counterfactuals"] if c["cause"] == "all")
+        assert everything["settings"]["dtype"] == "bfloat16"
 
 
 def test_real_ui_job_step_0_is_reproduced_and_later_steps_within_their_rounding(ui_run) -> None:
-    """Step 0 has no LoRA file: the preview side reproduces it (within the thresholds).
+    """Step 0 has no LoRA file: the preview side reproduces it (within the rule: the
+    thresholds, or 3 times the all-switched render's own noise floor).
     Steps 10 and 20 come from bf16 checkpoints: where the all-switched render does not
     match, re-rendering within the checkpoint's rounding accounts for the residual."""
     _, rows = ui_run

@@ -694,6 +694,35 @@ def _step_of_requests(requests: list) -> int:
 # ------------------------------------------------------------------------- env
 
 
+def cmd_noise(args: argparse.Namespace) -> int:
+    """``parity noise JOB``: the noise floor of one preview per step, both sides."""
+    from parity.compare import NOISE_FLOOR_K, Thresholds
+    from parity.plan import parse_steps
+    from parity.render.engine import alternate_method
+    from parity.run import format_noise_table, measure_job_noise
+
+    _resolve(args)
+    opened = _open(args)
+    job = opened.job
+    engine, device = _engine_for_job(opened, args)
+    rows = measure_job_noise(
+        job,
+        engine,
+        steps=parse_steps(args.steps or "all"),
+        reference_dtype=_dtype(args),
+        allow_outside_paths=bool(args.allow_outside_paths),
+    )
+    t = Thresholds()
+    print(f"{job.name}: noise floor per case on {device} ({alternate_method(device)})")
+    print(format_noise_table(rows))
+    print(
+        f"k = {NOISE_FLOOR_K:g}: a render matches when it is within the thresholds (SSIM >= "
+        f"{t.ssim_min:g}, PSNR >= {t.psnr_min:g} dB) or within {NOISE_FLOOR_K:g} times its "
+        f"own noise floor, whichever allows more (columns 'SSIM >=', 'PSNR >=')"
+    )
+    return EXIT_OK
+
+
 def cmd_env(args: argparse.Namespace) -> int:
     from parity.stack import format_stack, runtime_record, stack_record
 
@@ -821,6 +850,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where the renders go (default reports/<job>/explain-<time>)")
     _add_options(p, "explain")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser(
+        "noise",
+        parents=[verbose],
+        help="how far one preview per step moves through other kernels: the noise floors",
+    )
+    p.add_argument("job", help="ai-toolkit job folder")
+    _add_options(p, "noise")
+    p.set_defaults(func=cmd_noise)
 
     p = sub.add_parser(
         "env",

@@ -51,8 +51,8 @@ from __future__ import annotations
 
 # One module a responsibility: images (reading and pairing images), metrics (SSIM, PSNR),
 # latent (VAE-latent distance), lpips, codec (encoding like a file), scores (Comparison,
-# compare_many), verdict (Thresholds: the match rule), noise (the float-noise rule) and
-# served (check_served). The names imported "as" themselves are re-exported outside
+# compare_many), verdict (Thresholds), noise (noise floors and the one verdict rule,
+# within_noise, that Thresholds and the float-noise rule apply) and served (check_served). The names imported "as" themselves are re-exported outside
 # __all__: public ones added since, and private ones that tests and bench/ call.
 from parity.compare.codec import Codec, encode_like, inspect_codec, jpeg_floor
 from parity.compare.images import align_sizes, load_rgb
@@ -61,13 +61,20 @@ from parity.compare.lpips import LPIPS_BACKBONES, lpips_available, lpips_distanc
 from parity.compare.metrics import PSNR_IDENTICAL_DB, SSIM_SIGMA, SSIM_WINDOW, psnr, ssim
 from parity.compare.metrics import _is_cpu as _is_cpu
 from parity.compare.metrics import _torch_ssim_psnr as _torch_ssim_psnr
-from parity.compare.noise import FLOAT_NOISE_LEVELS, NoiseCheck, codec_spread, same_within_noise
-from parity.compare.noise import HALF_NOISE_LEVELS as HALF_NOISE_LEVELS
-from parity.compare.noise import HALF_NOISE_MEAN as HALF_NOISE_MEAN
-from parity.compare.noise import NOISE_FLOOR_K as NOISE_FLOOR_K
-from parity.compare.noise import NoiseFloor as NoiseFloor
-from parity.compare.noise import measure_floor as measure_floor
-from parity.compare.noise import noise_limits as noise_limits
+from parity.compare.noise import (
+    FLOAT_NOISE_LEVELS,
+    NOISE_FLOOR_K,
+    Difference,
+    NoiseCheck,
+    NoiseFloor,
+    Rule,
+    codec_spread,
+    noise_floor,
+    same_within_noise,
+    widened,
+    within_noise,
+)
+from parity.compare.noise import is_half as is_half
 from parity.compare.scores import Comparison, compare, compare_many
 from parity.compare.scores import Renders as Renders
 from parity.compare.served import ServedCheck as ServedCheck
@@ -81,11 +88,15 @@ __all__ = [
     "SSIM_WINDOW",
     "LPIPS_BACKBONES",
     "FLOAT_NOISE_LEVELS",
+    "NOISE_FLOOR_K",
     "ImageReadError",
     "Codec",
     "Comparison",
     "Thresholds",
     "NoiseCheck",
+    "NoiseFloor",
+    "Rule",
+    "Difference",
     "load_rgb",
     "ssim",
     "psnr",
@@ -103,4 +114,7 @@ __all__ = [
     "distance",
     "codec_spread",
     "same_within_noise",
+    "noise_floor",
+    "widened",
+    "within_noise",
 ]

@@ -9,7 +9,7 @@ import numpy as np
 
 from parity.compare.codec import inspect_codec
 from parity.compare.images import load_rgb
-from parity.compare.noise import noise_limits, same_within_noise
+from parity.compare.noise import FLOAT_NOISE_LEVELS, NoiseFloor, same_within_noise
 from parity.compare.scores import compare
 
 
@@ -31,6 +31,8 @@ class ServedCheck:
         The allowed difference, levels of 255.
     served_size, render_size : tuple of int
         ``(width, height)`` in px.
+    floor : NoiseFloor or None
+        The render's noise floor scored with the served file's codec (None: not given).
     """
 
     same: bool
@@ -40,10 +42,16 @@ class ServedCheck:
     limit: int
     served_size: tuple[int, int]
     render_size: tuple[int, int]
+    floor: NoiseFloor | None = None
 
 
 def check_served(
-    served_path: str | os.PathLike[str], render_rgb: np.ndarray, *, dtype: str = "float32"
+    served_path: str | os.PathLike[str],
+    render_rgb: np.ndarray,
+    *,
+    dtype: str = "float32",
+    alternate_rgb: np.ndarray | None = None,
+    method: str = "",
 ) -> ServedCheck:
     """Compare an image the server returned with parity's reference render of its prompt.
 
@@ -54,19 +62,27 @@ def check_served(
     render_rgb : numpy.ndarray
         ``uint8`` RGB ``(H, W, 3)``: parity's lossless reference render of that prompt.
     dtype : str, default "float32"
-        The dtype the reference render was computed in (it sets the float-noise
-        tolerance, see :func:`noise_limits`).
+        The dtype the reference render was computed in.
+    alternate_rgb : numpy.ndarray, optional
+        The same settings rendered through the alternate kernel path in the same process
+        (``RenderEngine.render(..., alternate=True)``): the render's noise floor is scored
+        from the two with the served file's codec. Required for bf16 and fp16 (see
+        :func:`same_within_noise`); for float32 it widens the rule where it allows more.
+    method : str
+        What the alternate path switched (recorded in the floor).
 
     Returns
     -------
     ServedCheck
-        The render is encoded like the served file before scoring; ``same`` is the
-        float-noise rule with that codec's spread.
+        The render is encoded like the served file before scoring; ``same`` is
+        :func:`same_within_noise` with that codec's spread and the render's floor.
 
     Raises
     ------
     ImageReadError
         If the served file cannot be read as an image.
+    ValueError
+        A bf16 or fp16 render without ``alternate_rgb``.
     """
     served = load_rgb(served_path)
     codec = inspect_codec(served_path)
@@ -74,11 +90,25 @@ def check_served(
     scores = compare(served, render_rgb, codec=codec)
     served_size = (int(served.shape[1]), int(served.shape[0]))
     render_size = (int(render_rgb.shape[1]), int(render_rgb.shape[0]))
+    floor = None
+    if alternate_rgb is not None:
+        from parity.compare.noise import noise_floor
+
+        floor = noise_floor(
+            render_rgb, np.asarray(alternate_rgb), codec=codec, method=method, dtype=dtype
+        )
     if served.shape != render_rgb.shape:
         return ServedCheck(
-            False, scores.ssim, scores.psnr, None, noise_limits(dtype)[0], served_size, render_size
+            False,
+            scores.ssim,
+            scores.psnr,
+            None,
+            FLOAT_NOISE_LEVELS,
+            served_size,
+            render_size,
+            floor,
         )
-    noise = same_within_noise(served, render_rgb, codec=codec, dtype=dtype)
+    noise = same_within_noise(served, render_rgb, codec=codec, dtype=dtype, floor=floor)
     return ServedCheck(
         noise.same,
         scores.ssim,
@@ -87,4 +117,5 @@ def check_served(
         noise.limit,
         served_size,
         render_size,
+        floor,
     )

@@ -105,9 +105,10 @@ def alternate_kernels(device: str) -> Iterator[None]:
 
     Everywhere: scaled dot-product attention through its math kernel instead of the
     fused one torch picks (the text encoder's attention included). On CUDA also TF32 for
-    matmuls and cuDNN switched on (it is off by default) and reduced-precision
-    reductions in bf16/fp16 matmuls switched off (they are on by default). Every setting
-    is restored on exit.
+    matmuls and cuDNN switched to the opposite of the matmul setting in force (on, from
+    PyTorch's default), and reduced-precision reductions in bf16 and fp16 matmuls each
+    switched to the opposite of theirs (off, from the default). Every setting is restored
+    on exit.
 
     Notes
     -----

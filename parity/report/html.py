@@ -249,6 +249,12 @@ def _environment():
     return env
 
 
+def _noise_floor_k() -> float:
+    from parity.compare.noise import NOISE_FLOOR_K
+
+    return NOISE_FLOOR_K
+
+
 def render_template(name: str, **context: Any) -> str:
     """Render one of parity's HTML templates (autoescaped) with the shared stylesheet."""
     from markupsafe import Markup
@@ -390,6 +396,7 @@ def write_report(
                 ),
                 "failure": row.verdict != "match",
                 "causes_attr": " ".join(row.causes) if row.causes else "",
+                "unconfirmed": {str(u.cause) for u in row.below_noise_floor},
             }
         )
 
@@ -426,6 +433,7 @@ def write_report(
         lora_root=str(run_info.get("lora_root") or "LORA_ROOT"),
         heatmap_vmax=HEATMAP_VMAX,
         heatmap_cmap=HEATMAP_CMAP,
+        noise_floor_k=run_info.get("noise_floor_k") or _noise_floor_k(),
         cards=cards,
     )
     out = run_dir / out_name

@@ -106,6 +106,13 @@ def _score_lines(row: ResultRow, lossless_ssim: float | None) -> list[str]:
             f"possible SSIM against this JPEG preview (a perfect reproduction): "
             f"{row.jpeg_floor.get('ssim', float('nan')):.4f}"
         )
+    if row.noise_floor is not None:
+        from parity.compare import NOISE_FLOOR_K
+
+        lines.append(
+            f"noise floor ({row.noise_floor.render} render): {row.noise_floor}; "
+            f"verdicts of {row.noise_floor.dtype} renders allow {NOISE_FLOOR_K:g} times it"
+        )
     return lines
 
 
@@ -131,7 +138,7 @@ def _counterfactual_lines(row: ResultRow, out_dir: Path) -> list[str]:
     for cf in row.counterfactuals:
         flag = ""
         if cf.leaves_out_a_cause:
-            flag = "  CONFIRMED cause" if cf.confirmed else "  not a cause"
+            flag = "  CONFIRMED cause" if cf.confirmed else "  not confirmed"
         lines.append(
             f"  {cf.label:<24} SSIM {cf.ssim:.4f}  {'match' if cf.match else 'mismatch':<8}"
             f"{flag}  {out_dir / (cf.image or '')}"
@@ -145,6 +152,7 @@ def _cause_lines(row: ResultRow) -> list[str]:
         state = "complete" if row.explained else "INCOMPLETE (unexplained residual)"
         causes = ", ".join(map(str, row.causes)) or "none confirmed"
         lines.append(f"causes: {causes}; explanation {state}")
+        lines += [f"  below noise floor: {u.note}" for u in row.below_noise_floor]
     if row.detail:
         lines.append(f"detail: {row.detail}")
     return lines

@@ -40,6 +40,7 @@ from parity.zimage.server import server_dtype
 if TYPE_CHECKING:
     from parity.render.engine import RenderEngine
 
+from parity.compare.noise import NOISE_FLOOR_K
 from parity.run.options import RunOptions, RunSummary, utc_now
 from parity.run.runner import Runner
 
@@ -82,6 +83,7 @@ def write_corrected_requests(
             step,
             previews,
             attributions={i: r.attribution for i, r in step_rows.items() if r is not None},
+            unconfirmed={i: r.below_noise_floor for i, r in step_rows.items() if r is not None},
             lora_not_applied=any(
                 r is not None and Cause.LORA_NOT_APPLIED in r.candidate_causes
                 for r in step_rows.values()
@@ -273,6 +275,7 @@ def _open_run_folder(
         steps=tuple(steps),
         thresholds=thresholds,
         confirm_margin=options.confirm_margin,
+        noise_floor_k=NOISE_FLOOR_K,
         attribution=options.attribute,
         server_diffusers=era.to_json(),
         lora_root=str(_lora_root(job, options)),

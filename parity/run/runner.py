@@ -5,6 +5,11 @@ with the stored preview (kept in the run folder, ``previews/<step>/``) and, wher
 with the image the server returned → (mismatch) counterfactual renders
 (:mod:`parity.attribute`) → result row. Rows are written after every preview (atomically), so a killed run leaves a
 readable ``results.json`` of what was finished and ``resume=True`` continues from it.
+
+Each case's verdicts allow for its own float noise: one extra render through the
+alternate kernel path measures the case's noise floor (:meth:`Runner.needs_floor` says
+when), and every render computed in the floor's dtype is judged with it
+(:meth:`parity.compare.Thresholds.is_match`).
 The job's run as a whole is :func:`parity.run.job_run.run_job`.
 """
 
@@ -18,7 +23,16 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from parity.attribute import ROUNDING, Attribution, Counterfactual, Planned, attribute
+from parity.attribute import (
+    ALL,
+    ROUNDING,
+    Attribution,
+    Counterfactual,
+    Planned,
+    UnconfirmedCause,
+    attribute,
+    describe_difference,
+)
 from parity.errors import ModelError, ParityError
 from parity.job import Job, outside_path_error
 from parity.plan import (
@@ -37,7 +51,8 @@ from parity.settings import Cause, Dtype, RenderSettings
 from parity.zimage.diffusers_era import DiffusersEra, diffusers_era
 
 if TYPE_CHECKING:
-    from parity.render.engine import RenderEngine
+    from parity.compare import Codec, Comparison, NoiseFloor
+    from parity.render.engine import RenderEngine, RenderOutput
 
 from parity.run.options import RunOptions
 
@@ -70,6 +85,9 @@ class Runner:
         # private folder for another one (parity.fleet) gives that final folder here.
         self.relative_to = Path(relative_to) if relative_to is not None else self.out_dir
         self._encode = None
+        #: Renders made to measure noise floors, and their seconds (the floor's cost).
+        self.floor_renders = 0
+        self.floor_seconds = 0.0
 
     def rel(self, path: str | Path) -> str:
         """``path`` relative to the run folder (:attr:`relative_to`)."""
@@ -115,11 +133,16 @@ class Runner:
         # The preview is encoded once per case, not once per counterfactual.
         preview_latent = compare.encode_latent(preview_rgb, encode) if encode else None
 
+        # The case's noise floor, once measured, and the renders the attribution compares.
+        measured: dict[str, Any] = {"floor": None, "alternate": None}
+        images: dict[str, Any] = {}
+
         def evaluate(
             planned: Sequence[Planned], paths: Sequence[str]
         ) -> list[tuple[Counterfactual, Any]]:
             """Render each planned render and save it at its path (relative to the run
-            folder), then score them all in one batch."""
+            folder), then score them all in one batch; the case's noise floor is measured
+            on the first render that needs one, before any of them is judged."""
             outputs = [self.engine.render(p.settings) for p in planned]
             for out, path in zip(outputs, paths, strict=True):
                 save_png(out.image, self.out_dir / path)
@@ -131,6 +154,11 @@ class Runner:
                 preview_latent=preview_latent,
                 device=self.engine.device,
             )
+            for p, out, c in zip(planned, outputs, scores, strict=True):
+                images[p.name] = _to_rgb(out.image)
+                if measured["floor"] is None and self.needs_floor(p, c, case):
+                    measured["floor"], measured["alternate"] = self.measure_floor(p, out, codec)
+            floor = measured["floor"]
             return [
                 (
                     Counterfactual(
@@ -140,7 +168,7 @@ class Runner:
                         ssim=c.ssim,
                         psnr=c.psnr,
                         latent_distance=c.latent_distance,
-                        match=self.thresholds.is_match(c),
+                        match=self.thresholds.is_match(c, _floor_for(floor, p.settings)),
                         image=path,
                     ),
                     (c, out),
@@ -181,8 +209,9 @@ class Runner:
                 f"the request's seed {case.pair.server_prompt.seed} asks the server for a random "
                 "seed: its image cannot be reproduced; parity rendered that seed as written",
             )
+        row.noise_floor = measured["floor"]
         if case.served is not None:
-            self._check_served(row, case, ref_out.image)
+            self._check_served(row, case, ref_out.image, measured["alternate"])
         if reference.match:
             row.verdict = Verdict.MATCH
             row.explained = True
@@ -213,6 +242,10 @@ class Runner:
             row.detail = _join(row.detail, f"attribution failed: {type(e).__name__}: {e}")
             return row
         _fill_attribution(row, result)
+        row.noise_floor = measured["floor"]
+        row.below_noise_floor = unconfirmed_causes(
+            result, images, case.pair.reference, case.pair.preview, row.noise_floor
+        )
         checkpoint = self.job.checkpoint_for_step(case.step)
         everything = result.all_switched
         if (
@@ -230,6 +263,51 @@ class Runner:
                 log.exception("rounding renders failed for step %s index %s", case.step, case.index)
                 row.detail = _join(row.detail, f"rounding renders failed: {e}")
         return row
+
+    def needs_floor(self, planned: Planned, comparison: Comparison, case: Case) -> bool:
+        """Whether this render is the one to measure the case's noise floor on.
+
+        At most one per case: the reference render when it is computed in bf16/fp16
+        (always), or when it is float32, the preview side is float32 too and it fails the
+        thresholds by so little that a floor could change its verdict
+        (:meth:`~parity.compare.Thresholds.is_near`); the all-switched counterfactual when
+        only the preview side is bf16/fp16 (the renders that reproduce the preview are
+        then the noisy ones, and the float32 reference's floor says nothing about them).
+        A float32 match needs none: the floor only widens the rule.
+        """
+        from parity.compare import is_half
+
+        assert case.pair is not None
+        half_reference = is_half(case.pair.reference.dtype)
+        half_preview = is_half(case.pair.preview.dtype)
+        if planned.name == "reference":
+            if half_reference:
+                return True
+            return not half_preview and self.thresholds.is_near(comparison)
+        return planned.name == ALL and not half_reference and is_half(planned.settings.dtype)
+
+    def measure_floor(
+        self, planned: Planned, output: RenderOutput, codec: Codec
+    ) -> tuple[NoiseFloor, Any]:
+        """Render ``planned`` once more through the alternate kernel path and score it
+        against ``output`` (its default render) as the case's noise floor; the floor and
+        the alternate render (RGB)."""
+        from parity.compare import noise_floor
+        from parity.render.engine import alternate_method
+
+        alternate = self.engine.render(planned.settings, alternate=True)
+        self.floor_renders += 1
+        self.floor_seconds += alternate.seconds
+        rgb = _to_rgb(alternate.image)
+        floor = noise_floor(
+            _to_rgb(output.image),
+            rgb,
+            codec=codec,
+            method=alternate_method(self.engine.device),
+            dtype=planned.settings.dtype,
+            render=planned.name,
+        )
+        return floor, rgb
 
     def _weigh_rounding(
         self,
@@ -313,14 +391,26 @@ class Runner:
             return self.rel(source)
         return target.relative_to(self.out_dir).as_posix()
 
-    def _check_served(self, row: ResultRow, case: Case, render: Any) -> None:
-        """Compare the server's own image of the case's prompt with the reference render."""
+    def _check_served(self, row: ResultRow, case: Case, render: Any, alternate: Any) -> None:
+        """Compare the server's own image of the case's prompt with the reference render
+        (``alternate``: its alternate-kernel twin when the case's floor was measured on
+        it, else None)."""
         from parity.compare import check_served
+        from parity.render.engine import alternate_method
 
         assert case.served is not None and case.request is not None and case.pair is not None
         kept = self.out_dir / "served" / str(case.request.request) / case.served.name
+        floor = row.noise_floor
+        if floor is None or floor.render != "reference":
+            alternate = None
         try:
-            check = check_served(case.served, _to_rgb(render), dtype=case.pair.reference.dtype)
+            check = check_served(
+                case.served,
+                _to_rgb(render),
+                dtype=case.pair.reference.dtype,
+                alternate_rgb=alternate,
+                method=alternate_method(self.engine.device),
+            )
             link_or_copy(case.served, kept, link=False)
         except (ParityError, OSError) as e:
             row.detail = _join(row.detail, f"served image not compared: {e}")
@@ -391,9 +481,76 @@ def drift_note(
     )
 
 
+def _floor_for(floor: NoiseFloor | None, settings: RenderSettings) -> NoiseFloor | None:
+    """The case's floor where it applies to a render: renders computed in its dtype (a
+    float32 render's own noise is within the thresholds' allowance)."""
+    return floor if floor is not None and floor.dtype == settings.dtype else None
+
+
+def unconfirmed_causes(
+    result: Attribution,
+    images: dict[str, Any],
+    reference: RenderSettings,
+    preview: RenderSettings,
+    floor: NoiseFloor | None,
+) -> list[UnconfirmedCause]:
+    """Every candidate its leave-one-out render did not confirm, with its effect.
+
+    The effect is the candidate's leave-one-out render (for a single candidate the
+    reference render) against the all-switched render, lossless, judged against the
+    case's noise allowance: :data:`~parity.compare.FLOAT_NOISE_LEVELS`, or
+    :data:`~parity.compare.NOISE_FLOOR_K` times the floor where that allows more.
+    """
+    from parity.compare import (
+        FLOAT_NOISE_LEVELS,
+        NOISE_FLOOR_K,
+        Difference,
+        Rule,
+        within_noise,
+    )
+
+    everything = images.get(ALL)
+    out = []
+    for record in result.counterfactuals[1:]:
+        if not record.leaves_out_a_cause or record.confirmed:
+            continue
+        left_out = images.get(record.name if len(result.candidates) > 1 else "reference")
+        if everything is None or left_out is None or left_out.shape != everything.shape:
+            worst, mean = -1, -1.0  # a size change is never within noise
+        else:
+            diff = abs(left_out.astype("int16") - everything.astype("int16"))
+            worst, mean = int(diff.max()), float(diff.mean())
+        rule = Rule(max_abs_diff=FLOAT_NOISE_LEVELS, mean_abs_diff=FLOAT_NOISE_LEVELS)
+        within = worst >= 0 and within_noise(
+            Difference(max_abs_diff=worst, mean_abs_diff=mean), rule, floor
+        )
+        cause = Cause(record.name)
+        what = describe_difference(cause, reference, preview)
+        effect = f"max {worst}/255, mean {mean:.2f}" if worst >= 0 else "a change of size"
+        if floor is not None:
+            allowance = (
+                f"this case's float noise (its noise floor: max {floor.max_abs_diff}/255, mean "
+                f"{floor.mean_abs_diff:.2f}; {NOISE_FLOOR_K:g} times it counts as noise)"
+            )
+        else:
+            allowance = f"float noise (max {FLOAT_NOISE_LEVELS}/255)"
+        if within:
+            verdict = f"is within {allowance}, so it is not confirmed"
+        else:
+            verdict = (
+                f"is beyond {allowance}, but leaving it out does not move the render away "
+                "from the preview beyond the rule, so it is not confirmed"
+            )
+        note = f"{cause}: {what}; its effect here ({effect}) {verdict}"
+        out.append(UnconfirmedCause(cause, worst, mean, within, note))
+    return out
+
+
 def _fill_attribution(row: ResultRow, result: Attribution) -> None:
     row.counterfactual_renders = result.renders
-    row.causes = sorted(result.confirmed)
+    # Never drop a difference: every candidate stays a cause; the unconfirmed ones are
+    # also listed in below_noise_floor with their effect.
+    row.causes = sorted(result.candidates)
     row.explained = result.explained
     row.counterfactuals = list(result.counterfactuals)
     everything = result.all_switched

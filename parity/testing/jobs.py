@@ -25,6 +25,8 @@ AITK_REAL_BASE = FIXTURES / "aitk_real" / "tiny_zimage"
 
 #: The causes of each preview of the real job (step -> sample index -> causes), derived by
 #: hand from its config.yaml with ai-toolkit's and the server's rules, never from parity:
+#: every setting the two sides differ in, which a run lists as a cause whether its
+#: leave-one-out render confirms it or it falls below the case's noise floor.
 #:  0: 64x64, cfg 4 -> ai-toolkit gives diffusers 3, the server 4.
 #:  1: 80x112 -> the server floors to 64x96.
 #:  2: per-item multiplier 0.5 vs the request's one LoRA at 1.0, once a LoRA exists
