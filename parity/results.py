@@ -73,7 +73,7 @@ def verdict_counts(rows: Iterable[ResultRow]) -> dict[str, int]:
 
 def served_drift(rows: Iterable[ResultRow]) -> int:
     """How many ``rows`` have a served image that is not parity's reference render."""
-    return sum(1 for r in rows if r.served and r.served.get("verdict") == "drift")
+    return sum(1 for r in rows if r.served is not None and r.served.drift)
 
 
 def exit_code(rows: Iterable[ResultRow]) -> int:
@@ -86,6 +86,73 @@ def exit_code(rows: Iterable[ResultRow]) -> int:
     rows = list(rows)
     matched = bool(rows) and all(r.verdict is Verdict.MATCH for r in rows)
     return 0 if matched and not served_drift(rows) else 1
+
+
+@dataclass(frozen=True)
+class ServedResult:
+    """The server's own image of a prompt against parity's reference render of it.
+
+    Attributes
+    ----------
+    verdict:
+        ``"same"`` (within float noise and the served file's codec) or ``"drift"``.
+    ssim, psnr:
+        Of the render encoded like the served file against it (PSNR in dB).
+    max_abs_diff:
+        Largest per-channel difference, levels of 255 (None when the sizes differ).
+    path:
+        The served image's copy, relative to the run folder.
+    """
+
+    verdict: str
+    ssim: float
+    psnr: float
+    max_abs_diff: int | None
+    path: str
+
+    @property
+    def drift(self) -> bool:
+        return self.verdict == "drift"
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ServedResult:
+        return cls(**{f.name: d.get(f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class RoundingResult:
+    """How much a bf16-saved checkpoint's rounding moves the render that has every
+    candidate switched (the preview used the float32 training weights).
+
+    Attributes
+    ----------
+    checkpoint_dtype:
+        The saved file's dtype (``BF16``...).
+    draws:
+        Renders with the LoRA moved within its rounding.
+    spread:
+        The largest distance (1 - SSIM) of those renders from the all-switched one.
+    residual:
+        The all-switched render's distance (1 - SSIM) from the preview.
+    accounts:
+        The rounding accounts for the residual (see the runner's rule).
+    """
+
+    checkpoint_dtype: str
+    draws: int
+    spread: float
+    residual: float
+    accounts: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RoundingResult:
+        return cls(**{f.name: d[f.name] for f in fields(cls)})
 
 
 @dataclass
@@ -117,7 +184,9 @@ class ResultRow:
     verdict: Verdict = Verdict.ERROR
     causes: list[Cause] = field(default_factory=list)
     explained: bool = False
-    detail: str = ""
+    #: What else a reader should know about this row, one fact a note (results.csv's
+    #: ``detail`` column joins them with "; ").
+    notes: list[str] = field(default_factory=list)
     # Extra detail kept in results.json only.
     counterfactual_renders: int = 0
     candidate_causes: list[Cause] = field(default_factory=list)
@@ -126,18 +195,16 @@ class ResultRow:
     resized_for_comparison: bool = False
     prompt: str = ""
     unexplained_residual: dict[str, float] | None = None
-    #: For a bf16-saved checkpoint: how much its rounding moves the render
-    #: (``checkpoint_dtype``, ``draws``, ``spread`` and ``residual`` in 1 - SSIM, ``accounts``).
-    rounding: dict[str, Any] | None = None
+    #: For a bf16-saved checkpoint: how much its rounding moves the render.
+    rounding: RoundingResult | None = None
     best_counterfactual: str | None = None
     corrected_request_note: str = ""
     #: The original preview file (``preview`` is its copy in the run folder).
     preview_source: str | None = None
     #: The user's request prompt the reference side came from: ``{"file", "prompt"}``.
     request: dict[str, Any] | None = None
-    #: The server's own image of that prompt against parity's reference render:
-    #: ``{"verdict": "same"|"drift", "ssim", "psnr", "max_abs_diff", "path"}``.
-    served: dict[str, Any] | None = None
+    #: The server's own image of that prompt against parity's reference render.
+    served: ServedResult | None = None
     #: On drift: what it means and what could explain it.
     served_note: str = ""
     #: The case's measured noise floor (:class:`parity.compare.noise.NoiseFloor`): one
@@ -149,6 +216,11 @@ class ResultRow:
     @property
     def key(self) -> tuple[str, int, int]:
         return (self.job, self.step, self.index)
+
+    @property
+    def detail(self) -> str:
+        """The notes as one text (results.csv's ``detail`` column)."""
+        return "; ".join(self.notes)
 
     @property
     def attribution(self) -> Attribution | None:
@@ -172,6 +244,9 @@ class ResultRow:
         d["counterfactuals"] = [cf.to_json() for cf in self.counterfactuals]
         d["noise_floor"] = self.noise_floor.to_json() if self.noise_floor is not None else None
         d["below_noise_floor"] = [u.to_json() for u in self.below_noise_floor]
+        d["served"] = self.served.to_json() if self.served is not None else None
+        d["rounding"] = self.rounding.to_json() if self.rounding is not None else None
+        d["detail"] = self.detail
         return d
 
     def to_csv_row(self) -> dict[str, Any]:
@@ -202,6 +277,12 @@ class ResultRow:
         values["below_noise_floor"] = [
             UnconfirmedCause.from_json(u) for u in values.get("below_noise_floor", [])
         ]
+        if values.get("served") is not None:
+            values["served"] = ServedResult.from_json(values["served"])
+        if values.get("rounding") is not None:
+            values["rounding"] = RoundingResult.from_json(values["rounding"])
+        if "notes" not in d and d.get("detail"):  # results.json written before notes
+            values["notes"] = str(d["detail"]).split("; ")
         return cls(**values)
 
 

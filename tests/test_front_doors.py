@@ -122,12 +122,12 @@ def test_one_exit_status_rule_counts_served_drift() -> None:
     """A one-job run, a fleet job and a fleet run share one rule: every preview matched
     and no served image drifted is 0; a drifted served image alone makes it 1."""
     from parity.fleet import FleetJob, JobState
-    from parity.results import ResultRow, Verdict, exit_code
+    from parity.results import ResultRow, ServedResult, Verdict, exit_code
     from parity.run import RunSummary
 
     def rows(served: str) -> list[ResultRow]:
         row = ResultRow(job="j", step=10, index=0, verdict=Verdict.MATCH)
-        row.served = {"verdict": served}
+        row.served = ServedResult(served, 1.0, 100.0, 0, "served/0/0.png")
         return [row]
 
     for served, expected in (("same", 0), ("drift", 1)):

@@ -101,7 +101,7 @@ def make_run(tmp_path: Path) -> tuple[Path, list[ResultRow]]:
             index=0,
             preview=None,
             verdict="error",
-            detail="render failed: <oops> out of memory",
+            notes=["render failed: <oops> out of memory"],
             prompt="third",
         ),
     ]
@@ -230,7 +230,7 @@ def test_corrected_request_shown_for_its_step(report):
 
 
 def test_report_of_errors_only(tmp_path):
-    rows = [ResultRow(job="j", step=1, index=0, verdict="error", detail="boom")]
+    rows = [ResultRow(job="j", step=1, index=0, verdict="error", notes=["boom"])]
     out = write_report(tmp_path, rows, job_name="j", run_info={})
     html = out.read_text(encoding="utf-8")
     assert 'data-count="error">1<' in html

@@ -83,7 +83,7 @@ def run_dir(tmp_path):
             step=200,
             index=0,
             verdict="error",
-            detail="preview file unreadable",
+            notes=["preview file unreadable"],
             prompt="a blue car",
         ),
     ]

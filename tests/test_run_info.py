@@ -130,3 +130,30 @@ def test_a_broken_run_json_in_a_multi_job_folder_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 1, err
     assert err.startswith(f"parity: error: {tmp_path / 'job_a' / RUN_FILE}: unreadable (")
     assert err.rstrip().endswith("start the run again")
+
+
+def test_result_rows_keep_notes_served_and_rounding_as_data(tmp_path) -> None:
+    """A row's notes, served image and rounding weighing are typed records that
+    round-trip results.json; results.csv's detail column joins the notes."""
+    from parity.results import (
+        ResultRow,
+        RoundingResult,
+        ServedResult,
+        Verdict,
+        read_results,
+        write_results,
+    )
+
+    row = ResultRow(job="j", step=10, index=0, verdict=Verdict.MISMATCH)
+    row.notes = ["first fact", "second fact; with a semicolon"]
+    row.served = ServedResult("drift", 0.91, 30.5, 12, "served/0/0.png")
+    row.rounding = RoundingResult("BF16", 3, 0.02, 0.01, True)
+    write_results(tmp_path, [row])
+    [back] = read_results(tmp_path)
+    assert back.notes == row.notes and back.served == row.served
+    assert back.rounding == row.rounding and back.served.drift
+    raw = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))[0]
+    assert raw["detail"] == "first fact; second fact; with a semicolon"
+    assert raw["served"]["verdict"] == "drift" and raw["rounding"]["draws"] == 3
+    csv_text = (tmp_path / "results.csv").read_text(encoding="utf-8")
+    assert "first fact; second fact; with a semicolon" in csv_text

@@ -628,10 +628,10 @@ def _print_summary(summary: Any) -> None:
         )
         if row.detail:
             print(f"      {row.detail}")
-        if row.served and row.served["verdict"] == "drift":
-            diff = row.served["max_abs_diff"]
+        if row.served is not None and row.served.drift:
+            diff = row.served.max_abs_diff
             print(
-                f"      served image: drift, SSIM {row.served['ssim']:.4f}, "
+                f"      served image: drift, SSIM {row.served.ssim:.4f}, "
                 + ("sizes differ" if diff is None else f"max difference {diff}/255")
             )
     print(f"report: {summary.out_dir / 'report.html'}")

@@ -168,7 +168,7 @@ def _row_files(work: Path, row: ResultRow) -> dict[str, bytes]:
     """The files a row names inside its run folder (renders, counterfactuals, the preview
     and served copies), as bytes by relative path."""
     names = [row.render, row.best_counterfactual, *(cf.image for cf in row.counterfactuals)]
-    names += [row.preview, (row.served or {}).get("path")]
+    names += [row.preview, row.served.path if row.served is not None else None]
     files = {}
     for name in names:
         if name and name not in files and (work / name).is_file():

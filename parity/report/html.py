@@ -28,7 +28,13 @@ from urllib.parse import quote
 
 import numpy as np
 
-from parity.results import VERDICTS, ResultRow, atomic_write_bytes, atomic_write_text
+from parity.results import (
+    VERDICTS,
+    ResultRow,
+    atomic_write_bytes,
+    atomic_write_text,
+    served_drift,
+)
 
 log = logging.getLogger(__name__)
 
@@ -324,83 +330,118 @@ def write_report(
     preview and a render on disk; an unreadable image is logged and skipped.
     """
     run_dir = Path(run_dir)
-    corrected_requests = corrected_requests or {}
-    request_files = request_files or {}
     rows = sorted(rows, key=lambda r: (r.step, r.index))
+    cards = [_card(run_dir, row, corrected_requests or {}, request_files or {}) for row in rows]
+    html = render_template(
+        "report.html",
+        job_name=job_name,
+        total=len(rows),
+        **_summary(rows),
+        **_run_panel(run_info),
+        served_drift=served_drift(rows),
+        lora_root=str(run_info.get("lora_root") or "LORA_ROOT"),
+        heatmap_vmax=HEATMAP_VMAX,
+        heatmap_cmap=HEATMAP_CMAP,
+        noise_floor_k=run_info.get("noise_floor_k") or _noise_floor_k(),
+        cards=cards,
+    )
+    out = run_dir / out_name
+    atomic_write_text(out, html)
+    return out
 
-    cards = []
-    for row in rows:
-        preview_file = _resolve(run_dir, row.preview)
-        render_file = _resolve(run_dir, row.render)
-        diff_rel: str | None = None
-        diff_note = "needs preview and render"
-        if (
-            preview_file is not None
-            and render_file is not None
-            and preview_file.is_file()
-            and render_file.is_file()
-        ):
-            diff_rel = f"diffs/{row.step}/{row.index}.png"
-            try:
-                write_diff_heatmap(preview_file, render_file, run_dir / diff_rel)
-            except (OSError, ValueError) as exc:
-                log.warning("heatmap of step %s index %s failed: %s", row.step, row.index, exc)
-                diff_note = f"heatmap failed: {exc}"
-                diff_rel = None
-        preview_image = _image(run_dir, "Preview (training)", row.preview, "no preview")
-        render_image = _image(run_dir, "Reference render", row.render, "no render")
-        images = [
-            preview_image,
-            render_image,
-            _image(run_dir, "Difference", diff_rel, diff_note),
-            _image(run_dir, "Best counterfactual", row.best_counterfactual, "none"),
-        ]
-        if row.served:
-            images.append(
-                _image(run_dir, "Served by your server", row.served.get("path"), "not found")
-            )
-        counterfactuals = [
-            {
-                "label": cf.label,
-                "everything": not cf.leaves_out_a_cause,
-                "href": _href(run_dir, cf.image),
-                "ssim": cf.ssim,
-                "psnr": cf.psnr,
-                "latent_distance": cf.latent_distance,
-                "match": cf.match,
-                "confirmed": cf.confirmed,
-            }
-            for cf in row.counterfactuals
-        ]
-        index = corrected_requests.get(row.step)
-        place = _placement(index, row.index)
-        closest = None if place else _closest(index, row.index)
-        request = request_files.get((place or closest or {}).get("file", ""))
-        if request is None and place is None and closest is None:
-            request = index  # an index of another shape: show it whole
-        cards.append(
-            {
-                "row": row,
-                "images": images,
-                "flip": (preview_image, render_image)
-                if preview_image.href and render_image.href
-                else None,
-                "thumb": preview_image.href or render_image.href,
-                "counterfactuals": counterfactuals,
-                "placement": place,
-                "closest": closest,
-                "request_json": (
-                    json.dumps(request, indent=2, ensure_ascii=False, default=str)
-                    if request is not None
-                    else None
-                ),
-                "failure": row.verdict != "match",
-                "causes_attr": " ".join(row.causes) if row.causes else "",
-                "unconfirmed": {str(u.cause) for u in row.below_noise_floor},
-            }
-        )
 
+def _heatmap(run_dir: Path, row: ResultRow) -> tuple[str | None, str]:
+    """The row's difference heatmap written into ``diffs/``: (its path relative to the
+    run folder, or None, and what to say where there is none)."""
+    preview_file = _resolve(run_dir, row.preview)
+    render_file = _resolve(run_dir, row.render)
+    if not (
+        preview_file is not None
+        and render_file is not None
+        and preview_file.is_file()
+        and render_file.is_file()
+    ):
+        return None, "needs preview and render"
+    diff_rel = f"diffs/{row.step}/{row.index}.png"
+    try:
+        write_diff_heatmap(preview_file, render_file, run_dir / diff_rel)
+    except (OSError, ValueError) as exc:
+        log.warning("heatmap of step %s index %s failed: %s", row.step, row.index, exc)
+        return None, f"heatmap failed: {exc}"
+    return diff_rel, ""
+
+
+def _card(
+    run_dir: Path,
+    row: ResultRow,
+    corrected_requests: dict[int, dict[str, Any]],
+    request_files: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """What one preview's card shows: its images, counterfactuals and corrected request."""
+    diff_rel, diff_note = _heatmap(run_dir, row)
+    preview_image = _image(run_dir, "Preview (training)", row.preview, "no preview")
+    render_image = _image(run_dir, "Reference render", row.render, "no render")
+    images = [
+        preview_image,
+        render_image,
+        _image(run_dir, "Difference", diff_rel, diff_note),
+        _image(run_dir, "Best counterfactual", row.best_counterfactual, "none"),
+    ]
+    if row.served:
+        images.append(_image(run_dir, "Served by your server", row.served.path, "not found"))
+    counterfactuals = [
+        {
+            "label": cf.label,
+            "everything": not cf.leaves_out_a_cause,
+            "href": _href(run_dir, cf.image),
+            "ssim": cf.ssim,
+            "psnr": cf.psnr,
+            "latent_distance": cf.latent_distance,
+            "match": cf.match,
+            "confirmed": cf.confirmed,
+        }
+        for cf in row.counterfactuals
+    ]
+    index = corrected_requests.get(row.step)
+    place = _placement(index, row.index)
+    closest = None if place else _closest(index, row.index)
+    request = request_files.get((place or closest or {}).get("file", ""))
+    if request is None and place is None and closest is None:
+        request = index  # an index of another shape: show it whole
+    return {
+        "row": row,
+        "images": images,
+        "flip": (preview_image, render_image) if preview_image.href and render_image.href else None,
+        "thumb": preview_image.href or render_image.href,
+        "counterfactuals": counterfactuals,
+        "placement": place,
+        "closest": closest,
+        "request_json": (
+            json.dumps(request, indent=2, ensure_ascii=False, default=str)
+            if request is not None
+            else None
+        ),
+        "failure": row.verdict != "match",
+        "causes_attr": " ".join(row.causes) if row.causes else "",
+        "unconfirmed": {str(u.cause) for u in row.below_noise_floor},
+    }
+
+
+def _summary(rows: list[ResultRow]) -> dict[str, Any]:
+    """The summary's counts: by verdict, by cause, explained, the causes to filter by."""
     verdict_counts = Counter(r.verdict for r in rows)
+    return {
+        "verdicts": [(v, verdict_counts.get(v, 0)) for v in VERDICTS]
+        + [(v, n) for v, n in sorted(verdict_counts.items()) if v not in VERDICTS],
+        "cause_counts": _cause_counts(rows),
+        "explained": sum(1 for r in rows if r.verdict == "mismatch" and r.explained),
+        "causes_all": sorted({c for r in rows for c in r.causes}),
+        "has_unattributed": any(r.verdict == "mismatch" and not r.causes for r in rows),
+    }
+
+
+def _run_panel(run_info: dict[str, Any]) -> dict[str, Any]:
+    """The run's facts as the run panel's tables (run.json's object)."""
     info = dict(run_info)
     tables = {key: info.pop(key, None) for key in _RUN_INFO_TABLES}
     info = {k: v for k, v in info.items() if v not in ([], {}, "")}
@@ -412,33 +453,14 @@ def write_report(
          f"{r.get('prompts')} prompts" + (f", served {r['served']}" if r.get("served") else ""))
         for r in tables["requests"] or []
     ]  # fmt: skip
-
-    html = render_template(
-        "report.html",
-        job_name=job_name,
-        total=len(rows),
-        verdicts=[(v, verdict_counts.get(v, 0)) for v in VERDICTS]
-        + [(v, n) for v, n in sorted(verdict_counts.items()) if v not in VERDICTS],
-        cause_counts=_cause_counts(rows),
-        explained=sum(1 for r in rows if r.verdict == "mismatch" and r.explained),
-        causes_all=sorted({c for r in rows for c in r.causes}),
-        has_unattributed=any(r.verdict == "mismatch" and not r.causes for r in rows),
-        info_items=info_items,
-        thresholds=[(str(k), _plain(v)) for k, v in (tables["thresholds"] or {}).items()],
-        options=_options_table(tables["options"] or {}),
-        stack_rows=stack_rows,
-        stack_differences=stack_differences,
-        requests=requests,
-        served_drift=sum(1 for r in rows if r.served and r.served.get("verdict") == "drift"),
-        lora_root=str(run_info.get("lora_root") or "LORA_ROOT"),
-        heatmap_vmax=HEATMAP_VMAX,
-        heatmap_cmap=HEATMAP_CMAP,
-        noise_floor_k=run_info.get("noise_floor_k") or _noise_floor_k(),
-        cards=cards,
-    )
-    out = run_dir / out_name
-    atomic_write_text(out, html)
-    return out
+    return {
+        "info_items": info_items,
+        "thresholds": [(str(k), _plain(v)) for k, v in (tables["thresholds"] or {}).items()],
+        "options": _options_table(tables["options"] or {}),
+        "stack_rows": stack_rows,
+        "stack_differences": stack_differences,
+        "requests": requests,
+    }
 
 
 def _closest(index: dict[str, Any] | None, preview: int) -> dict[str, Any] | None:

@@ -120,10 +120,10 @@ def _served_lines(row: ResultRow) -> list[str]:
     served = row.served
     if served is None:
         return []
-    diff = served["max_abs_diff"]
+    diff = served.max_abs_diff
     lines = [
-        f"served image {served['path']}: {served['verdict'].upper()} against parity's "
-        f"reference render (SSIM {served['ssim']:.4f}, max difference "
+        f"served image {served.path}: {served.verdict.upper()} against parity's "
+        f"reference render (SSIM {served.ssim:.4f}, max difference "
         f"{'n/a (sizes differ)' if diff is None else f'{diff}/255'})"
     ]
     if row.served_note:

@@ -41,6 +41,8 @@ from parity.plan import (
 )
 from parity.results import (
     ResultRow,
+    RoundingResult,
+    ServedResult,
     Verdict,
     link_or_copy,
     read_results,
@@ -105,113 +107,36 @@ class Runner:
 
     def evaluate(self, case: Case) -> ResultRow:
         """The result row of one case. Per-preview problems become ``error`` rows; a model
-        that cannot be used at all raises (the whole run stops)."""
-        from parity import compare
+        that cannot be used at all raises (the whole run stops).
 
-        row = ResultRow(job=self.job.name, step=case.step, index=case.index)
-        if case.preview is not None:
-            row.preview = self.keep_preview(case)
-            row.preview_source = str(case.preview.path)
-        if case.sample is not None:
-            row.prompt = case.sample.prompt
-        if case.request is not None:
-            row.request = case.request.to_json()
+        1. the row of what is known before rendering (a planning error ends it here);
+        2. the stored preview read, with its codec;
+        3. the reference render, scored (and the case's noise floor, where it needs one);
+        4. its scores, candidate causes and the served image on the row; a match ends here;
+        5. for a mismatch, the counterfactual proof of its causes;
+        6. for a bf16-saved checkpoint left unexplained, the weighing of its rounding.
+        """
+        row = self._planned_row(case)
         if case.error:
-            row.detail = case.error
             return row
-        assert case.pair is not None and case.preview is not None
-        try:
-            preview_rgb = compare.load_rgb(case.preview.path)
-            codec = compare.inspect_codec(case.preview.path)
-        except ParityError as e:
-            row.detail = str(e)
+        scorer = self._scorer(case, row)
+        if scorer is None:
             return row
-        row.height_preview, row.width_preview = preview_rgb.shape[:2]
-        if codec.format == "JPEG" and case.preview.ext not in ("jpg", "jpeg"):
-            log.warning("%s: JPEG data under a .%s name", case.preview.path, case.preview.ext)
-        encode = self._encoder(case.pair.reference.dtype)
-        # The preview is encoded once per case, not once per counterfactual.
-        preview_latent = compare.encode_latent(preview_rgb, encode) if encode else None
-
-        # The case's noise floor, once measured, and the renders the attribution compares.
-        measured: dict[str, Any] = {"floor": None, "alternate": None}
-        images: dict[str, Any] = {}
-
-        def evaluate(
-            planned: Sequence[Planned], paths: Sequence[str]
-        ) -> list[tuple[Counterfactual, Any]]:
-            """Render each planned render and save it at its path (relative to the run
-            folder), then score them all in one batch; the case's noise floor is measured
-            on the first render that needs one, before any of them is judged."""
-            outputs = [self.engine.render(p.settings) for p in planned]
-            for out, path in zip(outputs, paths, strict=True):
-                save_png(out.image, self.out_dir / path)
-            scores = compare.compare_many(
-                preview_rgb,
-                [_to_rgb(out.image) for out in outputs],
-                codec=codec,
-                encode=encode,
-                preview_latent=preview_latent,
-                device=self.engine.device,
-            )
-            for p, out, c in zip(planned, outputs, scores, strict=True):
-                images[p.name] = _to_rgb(out.image)
-                if measured["floor"] is None and self.needs_floor(p, c, case):
-                    measured["floor"], measured["alternate"] = self.measure_floor(p, out, codec)
-            floor = measured["floor"]
-            return [
-                (
-                    Counterfactual(
-                        name=p.name,
-                        switched=p.switched,
-                        settings=p.settings,
-                        ssim=c.ssim,
-                        psnr=c.psnr,
-                        latent_distance=c.latent_distance,
-                        match=self.thresholds.is_match(c, _floor_for(floor, p.settings)),
-                        image=path,
-                    ),
-                    (c, out),
-                )
-                for p, path, c, out in zip(planned, paths, scores, outputs, strict=True)
-            ]
-
         try:
-            [(reference, (c, ref_out))] = evaluate(
+            [(reference, (c, ref_out))] = scorer.score(
                 [Planned("reference", (), case.pair.reference)],
                 [f"renders/{case.step}/{case.index}.png"],
             )
         except ModelError:
             raise
         except ParityError as e:
-            row.detail = str(e)
+            row.notes.append(str(e))
             return row
         except Exception as e:  # one failing render never stops the run
             log.exception("render failed for step %s index %s", case.step, case.index)
-            row.detail = f"render failed: {type(e).__name__}: {e}"
+            row.notes.append(f"render failed: {type(e).__name__}: {e}")
             return row
-        row.render = reference.image
-        row.width_render, row.height_render = c.width_render, c.height_render
-        row.ssim, row.psnr, row.ms_ssim = c.ssim, c.psnr, c.ms_ssim
-        row.latent_distance, row.lpips = c.latent_distance, c.lpips
-        row.resized_for_comparison = c.resized
-        row.jpeg_floor = (
-            compare.jpeg_floor(_to_rgb(ref_out.image), codec) if not codec.lossless else None
-        )
-        row.candidate_causes = list(case.pair.differences)
-        if ref_out.lora_not_applied and case.pair.preview.lora is not None:
-            row.candidate_causes.append(Cause.LORA_NOT_APPLIED)
-        if ref_out.notes:
-            row.detail = "; ".join(ref_out.notes)
-        if case.pair.server_prompt.random_seed:
-            row.detail = _join(
-                row.detail,
-                f"the request's seed {case.pair.server_prompt.seed} asks the server for a random "
-                "seed: its image cannot be reproduced; parity rendered that seed as written",
-            )
-        row.noise_floor = measured["floor"]
-        if case.served is not None:
-            self._check_served(row, case, ref_out.image, measured["alternate"])
+        self._record_reference(row, case, reference, c, ref_out, scorer)
         if reference.match:
             row.verdict = Verdict.MATCH
             row.explained = True
@@ -221,8 +146,88 @@ class Runner:
             return row
         if not row.candidate_causes:
             row.unexplained_residual = {"distance": reference.distance, "ssim": c.ssim}
-            row.detail = _join(row.detail, "no setting differs; unexplained residual")
+            row.notes.append("no setting differs; unexplained residual")
             return row
+        result = self._attribute(row, case, reference, scorer)
+        if result is not None:
+            self._weigh_rounding_if_saved_rounded(row, case, result, scorer)
+        return row
+
+    def _planned_row(self, case: Case) -> ResultRow:
+        """The row with what the plan knows: the preview kept in the run folder, the
+        prompt, the user's request prompt, and a planning error as its note."""
+        row = ResultRow(job=self.job.name, step=case.step, index=case.index)
+        if case.preview is not None:
+            row.preview = self.keep_preview(case)
+            row.preview_source = str(case.preview.path)
+        if case.sample is not None:
+            row.prompt = case.sample.prompt
+        if case.request is not None:
+            row.request = case.request.to_json()
+        if case.error:
+            row.notes.append(case.error)
+        return row
+
+    def _scorer(self, case: Case, row: ResultRow) -> _CaseScorer | None:
+        """The case's stored preview read for scoring (None, with the row's note, when it
+        cannot be read)."""
+        from parity import compare
+
+        assert case.pair is not None and case.preview is not None
+        try:
+            preview_rgb = compare.load_rgb(case.preview.path)
+            codec = compare.inspect_codec(case.preview.path)
+        except ParityError as e:
+            row.notes.append(str(e))
+            return None
+        row.height_preview, row.width_preview = preview_rgb.shape[:2]
+        if codec.format == "JPEG" and case.preview.ext not in ("jpg", "jpeg"):
+            log.warning("%s: JPEG data under a .%s name", case.preview.path, case.preview.ext)
+        encode = self._encoder(case.pair.reference.dtype)
+        return _CaseScorer(self, case, preview_rgb, codec, encode)
+
+    def _record_reference(
+        self,
+        row: ResultRow,
+        case: Case,
+        reference: Counterfactual,
+        c: Comparison,
+        ref_out: RenderOutput,
+        scorer: _CaseScorer,
+    ) -> None:
+        """The reference render's scores, the candidate causes, what the engine noted, the
+        case's noise floor and the served image, on the row."""
+        from parity import compare
+
+        assert case.pair is not None
+        row.render = reference.image
+        row.width_render, row.height_render = c.width_render, c.height_render
+        row.ssim, row.psnr, row.ms_ssim = c.ssim, c.psnr, c.ms_ssim
+        row.latent_distance, row.lpips = c.latent_distance, c.lpips
+        row.resized_for_comparison = c.resized
+        codec = scorer.codec
+        row.jpeg_floor = (
+            compare.jpeg_floor(_to_rgb(ref_out.image), codec) if not codec.lossless else None
+        )
+        row.candidate_causes = list(case.pair.differences)
+        if ref_out.lora_not_applied and case.pair.preview.lora is not None:
+            row.candidate_causes.append(Cause.LORA_NOT_APPLIED)
+        row.notes.extend(ref_out.notes)
+        if case.pair.server_prompt.random_seed:
+            row.notes.append(
+                f"the request's seed {case.pair.server_prompt.seed} asks the server for a random "
+                "seed: its image cannot be reproduced; parity rendered that seed as written"
+            )
+        row.noise_floor = scorer.floor
+        if case.served is not None:
+            self._check_served(row, case, ref_out.image, scorer.alternate)
+
+    def _attribute(
+        self, row: ResultRow, case: Case, reference: Counterfactual, scorer: _CaseScorer
+    ) -> Attribution | None:
+        """The counterfactual proof of a mismatch's causes, on the row (None, with the
+        row's note, when it fails)."""
+        assert case.pair is not None
         folder = f"counterfactuals/{case.step}/{case.index}"
         try:
             result = attribute(
@@ -231,7 +236,8 @@ class Runner:
                 candidates=row.candidate_causes,
                 reference_render=reference,
                 evaluate=lambda planned: [
-                    cf for cf, _ in evaluate(planned, [f"{folder}/{p.name}.png" for p in planned])
+                    cf
+                    for cf, _ in scorer.score(planned, [f"{folder}/{p.name}.png" for p in planned])
                 ],
                 confirm_margin=self.options.confirm_margin,
             )
@@ -239,30 +245,37 @@ class Runner:
             raise
         except Exception as e:
             log.exception("attribution failed for step %s index %s", case.step, case.index)
-            row.detail = _join(row.detail, f"attribution failed: {type(e).__name__}: {e}")
-            return row
+            row.notes.append(f"attribution failed: {type(e).__name__}: {e}")
+            return None
         _fill_attribution(row, result)
-        row.noise_floor = measured["floor"]
+        row.noise_floor = scorer.floor
         row.below_noise_floor = unconfirmed_causes(
-            result, images, case.pair.reference, case.pair.preview, row.noise_floor
+            result, scorer.images, case.pair.reference, case.pair.preview, row.noise_floor
         )
+        return result
+
+    def _weigh_rounding_if_saved_rounded(
+        self, row: ResultRow, case: Case, result: Attribution, scorer: _CaseScorer
+    ) -> None:
+        """For an unexplained mismatch whose checkpoint was saved rounded (bf16): how much
+        of the residual its rounding accounts for (:meth:`_weigh_rounding`)."""
         checkpoint = self.job.checkpoint_for_step(case.step)
         everything = result.all_switched
         if (
-            not result.explained
-            and everything is not None
-            and everything.settings.lora is not None
-            and checkpoint is not None
-            and checkpoint.rounded
+            result.explained
+            or everything is None
+            or everything.settings.lora is None
+            or checkpoint is None
+            or not checkpoint.rounded
         ):
-            try:
-                self._weigh_rounding(row, everything, checkpoint.dtype or "", codec, evaluate)
-            except ModelError:
-                raise
-            except Exception as e:
-                log.exception("rounding renders failed for step %s index %s", case.step, case.index)
-                row.detail = _join(row.detail, f"rounding renders failed: {e}")
-        return row
+            return
+        try:
+            self._weigh_rounding(row, everything, checkpoint.dtype or "", scorer)
+        except ModelError:
+            raise
+        except Exception as e:
+            log.exception("rounding renders failed for step %s index %s", case.step, case.index)
+            row.notes.append(f"rounding renders failed: {e}")
 
     def needs_floor(self, planned: Planned, comparison: Comparison, case: Case) -> bool:
         """Whether this render is the one to measure the case's noise floor on.
@@ -314,8 +327,7 @@ class Runner:
         row: ResultRow,
         everything: Counterfactual,
         checkpoint_dtype: str,
-        codec: Any,
-        evaluate: Any,
+        scorer: _CaseScorer,
     ) -> None:
         """How much of an unexplained residual the checkpoint's rounding can account for.
 
@@ -339,7 +351,8 @@ class Runner:
             for seed in range(1, ROUNDING_DRAWS + 1)
         ]
         folder = str(Path(everything.image or "").parent)
-        results = evaluate(planned, [f"{folder}/{p.name}.png" for p in planned])
+        results = scorer.score(planned, [f"{folder}/{p.name}.png" for p in planned])
+        codec = scorer.codec
         center = compare.encode_like(compare.load_rgb(self.out_dir / everything.image), codec)
         spread = max(
             1.0 - compare.ssim(center, compare.encode_like(_to_rgb(out.image), codec))
@@ -349,13 +362,7 @@ class Runner:
         accounts = residual <= ROUNDING_SLACK * spread
         row.counterfactuals.extend(cf for cf, _ in results)
         row.counterfactual_renders += len(results)
-        row.rounding = {
-            "checkpoint_dtype": checkpoint_dtype,
-            "draws": len(results),
-            "spread": spread,
-            "residual": residual,
-            "accounts": accounts,
-        }
+        row.rounding = RoundingResult(checkpoint_dtype, len(results), spread, residual, accounts)
         share = 1.0 if residual <= 0 else min(1.0, spread / residual)
         what = (
             f"checkpoint saved in {checkpoint_dtype}; previews used the fp32 training weights: "
@@ -367,9 +374,11 @@ class Runner:
             row.unexplained_residual = None
             if Cause.PRECISION not in row.causes:
                 row.causes = sorted([*row.causes, Cause.PRECISION])
-            row.detail = _join(_drop_residual(row.detail), f"{what}: the rounding accounts for it")
+            # The residual is the rounding's: its note goes, this one says why.
+            row.notes = [n for n in row.notes if not n.startswith(RESIDUAL_NOTE)]
+            row.notes.append(f"{what}: the rounding accounts for it")
         else:
-            row.detail = _join(row.detail, f"{what}: the rounding accounts for {share:.0%} of it")
+            row.notes.append(f"{what}: the rounding accounts for {share:.0%} of it")
 
     def keep_preview(self, case: Case) -> str:
         """Link or copy the case's preview into ``previews/<step>/`` of the run folder, so
@@ -413,15 +422,15 @@ class Runner:
             )
             link_or_copy(case.served, kept, link=False)
         except (ParityError, OSError) as e:
-            row.detail = _join(row.detail, f"served image not compared: {e}")
+            row.notes.append(f"served image not compared: {e}")
             return
-        row.served = {
-            "verdict": "same" if check.same else "drift",
-            "ssim": check.ssim,
-            "psnr": check.psnr,
-            "max_abs_diff": check.max_abs_diff,
-            "path": kept.relative_to(self.out_dir).as_posix(),
-        }
+        row.served = ServedResult(
+            verdict="same" if check.same else "drift",
+            ssim=check.ssim,
+            psnr=check.psnr,
+            max_abs_diff=check.max_abs_diff,
+            path=kept.relative_to(self.out_dir).as_posix(),
+        )
         if not check.same:
             row.served_note = drift_note(
                 check, case.pair.reference, device=self.engine.device, era=self.options.server_era
@@ -451,6 +460,72 @@ class Runner:
                 on_row(row)
         write_results(self.out_dir, rows)
         return sorted(rows, key=lambda r: r.key)
+
+
+class _CaseScorer:
+    """One case's stored preview, and the renders scored against it.
+
+    :meth:`score` renders planned settings, saves them and scores them in one batch; it
+    measures the case's noise floor on the first render that needs one
+    (:meth:`Runner.needs_floor`), before any render is judged, and keeps every render's
+    RGB for the attribution's effects (:attr:`images`).
+    """
+
+    def __init__(
+        self, runner: Runner, case: Case, preview_rgb: Any, codec: Codec, encode: Any
+    ) -> None:
+        from parity.compare import encode_latent
+
+        self.runner = runner
+        self.case = case
+        self.preview_rgb = preview_rgb
+        self.codec = codec
+        self.encode = encode
+        # The preview is encoded once per case, not once per counterfactual.
+        self.preview_latent = encode_latent(preview_rgb, encode) if encode else None
+        self.floor: NoiseFloor | None = None
+        self.alternate: Any = None  # the render the floor was measured on, alternate path
+        self.images: dict[str, Any] = {}
+
+    def score(
+        self, planned: Sequence[Planned], paths: Sequence[str]
+    ) -> list[tuple[Counterfactual, tuple[Comparison, RenderOutput]]]:
+        """Render each planned render and save it at its path (relative to the run
+        folder), then score them all against the preview in one batch."""
+        from parity import compare
+
+        runner = self.runner
+        outputs = [runner.engine.render(p.settings) for p in planned]
+        for out, path in zip(outputs, paths, strict=True):
+            save_png(out.image, runner.out_dir / path)
+        scores = compare.compare_many(
+            self.preview_rgb,
+            [_to_rgb(out.image) for out in outputs],
+            codec=self.codec,
+            encode=self.encode,
+            preview_latent=self.preview_latent,
+            device=runner.engine.device,
+        )
+        for p, out, c in zip(planned, outputs, scores, strict=True):
+            self.images[p.name] = _to_rgb(out.image)
+            if self.floor is None and runner.needs_floor(p, c, self.case):
+                self.floor, self.alternate = runner.measure_floor(p, out, self.codec)
+        return [
+            (
+                Counterfactual(
+                    name=p.name,
+                    switched=p.switched,
+                    settings=p.settings,
+                    ssim=c.ssim,
+                    psnr=c.psnr,
+                    latent_distance=c.latent_distance,
+                    match=runner.thresholds.is_match(c, _floor_for(self.floor, p.settings)),
+                    image=path,
+                ),
+                (c, out),
+            )
+            for p, path, c, out in zip(planned, paths, scores, outputs, strict=True)
+        ]
 
 
 def drift_note(
@@ -559,20 +634,13 @@ def _fill_attribution(row: ResultRow, result: Attribution) -> None:
     row.best_counterfactual = everything.image
     if not result.explained:
         row.unexplained_residual = {"distance": everything.distance, "ssim": everything.ssim}
-        row.detail = _join(
-            row.detail,
-            f"unexplained residual: with every candidate cause switched, SSIM is "
-            f"{everything.ssim:.4f}",
+        row.notes.append(
+            f"{RESIDUAL_NOTE}: with every candidate cause switched, SSIM is {everything.ssim:.4f}"
         )
 
 
-def _join(a: str, b: str) -> str:
-    return f"{a}; {b}" if a else b
-
-
-def _drop_residual(detail: str) -> str:
-    """``detail`` without the "unexplained residual" part (once something explains it)."""
-    return "; ".join(p for p in detail.split("; ") if not p.startswith("unexplained residual"))
+#: How the note of a mismatch no candidate explains begins.
+RESIDUAL_NOTE = "unexplained residual"
 
 
 #: Renders with the LoRA moved within its rounding, per unexplained bf16-checkpoint preview.
