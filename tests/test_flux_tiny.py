@@ -135,3 +135,73 @@ def test_size_floors_to_16(pipe) -> None:
     # FluxPipeline packs 2x2 latents of a factor-8 VAE: 80x104 renders as 80x96.
     image = _render(pipe, width=80, height=104)
     assert image.shape == (96, 80, 3)
+
+
+FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "aitk_flux"
+
+#: Configs record the library version that wrote them; a newer transformers or diffusers
+#: changes only that stamp, so it is left out of the comparison.
+_VERSION_KEYS = ("transformers_version", "_diffusers_version")
+
+#: Weights come from float arithmetic (initialisation bounds, kernel smoothing): a
+#: rebuild on a CPU with other kernels may differ from the committed bytes by float noise.
+WEIGHT_NOISE = 1e-6
+
+
+def _config_digest(path: Path) -> str:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for key in _VERSION_KEYS:
+        data.pop(key, None)
+    return json.dumps(data, sort_keys=True)
+
+
+def test_rebuild_gives_the_committed_base_of_the_real_job(built: Path) -> None:
+    """The fixture's tiny_flux/ is this builder's output: configs and tokenizers equal,
+    weights within float noise (exact on the machine that made them)."""
+    from safetensors.torch import load_file
+
+    committed = FIXTURE / "tiny_flux"
+    ours, theirs = _file_hashes(built), _file_hashes(committed)
+    assert ours.keys() == theirs.keys()
+    for part in ours:
+        if part.endswith(".json"):
+            assert _config_digest(built / part) == _config_digest(committed / part), part
+        elif part.endswith(".safetensors"):
+            a, b = load_file(built / part), load_file(committed / part)
+            assert a.keys() == b.keys(), part
+            for key in a:
+                limit = WEIGHT_NOISE * float(b[key].abs().max())
+                assert float((a[key].double() - b[key].double()).abs().max()) <= limit, key
+        else:
+            assert ours[part] == theirs[part], part
+
+
+def test_real_step0_previews_are_plain_flux_renders() -> None:
+    """ai-toolkit's step-0 previews (LoRA B = 0) are FluxPipeline renders of the base with
+    the arguments its call log recorded, within the float32 noise rule (1/255)."""
+    import torch
+    import yaml
+    from diffusers import FluxPipeline
+    from PIL import Image
+
+    job = FIXTURE / "output" / "aitk_flux"
+    process = yaml.safe_load((job / "config.yaml").read_text())["config"]["process"][0]
+    items = process["sample"]["samples"]
+    calls = [json.loads(line) for line in (FIXTURE / "calls.jsonl").open()][: len(items)]
+    pipe = FluxPipeline.from_pretrained(FIXTURE / "tiny_flux")
+    pipe.set_progress_bar_config(disable=True)
+    for item, call in zip(items, calls, strict=True):
+        prompt = item["prompt"].split("--")[0].strip()
+        prompt = prompt.replace("[trigger]", process["trigger_word"])
+        image = pipe(
+            prompt,
+            width=call["width"],
+            height=call["height"],
+            num_inference_steps=call["num_inference_steps"],
+            guidance_scale=call["guidance_scale"],
+            generator=torch.Generator("cpu").manual_seed(call["generator"]["initial_seed"]),
+        ).images[0]
+        ours = np.asarray(image, dtype=np.int16)
+        theirs = np.asarray(Image.open(FIXTURE / call["image"]["file"]), dtype=np.int16)
+        assert ours.shape == theirs.shape, call["preview"]
+        assert int(np.abs(ours - theirs).max()) <= 1, call["preview"]
