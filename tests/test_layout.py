@@ -18,6 +18,7 @@ RANKS: dict[str, int] = {
     "parity.logs": 0,
     "parity.model_map": 0,
     "parity.zimage": 0,
+    "parity.flux": 0,
     "parity.job": 1,
     "parity.plan": 2,
     "parity.render": 3,
