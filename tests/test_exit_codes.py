@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from parity.cli import main
-from parity.testing.jobs import TINY_BASE, write_job
+from parity.testing.jobs import FIXTURES, TINY_BASE, write_job
 
 SAMPLE = {
     "width": 64,
@@ -180,3 +180,15 @@ def test_a_run_on_another_stack_says_so_in_one_line(job: Path, tmp_path: Path, c
     assert len(lines) == 1 and "diffusers" in lines[0] and "pinned 0.0.1" in lines[0]
     info = json.loads((tmp_path / "run" / "run.json").read_text(encoding="utf-8"))
     assert any(d.startswith("diffusers ") for d in info["stack"]["differs_from_pins"])
+
+
+def test_a_job_of_a_family_parity_does_not_know_is_exit_2(tmp_path: Path) -> None:
+    """The real ai-toolkit FLUX.1 job (fixtures/aitk_flux): one line that names the
+    families parity knows, before any model loads and before anything is written."""
+    flux = FIXTURES / "aitk_flux" / "output" / "aitk_flux"
+    out = tmp_path / "out"
+    proc = _parity(tmp_path, "run", str(flux), "--no-history", "--out", str(out))
+    line = _one_line_error(proc)
+    assert "model.arch is 'flux'" in line and str(flux / "config.yaml") in line
+    assert "zimage, zimage:turbo, zimage:deturbo" in line
+    assert not out.exists()
