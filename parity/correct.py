@@ -66,6 +66,11 @@ class CorrectedRequests:
                 for i, (r, p) in sorted(self.placement.items())
             },
             "cannot_reproduce": {str(i): reasons for i, reasons in sorted(self.cannot.items())},
+            # Per preview no request reproduces: the request holding its closest prompt.
+            "closest": {
+                str(i): {"file": self.file(r), "prompt": p}
+                for i, (r, p) in sorted(self.closest.items())
+            },
         }
 
 

@@ -84,7 +84,7 @@ class ModelMap:
             Value of the environment variable; by default read from ``PARITY_MODEL_MAP``
             at call time. None ignores the environment.
         pyproject:
-            pyproject.toml to read; by default ``./pyproject.toml`` when it exists.
+            pyproject.toml to read, when it exists; by default ``./pyproject.toml``.
             None reads none.
         base_model:
             ``(hub id, folder)`` or None.
@@ -109,7 +109,8 @@ class ModelMap:
                 entries[key] = path
                 origins[key] = origin
 
-        if pyproject is not None:
+        # A pyproject.toml that does not exist is simply not a source.
+        if pyproject is not None and Path(pyproject).is_file():
             put(_read_pyproject(Path(pyproject)), f"{pyproject} [tool.parity.models]")
         if env:
             origin = f"{MODEL_MAP_ENV} environment variable"
@@ -120,6 +121,15 @@ class ModelMap:
             key, path = base_model
             put([_parse_pair(f"{key}={path}", "--base-model")], "--base-model")
         return cls(entries=entries, origins=origins)
+
+    def with_base_model(self, hub_id: str, folder: str | None) -> ModelMap:
+        """This map with ``hub_id`` mapped to ``folder`` above every other source (the
+        ``--base-model`` shortcut, applied once the job's ``name_or_path`` is known);
+        unchanged when ``folder`` is None."""
+        if not folder:
+            return self
+        key, path = _parse_pair(f"{hub_id}={folder}", "--base-model")
+        return ModelMap({**self.entries, key: path}, {**self.origins, key: "--base-model"})
 
     def __contains__(self, key: object) -> bool:
         return key in self.entries

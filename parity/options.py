@@ -38,6 +38,7 @@ from parity.settings import (
     DEFAULT_PSNR_MIN,
     DEFAULT_SSIM_MIN,
 )
+from parity.zimage.checkpoints import REFERENCE_MODELS
 
 if TYPE_CHECKING:
     from parity.run import RunOptions
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 Kind = Literal["path", "paths", "model", "string", "strings", "int", "float", "bool"]
 
 #: The command-line commands that take the options of a job run.
-JOB_COMMANDS = frozenset({"inspect", "preview", "run", "explain"})
+JOB_COMMANDS = frozenset({"inspect", "preview", "run", "explain", "noise"})
 #: ... and those that judge renders (thresholds, attribution).
 JUDGING_COMMANDS = frozenset({"run", "explain"})
 #: ... and those that read the requests a user sent.
@@ -134,14 +135,14 @@ OPTIONS: tuple[Option, ...] = (
            "bf16 on CUDA, fp32 on CPU)", choices=("fp32", "fp16", "bf16"),
            commands=MODEL_COMMANDS),
     Option("reference_model", "--model", "string", "reference model id when the job's "
-           "arch/name_or_path do not say it", choices=("zimage", "zimage_deturbo",
-           "zimage_turbo"), commands=JOB_COMMANDS),
+           "arch/name_or_path do not say it", choices=tuple(sorted(REFERENCE_MODELS)),
+           commands=JOB_COMMANDS),
     Option("allow_outside_paths", "--allow-outside-paths", "bool", "allow previews, "
            "checkpoints and request LoRAs that resolve outside their folder (symlinks)",
            default=False, commands=JOB_COMMANDS | {"render"}),
     Option("steps", "--steps", "string", "steps to check: all, last or N,N,... (default all; "
            "with a request, the steps its requests name)", metavar="STEPS",
-           commands=frozenset({"run", "explain"})),
+           commands=frozenset({"run", "noise"})),
     Option("no_attribution", "--no-attribution", "bool", "verdicts only: no counterfactual "
            "renders for mismatches", default=False, commands=frozenset({"run"})),
     Option("history", "--history", "string", "history table to append to, .parquet or .csv",
@@ -172,8 +173,9 @@ OPTIONS: tuple[Option, ...] = (
            commands=REQUEST_COMMANDS),
     Option("lora_root", "--lora-root", "path", "the server's workflows folder, where "
            "request LoRA paths resolve (default: the job's training folder, the job "
-           "folder's parent, so <job name>/<file>.safetensors names a checkpoint)",
-           metavar="DIR", commands=REQUEST_COMMANDS),
+           "folder's parent, so <job name>/<file>.safetensors names a checkpoint; for "
+           "'parity render': the request file's folder)", metavar="DIR",
+           commands=REQUEST_COMMANDS | {"render"}),
     Option("match", "--match", "string", "index: prompt i of a request with preview i of its "
            "step (default); prompt: by resolved prompt text", default="index",
            choices=("index", "prompt"), commands=REQUEST_COMMANDS),
@@ -300,7 +302,7 @@ def resolve(layers: Sequence[Layer], names: Iterable[str] | None = None) -> dict
     out: dict[str, Any] = {}
     for name in names if names is not None else BY_NAME:
         option = BY_NAME[name]
-        out[name] = option.default
+        out[name] = [] if option.is_list and option.default is None else option.default
         for layer in layers:
             if layer.names is not None and name not in layer.names:
                 continue

@@ -6,15 +6,17 @@
 row and passes when the row's verdict is ``match``. The plugin only collects, calls the
 library and reports: comparison, attribution and the HTML report live in the library.
 
-Options live in one table (:data:`OPTIONS`); each is read by one function,
-:func:`setting`, with one precedence, highest first:
+Options come from parity's one option table (:data:`parity.options.OPTIONS`, the same
+the command line is made from); each is read by one function, :func:`setting`, with
+parity's one precedence (:func:`parity.options.resolve`), highest first:
 
 1. the command line (``--parity-ssim-min`` ...),
 2. the job's own ``parity.toml`` (options marked ``per_job``: ``ssim_min``,
    ``psnr_min``, ``latent_distance_max``, ``device``),
 3. the pytest ini file (``parity_ssim_min`` ...),
-4. ``[tool.parity]`` of the rootdir's ``pyproject.toml`` (the ``per_job`` keys),
-5. the option's default.
+4. the environment (``PARITY_SSIM_MIN`` ...),
+5. ``[tool.parity]`` of the rootdir's ``pyproject.toml``, when there is one,
+6. the option's default.
 
 ``--parity-request`` files apply to the job whose checkpoint their ``loras[0].path``
 names (under ``--parity-lora-root``, default each job's training folder): that job's
@@ -41,11 +43,9 @@ import tomllib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pytest
-
-from parity.settings import DEFAULT_LATENT_DISTANCE_MAX, DEFAULT_PSNR_MIN, DEFAULT_SSIM_MIN
 
 #: A reference render counts as unchanged from its baseline when SSIM >= this.
 DRIFT_SSIM_MIN = 0.999
@@ -56,89 +56,70 @@ JOB_FILE = "parity.toml"
 #: Properties recorded per item (junit XML ``<property>`` elements).
 METRIC_PROPERTIES = ("ssim", "psnr", "latent_distance")
 
-Kind = Literal["path", "paths", "strings", "string", "float", "bool"]
-
-
-@dataclass(frozen=True)
-class Option:
-    """One plugin option.
-
-    ``name`` is its key in a job's parity.toml and in ``[tool.parity]`` (read there only
-    when ``per_job``), ``flag`` its command-line form, ``ini`` its pytest ini name.
-    """
-
-    name: str
-    flag: str
-    ini: str
-    kind: Kind
-    help: str
-    default: Any = None
-    metavar: str | None = None
-    per_job: bool = False
-
-
-OPTIONS: tuple[Option, ...] = (
-    Option("job", "--parity-job", "parity_jobs", "paths",
-           "ai-toolkit job folder to check, one test per preview (repeatable)", metavar="DIR"),
-    Option("base_model", "--parity-base-model", "parity_base_model", "path",
-           "local diffusers folder loaded in place of each job's model.name_or_path",
-           metavar="PATH"),
-    Option("model_map", "--parity-model-map", "parity_model_map", "strings",
-           "map a hub id to a local folder (repeatable)", metavar="ID=PATH"),
-    Option("device", "--parity-device", "parity_device", "string",
-           "cpu, cuda, cuda:N (default: cuda if available)", metavar="D", per_job=True),
-    Option("steps", "--parity-steps", "parity_steps", "string",
-           "steps to check: all, last or N,N,... (default all; with --parity-request, "
-           "the steps its requests name)", metavar="STEPS"),
-    Option("request", "--parity-request", "parity_requests", "paths",
-           "a request you sent the server: the job whose checkpoint its loras[0].path "
-           "names is compared with its prompts (repeatable)", metavar="REQ.json"),
-    Option("lora_root", "--parity-lora-root", "parity_lora_root", "path",
-           "the server's workflows folder, where request LoRA paths resolve (default: "
-           "each job's training folder, the job folder's parent)", metavar="DIR"),
-    Option("match", "--parity-match", "parity_match", "string",
-           "index: request prompt i with preview i (default); prompt: by prompt text",
-           default="index", metavar="HOW"),
-    Option("server_diffusers", "--parity-server-diffusers", "parity_server_diffusers",
-           "string", "the diffusers release the server runs, e.g. 0.38.0.dev0 or 072d15ee "
-           "(default: the installed one)", metavar="VERSION"),
-    Option("results", "--parity-results", "parity_results", "path",
-           "folder for run folders <job>/<worker>-<time>/ (default reports/pytest)",
-           metavar="DIR"),
-    Option("ssim_min", "--parity-ssim-min", "parity_ssim_min", "float",
-           f"match: SSIM >= this (default {DEFAULT_SSIM_MIN})", default=DEFAULT_SSIM_MIN,
-           metavar="X", per_job=True),
-    Option("psnr_min", "--parity-psnr-min", "parity_psnr_min", "float",
-           f"match: PSNR >= this, dB (default {DEFAULT_PSNR_MIN})", default=DEFAULT_PSNR_MIN,
-           metavar="DB", per_job=True),
-    Option("latent_distance_max", "--parity-latent-max", "parity_latent_max", "float",
-           f"match: VAE latent distance <= this (default {DEFAULT_LATENT_DISTANCE_MAX})",
-           default=DEFAULT_LATENT_DISTANCE_MAX, metavar="X", per_job=True),
-    Option("no_attribution", "--parity-no-attribution", "parity_no_attribution", "bool",
-           "verdicts only: no counterfactual renders for mismatches", default=False),
-    Option("generate", "--parity-generate", "parity_generate", "bool",
-           "record each preview's reference render as the accepted baseline", default=False),
-    Option("baseline_dir", "--parity-baseline-dir", "parity_baseline_dir", "path",
-           "baseline folder: <dir>/<job>/step<N>/<index>.png (default <job folder>/parity-baseline)",
-           metavar="DIR"),
-)  # fmt: skip
-
-_BY_NAME = {o.name: o for o in OPTIONS}
-_INI_TYPES = {"paths": "linelist", "strings": "linelist", "bool": "bool"}
-
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    from parity.options import plugin_options
+
     group = parser.getgroup("parity", "preview parity of ai-toolkit jobs")
-    for opt in OPTIONS:
-        kwargs: dict[str, Any] = {"dest": opt.ini, "help": opt.help, "default": None}
+    for opt in plugin_options():
+        kwargs: dict[str, Any] = {"dest": opt.ini_name, "help": opt.help, "default": None}
         if opt.kind == "bool":
             kwargs["action"] = "store_true"
         else:
-            action = "append" if opt.kind in ("paths", "strings") else "store"
+            action = "append" if opt.is_list else "store"
             kwargs.update(action=action, metavar=opt.metavar)
-        group.addoption(opt.flag, **kwargs)
-        ini_type = _INI_TYPES.get(opt.kind, "string")
-        parser.addini(opt.ini, f"{opt.help} (like {opt.flag})", type=ini_type, default=None)
+        group.addoption(opt.plugin_flag, **kwargs)
+        ini_type = "linelist" if opt.is_list else "bool" if opt.kind == "bool" else "string"
+        parser.addini(
+            opt.ini_name, f"{opt.help} (like {opt.plugin_flag})", type=ini_type, default=None
+        )
+
+
+def _layers(config: pytest.Config, job: JobSettings | None) -> list[Any]:
+    """The sources of option values for ``job`` (None: the session's), highest first."""
+    from parity.options import BY_NAME, Layer, standard_layers
+
+    flags = Layer(
+        "the command line",
+        {o.name: config.getoption(o.ini_name, None) for o in BY_NAME.values() if o.plugin},
+        Path(config.invocation_params.dir),
+    )
+    between = []
+    if job is not None:
+        per_job = frozenset(o.name for o in BY_NAME.values() if o.per_job)
+        between.append(Layer(str(job.folder / JOB_FILE), job.values, job.folder, per_job))
+    ini_base = config.inipath.parent if config.inipath else config.rootpath
+    between.append(
+        Layer(
+            "the pytest ini file",
+            {o.name: config.getini(o.ini_name) for o in BY_NAME.values() if o.plugin},
+            ini_base,
+        )
+    )
+    return standard_layers(flags, *between, pyproject=config.rootpath / "pyproject.toml")
+
+
+def settings(config: pytest.Config, job: JobSettings | None = None) -> dict[str, Any]:
+    """Every plugin option's value for ``job`` (None: the session's)."""
+    from parity.errors import ParityError
+    from parity.options import plugin_options, resolve
+
+    try:
+        values = resolve(_layers(config, job), [o.name for o in plugin_options()])
+    except ParityError as e:
+        raise pytest.UsageError(f"parity: {e}") from None
+    for opt in plugin_options():  # the plugin works with Path objects
+        value = values[opt.name]
+        if opt.kind == "path" and value is not None:
+            values[opt.name] = Path(value)
+        elif opt.kind == "paths" and value:
+            values[opt.name] = [Path(v) for v in value]
+    return values
+
+
+def setting(config: pytest.Config, name: str, job: JobSettings | None = None) -> Any:
+    """The value of option ``name``, with the precedence of the module docstring."""
+    return settings(config, job)[name]
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -147,62 +128,6 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise pytest.UsageError(f"{path}: cannot read: {e}") from None
-
-
-def _convert(opt: Option, value: Any, base: Path, source: str) -> Any:
-    """``value`` from ``source`` as the option's kind; relative paths against ``base``."""
-    if opt.kind == "path":
-        return (base / Path(str(value)).expanduser()).resolve()
-    if opt.kind == "paths":
-        values = [value] if isinstance(value, str) else list(value)
-        return [(base / Path(str(v)).expanduser()).resolve() for v in values]
-    if opt.kind == "strings":
-        return [value] if isinstance(value, str) else [str(v) for v in value]
-    if opt.kind == "float":
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise pytest.UsageError(f"{source}: expected a number, got {value!r}") from None
-    if opt.kind == "bool":
-        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
-    return str(value)
-
-
-def _given(value: Any) -> bool:
-    return value not in (None, "", [])
-
-
-def setting(config: pytest.Config, name: str, job: JobSettings | None = None) -> Any:
-    """The value of option ``name``, with the precedence of the module docstring."""
-    opt = _BY_NAME[name]
-    layers: list[tuple[Any, Path, str]] = [
-        (config.getoption(opt.ini, None), Path(config.invocation_params.dir), opt.flag)
-    ]
-    if opt.per_job and job is not None:
-        layers.append((job.values.get(name), job.folder, f"{job.folder / JOB_FILE} {name}"))
-    ini_base = config.inipath.parent if config.inipath else config.rootpath
-    layers.append((config.getini(opt.ini), ini_base, f"ini option {opt.ini}"))
-    if opt.per_job:
-        tool, tool_base = _tool_settings(config)
-        layers.append((tool.get(name), tool_base, f"[tool.parity] {name}"))
-    for value, base, source in layers:
-        if _given(value):
-            return _convert(opt, value, base, source)
-    return opt.default
-
-
-def _tool_settings(config: pytest.Config) -> tuple[dict[str, Any], Path]:
-    """``[tool.parity]`` of the rootdir's pyproject.toml (read once per session)."""
-    cached = config.stash.get(_TOOL_KEY, None)
-    if cached is None:
-        path = config.rootpath / "pyproject.toml"
-        tool = _read_toml(path).get("tool", {}).get("parity", {}) if path.is_file() else {}
-        cached = ({k: v for k, v in (tool or {}).items() if k in _BY_NAME}, config.rootpath)
-        config.stash[_TOOL_KEY] = cached
-    return cached
-
-
-_TOOL_KEY = pytest.StashKey[tuple[dict[str, Any], Path]]()
 
 
 @dataclass(frozen=True)
@@ -217,6 +142,8 @@ class JobSettings:
         path = folder / JOB_FILE
         if not path.is_file():
             return cls(folder)
+        from parity.options import OPTIONS
+
         values = _read_toml(path)
         known = sorted(o.name for o in OPTIONS if o.per_job)
         unknown = sorted(set(values) - set(known))
@@ -227,15 +154,22 @@ class JobSettings:
         return cls(folder, values)
 
 
+def run_options(config: pytest.Config, job: JobSettings | None = None, **fixed: Any) -> Any:
+    """The :class:`parity.run.RunOptions` of ``job`` (None: the session's), built as the
+    command line builds its own (:func:`parity.options.run_options`)."""
+    from parity.errors import ParityError
+    from parity.options import run_options as build
+
+    values = settings(config, job)
+    try:
+        return build(values, progress=False, **fixed)
+    except ParityError as e:
+        raise pytest.UsageError(f"parity: {e}") from None
+
+
 def thresholds(config: pytest.Config, job: JobSettings | None = None) -> Any:
     """:class:`parity.compare.Thresholds` for ``job`` (None: the session's)."""
-    from parity.compare import Thresholds
-
-    return Thresholds(
-        ssim_min=setting(config, "ssim_min", job),
-        psnr_min=setting(config, "psnr_min", job),
-        latent_distance_max=setting(config, "latent_distance_max", job),
-    )
+    return run_options(config, job).thresholds
 
 
 # ------------------------------------------------------------------------ devices
@@ -303,23 +237,30 @@ class ParityPlugin:
         # nodeid -> (job, status, run folder, worker): filled from reports, so that the
         # xdist controller sees every worker's items.
         self.outcomes: dict[str, tuple[str, str, str, str]] = {}
-        self._requests: list[tuple[Path, Any]] | None = None
-        #: Positions of the --parity-request files some collected job's checkpoint took.
-        self.requests_matched: set[int] = set()
 
-    def user_requests(self) -> list[tuple[Path, Any]]:
-        """The --parity-request files, read once per process."""
-        if self._requests is None:
-            from parity.errors import ParityError
-            from parity.zimage.server import load_request
+    def bind_requests(self, jobs: list[Any], *, all_collected: bool) -> dict[str, list[Any]]:
+        """The --parity-request files bound to the jobs whose checkpoints they name
+        (:func:`parity.plan.bind_requests`, as every front door binds them). With a job
+        that failed to collect (``all_collected`` False), a request that names none of
+        the others may be that job's: it is left out, the job reports its own error."""
+        from parity.errors import ParityError
+        from parity.plan import bind_requests
 
-            try:
-                self._requests = [
-                    (path, load_request(path)) for path in setting(self.config, "request") or []
-                ]
-            except ParityError as e:
-                raise pytest.UsageError(f"parity: {e}") from None
-        return self._requests
+        values = settings(self.config)
+        requests = [Path(p) for p in values["request"] or []]
+        try:
+            return bind_requests(
+                jobs,
+                requests,
+                served=[Path(p) for p in values["served"] or []],
+                lora_root=Path(values["lora_root"]) if values["lora_root"] else None,
+                allow_outside_paths=values["allow_outside_paths"],
+            )
+        except ParityError as e:
+            if not all_collected and "names no checkpoint" in str(e):
+                return {}
+            text = str(e).replace("of the jobs of this run", "of the collected jobs")
+            raise pytest.UsageError(f"parity: {text}") from None
 
     def device(self, configured: str | None) -> str:
         """The device this process renders on: ``configured`` (the option or the job's
@@ -338,6 +279,11 @@ class ParityPlugin:
             source = str(Path(source).resolve())
         key = (repr(source), device)
         if key not in self.engines:
+            threads = setting(self.config, "threads")
+            if threads:  # --parity-threads, as --threads does for the command line
+                import torch
+
+                torch.set_num_threads(threads)
             self.engines[key] = RenderEngine(source, device=device)
         return self.engines[key]
 
@@ -347,8 +293,8 @@ class ParityPlugin:
             return self.runs[node.job.name]
         result = _JobRun()
         self.runs[node.job.name] = result
-        from parity.render.models import job_source
-        from parity.run import RunOptions, run_job
+        from parity.errors import ModelError
+        from parity.run import run_job
 
         config, job = self.config, node.job
         session_items = getattr(node.session, "items", None) or []
@@ -357,13 +303,9 @@ class ParityPlugin:
             {i.step for i in session_items if isinstance(i, ParityItem) and i.parent is node}
         ) or list(node.steps)
         try:
-            source = job_source(
-                job.name_or_path,
-                job.extras_name_or_path,
-                base_model=setting(config, "base_model"),
-                model_map=setting(config, "model_map") or [],
-                pyproject=config.rootpath / "pyproject.toml",
-            )
+            source = node.opened.source
+            if source is None:
+                raise ModelError(node.opened.model_problem)
             device = self.device(node.device)
             result.device = device
             engine = self.engine(source, device)
@@ -372,17 +314,11 @@ class ParityPlugin:
             out_dir = results / job.name / f"{self.worker}-{stamp}"
             result.out_dir = out_dir
             generate = setting(config, "generate")
-            from parity.zimage.diffusers_era import diffusers_era
-
-            era_spec = setting(config, "server_diffusers")
-            options = RunOptions(
+            options = run_options(
+                config,
+                node.settings,
                 steps=tuple(steps),
                 attribute=not setting(config, "no_attribution") and not generate,
-                thresholds=node.thresholds,
-                progress=False,
-                server_era=diffusers_era(era_spec) if era_spec else None,
-                match=setting(config, "match"),
-                lora_root=node.lora_root,
             )
             summary = run_job(job, engine, out_dir, options, device=device, requests=node.requests)
         except Exception as e:  # every item of the job reports it
@@ -404,7 +340,7 @@ class ParityPlugin:
         self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
     ) -> None:
         seen: set[str] = set()
-        collected_ok = True
+        nodes = []
         for path in setting(config, "job") or []:
             node = ParityJob.for_path(session, path)
             if node.name in seen:
@@ -412,18 +348,14 @@ class ParityPlugin:
                     f"{path}: a job named {node.name!r} is already collected; job names must differ"
                 )
             seen.add(node.name)
+            nodes.append(node)
+        loaded = [n for n in nodes if n.opened is not None]
+        bound = _plugin(config).bind_requests(
+            [n.opened.job for n in loaded], all_collected=len(loaded) == len(nodes)
+        )
+        for node in nodes:
+            node.requests = tuple(bound.get(node.name, ()))
             items.extend(session.genitems(node))
-            collected_ok = collected_ok and node.collected
-        plugin = _plugin(config)
-        for k, (path, request) in enumerate(plugin.user_requests()):
-            # A job that failed to collect reports its own error; its requests may be its.
-            if collected_ok and k not in plugin.requests_matched:
-                lora = request.loras[0].path if request.loras else None
-                raise pytest.UsageError(
-                    f"parity: {path}: loras[0].path {lora!r} names no checkpoint of the "
-                    f"collected jobs ({', '.join(sorted(seen)) or 'none'}); set "
-                    "--parity-lora-root to the server's workflows folder"
-                )
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props = dict(report.user_properties)
@@ -478,66 +410,65 @@ class ParityPlugin:
 class ParityJob(pytest.Collector):
     """One ai-toolkit job folder; its children are one item per preview."""
 
-    job: Any = None
+    opened: Any = None  # parity.run.open_job.OpenedJob
     job_error: Exception | None = None
     #: The user's requests that name this job's checkpoints, and their LoRA root.
     requests: tuple[Any, ...] = ()
-    lora_root: Path | None = None
-    collected: bool = False
 
     @classmethod
     def for_path(cls, session: pytest.Session, path: Path) -> ParityJob:
-        from parity.job import read_job
+        from parity.model_map import ModelMap
+        from parity.run.open_job import open_job
 
-        job, error = None, None
+        opened, error = None, None
+        values = settings(session.config)
         try:
-            job = read_job(path)
-            name = job.name
+            # As every front door opens a job: the model map of the options, the
+            # environment and pyproject.toml (when there is one); a model that cannot be
+            # resolved fails the job's items when they run, not the collection.
+            model_map = ModelMap.load(
+                values["model_map"] or [], pyproject=session.config.rootpath / "pyproject.toml"
+            )
+            opened = open_job(
+                path,
+                model_map,
+                base_model=values["base_model"],
+                reference_model=values["reference_model"],
+                model_required=False,
+            )
+            name = opened.job.name
         except Exception as e:  # reported as this job's collection error
             name, error = path.name, e
         node = cls.from_parent(session, name=name, nodeid=name, path=path)
-        node.job, node.job_error = job, error
+        node.opened, node.job_error = opened, error
         return node
+
+    @property
+    def job(self) -> Any:
+        return self.opened.job if self.opened is not None else None
 
     def collect(self) -> list[ParityItem]:
         from parity.plan import parse_steps, select_steps
 
         if self.job_error is not None:
             raise self.job_error
-        settings = JobSettings.read(self.path)
-        self.thresholds = thresholds(self.config, settings)
-        self.device = setting(self.config, "device", settings)
-        self._bind_requests()
+        self.settings = JobSettings.read(self.path)
+        self.thresholds = thresholds(self.config, self.settings)
+        self.device = setting(self.config, "device", self.settings)
+        if self.requests:  # unusable pairings are this job's collection error
+            from parity.plan import plan_requests
+
+            plan_requests(self.job, self.requests, setting(self.config, "match"))
         wanted = setting(self.config, "steps")
         if wanted is None:
             wanted = ",".join(str(s) for s in sorted({u.step for u in self.requests})) or "all"
         steps = select_steps(self.job, parse_steps(wanted))
         self.steps = tuple(steps)
         keys = sorted({(p.step, p.index) for p in self.job.previews if p.step in steps})
-        self.collected = True
         return [
             ParityItem.from_parent(self, name=f"step{step}::{index}", step=step, index=index)
             for step, index in keys
         ]
-
-    def _bind_requests(self) -> None:
-        """Take the --parity-request files whose LoRA names one of this job's checkpoints
-        (a request applies to one job; several jobs may each take some)."""
-        from parity.plan import bind_request, default_lora_root, match_request, plan_requests
-
-        plugin = _plugin(self.config)
-        self.lora_root = setting(self.config, "lora_root") or default_lora_root(self.job)
-        bound = []
-        for k, (path, request) in enumerate(plugin.user_requests()):
-            if match_request(self.job, request, self.lora_root) is None:
-                continue
-            user = bind_request(self.job, path, request, lora_root=self.lora_root, number=k)
-            if user is not None:
-                bound.append(user)
-                plugin.requests_matched.add(k)
-        self.requests = tuple(bound)
-        if bound:  # unusable pairings are this job's collection error
-            plan_requests(self.job, bound, setting(self.config, "match"))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str:  # type: ignore[override]
         from parity.errors import ParityError

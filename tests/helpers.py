@@ -58,16 +58,35 @@ def corrected_index(run_dir: Path, step: int) -> dict:
 def request_for(run_dir: Path, step: int, index: int) -> tuple[dict, dict]:
     """The corrected request a preview is placed in, or for a preview no request
     reproduces the closest one its reasons name: (request, its prompt for the preview)."""
-    import re
-
     corrected = corrected_index(run_dir, step)
     place = corrected["placement"].get(str(index))
-    if place is not None:
-        file, prompt = place["file"], place["prompt"]
-    else:
-        reasons = " ".join(corrected["cannot_reproduce"][str(index)])
-        match = re.search(r"closest request: (\S+) prompt (\d+)", reasons)
-        assert match, reasons
-        file, prompt = match[1], int(match[2])
+    if place is None:  # the reasons name the same request as the index's "closest"
+        place = corrected["closest"][str(index)]
+        assert f"closest request: {place['file']} prompt {place['prompt']}" in " ".join(
+            corrected["cannot_reproduce"][str(index)]
+        )
+    file, prompt = place["file"], place["prompt"]
     request = json.loads((run_dir / "corrected_requests" / file).read_text("utf-8"))
     return request, request["prompts"][prompt]
+
+
+#: What a user sends for step 10 after reading the job's sample config: the sample-level
+#: size, seed (walk_seed from 42), steps and guidance, each item's own values, and each
+#: prompt verbatim, flags and all.
+REQUEST = {
+    "model": "zimage",
+    "trigger_word": "sks",
+    "loras": [{"path": "aitk_zimage/aitk_zimage_000000010.safetensors", "network_multiplier": 1}],
+    "prompts": [
+        {"prompt": "[trigger] a red cube on a table", "width": 64, "height": 64, "seed": 42,
+         "sample_steps": 6, "guidance_scale": 4},
+        {"prompt": "[trigger] a blue sphere", "width": 80, "height": 112, "seed": 43,
+         "sample_steps": 6, "guidance_scale": 0},
+        {"prompt": "[trigger] a green cone in a field", "width": 64, "height": 64, "seed": 44,
+         "sample_steps": 6, "guidance_scale": 0},
+        {"prompt": "[trigger] a wooden house --seed 7 --steps 4", "width": 64, "height": 64,
+         "seed": 45, "sample_steps": 6, "guidance_scale": 0},
+        {"prompt": "[trigger] a cat at night --n blurry --cfg 2.5", "width": 100, "height": 90,
+         "seed": 46, "sample_steps": 6, "guidance_scale": 4},
+    ],
+}  # fmt: skip

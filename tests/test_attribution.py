@@ -97,7 +97,7 @@ def test_corrected_requests_reproduce_the_previews_or_say_why(mixed, tmp_path):
     out = Path(mixed[0]["out_dir"])
     job_dir = Path(mixed[0]["job_dir"])
     index = json.loads((out / "corrected_requests" / "10.json").read_text())
-    assert set(index) == {"step", "placement", "cannot_reproduce"}
+    assert set(index) == {"step", "placement", "cannot_reproduce", "closest"}
     # Every preview is placed in a request that reproduces it, or named with a reason.
     assert set(index["placement"]) | set(index["cannot_reproduce"]) == {"0", "1", "2", "3", "4"}
     assert not set(index["placement"]) & set(index["cannot_reproduce"])

@@ -113,9 +113,9 @@ def test_builder_gives_a_working_pipeline_through_the_full_size_path() -> None:
 
 def test_full_size_path_runs_at_tiny_scale(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import parity.compare
-    import parity.run
+    import parity.run.runner
 
-    originals = (parity.run.attribute, parity.compare.compare)
+    originals = (parity.run.runner.attribute, parity.compare.compare)
     code = _bench("__main__").main(
         ["--full-size", "--device", "cpu", "--scale", "tiny", "--quick", "--work", str(tmp_path)]
     )
@@ -123,7 +123,7 @@ def test_full_size_path_runs_at_tiny_scale(tmp_path: Path, capsys: pytest.Captur
     assert code == 0
     assert RATIOS.match(out.strip().splitlines()[-1]), out
     # parity's functions are unwrapped again after the in-process runs.
-    assert (parity.run.attribute, parity.compare.compare) == originals
+    assert (parity.run.runner.attribute, parity.compare.compare) == originals
 
 
 FLEET_RATIO = re.compile(r"^fleet ratio: jobs-per-hour workers2/workers1=\d+\.\d{3}$")

@@ -119,3 +119,21 @@ def test_no_import_cycles():
         if name not in state:
             visit(name, [name])
     assert cycles == []
+
+
+def test_the_docs_name_every_option_of_the_one_table():
+    """docs/commands.md names each command-line option and its environment variable,
+    docs/pytest-plugin.md each plugin option and its ini name: both made from one table."""
+    from parity.options import OPTIONS
+
+    docs = PACKAGE.parent / "docs"
+    commands = (docs / "commands.md").read_text(encoding="utf-8")
+    plugin = (docs / "pytest-plugin.md").read_text(encoding="utf-8")
+    for option in OPTIONS:
+        if option.commands:
+            assert f"`{option.flag}" in commands, option.flag
+            if option.env_name:
+                assert f"`{option.env_name}`" in commands, option.env_name
+        if option.plugin:
+            assert f"`{option.plugin_flag}" in plugin, option.plugin_flag
+            assert f"`{option.ini_name}`" in plugin, option.ini_name

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import REQUEST
 from PIL import Image
 
 from parity.cli import main
@@ -29,27 +30,6 @@ from parity.zimage.server import validate_request
 
 #: The server's workflows folder for the real job: its training folder.
 LORA_ROOT = AITK_REAL_JOB.parent
-
-#: What a user sends for step 10 after reading the job's sample config: the sample-level
-#: size, seed (walk_seed from 42), steps and guidance, each item's own values, and each
-#: prompt verbatim, flags and all.
-REQUEST = {
-    "model": "zimage",
-    "trigger_word": "sks",
-    "loras": [{"path": "aitk_zimage/aitk_zimage_000000010.safetensors", "network_multiplier": 1}],
-    "prompts": [
-        {"prompt": "[trigger] a red cube on a table", "width": 64, "height": 64, "seed": 42,
-         "sample_steps": 6, "guidance_scale": 4},
-        {"prompt": "[trigger] a blue sphere", "width": 80, "height": 112, "seed": 43,
-         "sample_steps": 6, "guidance_scale": 0},
-        {"prompt": "[trigger] a green cone in a field", "width": 64, "height": 64, "seed": 44,
-         "sample_steps": 6, "guidance_scale": 0},
-        {"prompt": "[trigger] a wooden house --seed 7 --steps 4", "width": 64, "height": 64,
-         "seed": 45, "sample_steps": 6, "guidance_scale": 0},
-        {"prompt": "[trigger] a cat at night --n blurry --cfg 2.5", "width": 100, "height": 90,
-         "seed": 46, "sample_steps": 6, "guidance_scale": 4},
-    ],
-}  # fmt: skip
 
 #: The causes of each preview of step 10 against REQUEST (ai-toolkit 0.12.26: guidance
 #: max(0, g - 1), sizes floored to 16, N updates; the server: guidance as sent, floor 32):
@@ -128,7 +108,10 @@ def test_every_corrected_request_file_reproduces_what_it_claims(request_run, tmp
     _, out = request_run
     rows = _rows(out)
     index = json.loads((out / "corrected_requests" / "10.json").read_text())
-    assert set(index) == {"step", "placement", "cannot_reproduce"} and index["step"] == 10
+    assert (
+        set(index) == {"step", "placement", "cannot_reproduce", "closest"} and index["step"] == 10
+    )
+    assert sorted(index["closest"]) == sorted(index["cannot_reproduce"])
     # Every preview is placed in a request that reproduces it or named with a reason.
     assert sorted(index["placement"]) == ["0", "2", "3"]
     assert sorted(index["cannot_reproduce"]) == ["1", "4"]

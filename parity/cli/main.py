@@ -16,13 +16,6 @@ from typing import Any
 from parity import __version__
 from parity.errors import LoraError, ModelError, ParityError
 from parity.logs import configure_logging
-from parity.settings import (
-    DEFAULT_CONFIRM_MARGIN,
-    DEFAULT_LATENT_DISTANCE_MAX,
-    DEFAULT_PSNR_MIN,
-    DEFAULT_SSIM_MIN,
-)
-from parity.zimage.checkpoints import REFERENCE_MODELS
 
 log = logging.getLogger("parity")
 
@@ -31,225 +24,73 @@ EXIT_OK, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
 
 # ------------------------------------------------------------------ shared options
 
-#: Options the job commands share, with their defaults. argparse leaves each at None when
-#: it is not given, so that ``parity run --resume DIR`` can tell a given option from one
-#: to take from the run being resumed (recorded in its run.json); :func:`_resolve` then
-#: fills in these defaults.
-OPTION_DEFAULTS: dict[str, Any] = {
-    "base_model": None,
-    "model_map": [],
-    "device": None,
-    "threads": None,
-    "dtype": None,
-    "reference_model": None,
-    "allow_outside_paths": False,
-    "steps": "all",
-    "no_attribution": False,
-    "history": "reports/history.parquet",
-    "no_history": False,
-    "ssim_min": DEFAULT_SSIM_MIN,
-    "psnr_min": DEFAULT_PSNR_MIN,
-    "latent_max": DEFAULT_LATENT_DISTANCE_MAX,
-    "confirm_margin": DEFAULT_CONFIRM_MARGIN,
-    "request": [],
-    "served": [],
-    "lora_root": None,
-    "match": "index",
-    "server_diffusers": None,
-}
 
-#: Options holding local paths: recorded absolute, so that ``--resume`` works from any
-#: folder.
-PATH_OPTIONS = ("base_model", "lora_root", "request", "served")
+def _add_options(p: argparse.ArgumentParser, command: str) -> None:
+    """The arguments of ``command`` from the one option table (:mod:`parity.options`).
+
+    argparse leaves each at None when it is not given, so that :func:`_resolve` can take
+    it from the next source (a resumed run's options, the environment, pyproject.toml).
+    """
+    from parity.options import options_of
+
+    for option in options_of(command):
+        kwargs: dict[str, Any] = {"dest": option.name, "default": None, "help": option.help}
+        if option.kind == "bool":
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["metavar"] = option.metavar
+            kwargs["choices"] = option.choices
+            if option.is_list:
+                kwargs["action"] = "append"
+            if option.kind == "int":
+                kwargs["type"] = int
+            elif option.kind == "float":
+                kwargs["type"] = float
+        p.add_argument(option.flag, **kwargs)
 
 
 def _resolve(args: argparse.Namespace, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fill options not given on the command line: from ``recorded``, else the defaults.
+    """Every option of the command from its sources (:func:`parity.options.resolve`:
+    the command line, ``recorded`` (a resumed run's options), the environment, then
+    ``[tool.parity]`` of ./pyproject.toml); set on ``args`` and returned (what a resumed
+    run must reuse: paths absolute, so that ``--resume`` works from any folder)."""
+    from parity.options import Layer, options_of, resolve, standard_layers
 
-    Returns the options as given or recorded (what a resumed run must reuse).
-    """
-    recorded = recorded or {}
-    used: dict[str, Any] = {}
-    for name, default in OPTION_DEFAULTS.items():
-        if not hasattr(args, name):
-            continue
-        value = getattr(args, name)
-        if value is None:
-            value = recorded.get(name, default)
-        if name in PATH_OPTIONS and value:
-            value = _absolute(value, local_only=name == "base_model")
+    names = [o.name for o in options_of(args.command)]
+    cwd = Path.cwd()
+    flags = Layer("the command line", {n: getattr(args, n, None) for n in names}, cwd)
+    between = [Layer("the resumed run's options", recorded, cwd)] if recorded else []
+    values = resolve(standard_layers(flags, *between, pyproject=cwd / "pyproject.toml"), names)
+    for name, value in values.items():
         setattr(args, name, value)
-        used[name] = value
-    return used
+    return values
 
 
-def _absolute(value: Any, *, local_only: bool = False) -> Any:
-    """Paths made absolute (a list item by item); with ``local_only``, only a path that
-    exists here (a hub id stays as given)."""
-    if isinstance(value, list):
-        return [_absolute(v, local_only=local_only) for v in value]
-    path = Path(str(value)).expanduser()
-    if local_only and not path.exists():
-        return value
-    return str(path.absolute())
-
-
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--base-model",
-        metavar="PATH",
-        help="local diffusers folder to load in place of the job's model.name_or_path "
-        "(for 'parity render': the request model's checkpoint)",
-    )
-    p.add_argument(
-        "--model-map",
-        metavar="ID=PATH",
-        action="append",
-        default=None,
-        help="map a hub id to a local folder (repeatable); also PARITY_MODEL_MAP and "
-        "[tool.parity.models] in pyproject.toml, with lower precedence",
-    )
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads for torch (default: torch's own choice); 1 is fastest for tiny models",
-    )
-    p.add_argument(
-        "--dtype",
-        choices=["fp32", "fp16", "bf16"],
-        default=None,
-        help="reference-side dtype (default: the server's rule, bf16 on CUDA, fp32 on CPU)",
-    )
-
-
-def _add_job_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model",
-        dest="reference_model",
-        choices=sorted(REFERENCE_MODELS),
-        default=None,
-        help="reference model id when the job's arch/name_or_path do not say it",
-    )
-    p.add_argument(
-        "--allow-outside-paths",
-        action="store_true",
-        default=None,
-        help="allow previews and checkpoints that resolve outside the job folder (symlinks)",
-    )
-
-
-def _add_request_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--request",
-        metavar="REQ.json",
-        action="append",
-        default=None,
-        help='a request you sent the server (its JSON body, or {"inputs": ...}): the '
-        "previews of the step whose checkpoint its loras[0].path names are compared with "
-        "its prompts instead of the as-configured request (repeatable)",
-    )
-    p.add_argument(
-        "--lora-root",
-        metavar="DIR",
-        default=None,
-        help="the server's workflows folder, where request LoRA paths resolve "
-        "(default: the job's training folder, the job folder's parent, so "
-        "<job name>/<file>.safetensors names a checkpoint)",
-    )
-    p.add_argument(
-        "--match",
-        choices=["index", "prompt"],
-        default=None,
-        help="index: prompt i of a request with preview i of its step (default); prompt: "
-        "by resolved prompt text",
-    )
-    p.add_argument(
-        "--served",
-        metavar="DIR",
-        action="append",
-        default=None,
-        help="the images the server returned for the --request of the same position, "
-        "<prompt index>.png|jpg|jpeg|webp, compared with parity's reference render "
-        "(repeatable)",
-    )
-    _add_server_diffusers(p)
-
-
-def _add_server_diffusers(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--server-diffusers",
-        metavar="VERSION|COMMIT",
-        default=None,
-        help="the diffusers release the server runs, e.g. 0.38.0.dev0 or 072d15ee "
-        "(runcomfy's requirements pin): what N steps and a guidance value mean on the "
-        "reference side (default: the installed diffusers)",
-    )
-
-
-def _add_threshold_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--ssim-min",
-        type=float,
-        default=None,
-        help=f"match: SSIM >= this (default {DEFAULT_SSIM_MIN})",
-    )
-    p.add_argument(
-        "--psnr-min",
-        type=float,
-        default=None,
-        help=f"match: PSNR >= this, dB (default {DEFAULT_PSNR_MIN})",
-    )
-    p.add_argument(
-        "--latent-max",
-        type=float,
-        default=None,
-        help=f"match: VAE latent cosine distance <= this (default {DEFAULT_LATENT_DISTANCE_MAX})",
-    )
-    p.add_argument(
-        "--confirm-margin",
-        type=float,
-        default=None,
-        help="a cause is confirmed when reverting it alone raises 1-SSIM by more than this "
-        f"(default {DEFAULT_CONFIRM_MARGIN})",
-    )
-
-
-def _thresholds(args: argparse.Namespace) -> Any:
-    from parity.compare import Thresholds
-
-    return Thresholds(
-        ssim_min=args.ssim_min, psnr_min=args.psnr_min, latent_distance_max=args.latent_max
-    )
-
-
-def _model_map(args: argparse.Namespace, base_id: str | None) -> Any:
+def _model_map(args: argparse.Namespace) -> Any:
+    """The model map of the command line, the environment and ./pyproject.toml."""
     from parity.model_map import ModelMap
 
-    base = (base_id, args.base_model) if args.base_model and base_id else None
-    return ModelMap.load(args.model_map, base_model=base)
+    return ModelMap.load(args.model_map or [])
 
 
-def _read_job(args: argparse.Namespace, path: str | None = None) -> Any:
-    """The job of ``args`` (or at ``path``), its training adapter resolved through the
-    model map of the command line, the environment and pyproject.toml."""
-    from parity.job import read_job
+def _open(
+    args: argparse.Namespace,
+    path: str | None = None,
+    *,
+    validate: bool = True,
+    model_required: bool = True,
+) -> Any:
+    """The job of ``args`` (or at ``path``) and its model source
+    (:func:`parity.run.open_job.open_job`, as every front door opens a job)."""
+    from parity.run.open_job import open_job
 
-    return read_job(
-        path or args.job, reference_model=args.reference_model, model_map=_model_map(args, None)
-    )
-
-
-def _job_source(job: Any, args: argparse.Namespace, *, validate: bool = True) -> Any:
-    from parity.render.models import job_source
-
-    return job_source(
-        job.name_or_path,
-        job.extras_name_or_path,
+    return open_job(
+        path or args.job,
+        _model_map(args),
         base_model=args.base_model,
-        model_map=args.model_map,
+        reference_model=args.reference_model,
         validate=validate,
+        model_required=model_required,
     )
 
 
@@ -279,57 +120,18 @@ def _server_era(args: argparse.Namespace) -> Any:
     return diffusers_era(spec) if spec else None
 
 
-def _user_requests(job: Any, args: argparse.Namespace) -> list[Any]:
-    """The --request files, read and bound to the steps of ``job`` they name."""
+def _requests(jobs: list[Any], args: argparse.Namespace) -> dict[str, list[Any]]:
+    """The --request files bound to the jobs whose checkpoints they name (job name ->
+    its requests; :func:`parity.plan.bind_requests`, as every front door binds them)."""
     from parity.plan import bind_requests
-    from parity.zimage.server import load_request
 
-    paths = [Path(p) for p in getattr(args, "request", None) or []]
-    served = [Path(p) for p in getattr(args, "served", None) or []]
-    if served and not paths:
-        raise ParityError("--served needs the --request it answers (paired in order)")
     return bind_requests(
-        job,
-        [(path, load_request(path)) for path in paths],
+        jobs,
+        [Path(p) for p in args.request or []],
+        served=[Path(p) for p in args.served or []],
         lora_root=Path(args.lora_root) if args.lora_root else None,
         allow_outside_paths=args.allow_outside_paths,
-        served=served,
     )
-
-
-def _fleet_requests(jobs: list[Any], args: argparse.Namespace) -> dict[str, list[Any]]:
-    """The --request files of a multi-job run, each bound to the job whose checkpoint it
-    names (job name -> its requests); ParityError for one that names none of them."""
-    from parity.plan import bind_request, check_served_pairs, default_lora_root
-    from parity.zimage.server import load_request
-
-    paths = [Path(p) for p in getattr(args, "request", None) or []]
-    served = [Path(p) for p in getattr(args, "served", None) or []]
-    check_served_pairs(len(paths), served)
-    out: dict[str, list[Any]] = {}
-    for number, path in enumerate(paths):
-        request = load_request(path)
-        for job in jobs:
-            root = Path(args.lora_root) if args.lora_root else default_lora_root(job)
-            user = bind_request(
-                job,
-                path,
-                request,
-                lora_root=root,
-                allow_outside_paths=args.allow_outside_paths,
-                served=served[number] if served else None,
-                number=len(out.get(job.name, [])),
-            )
-            if user is not None:
-                out.setdefault(job.name, []).append(user)
-                break
-        else:
-            names = ", ".join(job.name for job in jobs)
-            raise ParityError(
-                f"{path}: loras[0].path {request.loras[0].path!r} names no checkpoint of the "
-                f"jobs of this run ({names}); set --lora-root to the server's workflows folder"
-            )
-    return out
 
 
 def _request_plan(job: Any, args: argparse.Namespace, requests: list[Any]) -> Any:
@@ -390,13 +192,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from parity.render.models import checkpoint_scheduler_shift
 
     _resolve(args)
-    job = _read_job(args)
-    requests = _user_requests(job, args)
+    opened = _open(args, validate=False, model_required=False)
+    job = opened.job
+    requests = _requests([job], args).get(job.name, [])
     shift = None
-    try:
-        shift = checkpoint_scheduler_shift(_job_source(job, args, validate=False))
-    except ParityError as e:  # inspect works without the weights
-        log.info("checkpoint scheduler unknown: %s", e)
+    if opened.source is None:  # inspect works without the weights
+        log.info("checkpoint scheduler unknown: %s", opened.model_problem)
+    else:
+        shift = checkpoint_scheduler_shift(opened.source)
     cases = plan_cases(
         job,
         job.steps,
@@ -457,9 +260,10 @@ def cmd_preview(args: argparse.Namespace) -> int:
     from parity.results import save_png
 
     _resolve(args)
-    job = _read_job(args)
+    opened = _open(args)
+    job = opened.job
     steps = select_steps(job, parse_steps(args.step))
-    engine = RenderEngine(_job_source(job, args), device=_device(args))
+    engine = RenderEngine(opened.source, device=_device(args))
     cases = plan_cases(
         job,
         steps,
@@ -516,9 +320,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     request_path = Path(args.request_file)
     request = load_request(request_path)
     server = SERVER_MODELS[request.model]
-    model_map = _model_map(args, server.hub_id)
-    if args.base_model and server.transformer_hub_id != server.hub_id:
-        model_map = _model_map(args, server.transformer_hub_id)
+    # --base-model stands for the checkpoint the request's model loads its transformer from.
+    model_map = _model_map(args).with_base_model(server.transformer_hub_id, args.base_model)
     source = resolve_reference_model(request.model, model_map)
     validate_checkpoint(source)
     era = _server_era(args)
@@ -584,30 +387,17 @@ def cmd_render(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------- run
 
 
-def _engine_for_job(job: Any, args: argparse.Namespace) -> tuple[Any, str]:
+def _engine_for_job(opened: Any, args: argparse.Namespace) -> tuple[Any, str]:
     from parity.render.engine import RenderEngine
 
     device = _device(args)
-    return RenderEngine(_job_source(job, args), device=device), device
+    return RenderEngine(opened.source, device=device), device
 
 
-def _run_options(args: argparse.Namespace, **overrides: Any) -> Any:
-    from parity.plan import parse_steps
-    from parity.run import RunOptions
+def _run_options(args: argparse.Namespace, **fixed: Any) -> Any:
+    from parity.options import run_options
 
-    values = dict(
-        steps=parse_steps(args.steps),
-        attribute=not getattr(args, "no_attribution", False),
-        thresholds=_thresholds(args),
-        confirm_margin=args.confirm_margin,
-        reference_dtype=_dtype(args),
-        allow_outside_paths=getattr(args, "allow_outside_paths", False),
-        server_era=_server_era(args),
-        match=getattr(args, "match", None) or "index",
-        lora_root=Path(args.lora_root) if getattr(args, "lora_root", None) else None,
-    )
-    values.update(overrides)
-    return RunOptions(**values)
+    return run_options(vars(args), **fixed)
 
 
 def _steps_of_requests(
@@ -620,7 +410,7 @@ def _steps_of_requests(
     if requests and not args.steps_given:
         args.steps = ",".join(str(s) for s in sorted({u.step for u in requests}))
         used["steps"] = args.steps
-    _requests_in_steps(requests, select_steps(job, parse_steps(args.steps)), "--steps")
+    _requests_in_steps(requests, select_steps(job, parse_steps(args.steps or "all")), "--steps")
 
 
 def _requests_in_steps(requests: list, steps: list[int], option: str) -> None:
@@ -661,8 +451,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         job_path = args.job
     args.steps_given = args.steps is not None or "steps" in recorded
     used = _resolve(args, recorded)
-    job = _read_job(args, job_path)
-    requests = _user_requests(job, args)
+    opened = _open(args, job_path)
+    job = opened.job
+    requests = _requests([job], args).get(job.name, [])
     _steps_of_requests(job, args, used, requests)
     options = _run_options(args)
     if not resume:
@@ -671,7 +462,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"warning: {problem}", file=sys.stderr)
     _request_plan(job, args, requests)  # unusable pairings stop here; warnings printed
     _warn_stack()
-    engine, device = _engine_for_job(job, args)
+    engine, device = _engine_for_job(opened, args)
     summary = run_job(
         job,
         engine,
@@ -806,13 +597,15 @@ def cmd_run_fleet(args: argparse.Namespace) -> int:
         job_args.steps_given = job_args.steps is not None or "steps" in recorded
         used = _resolve(job_args, recorded)
         shared = shared or used
-        job = _read_job(job_args, job_path)
+        opened = _open(job_args, job_path)
+        job = opened.job
         if out_dir is None:
             out_dir = default_out_dir(job) if root is None else root / job.name
-        readied.append((job_path, out_dir, job_args, used, job))
+        readied.append((job_path, out_dir, job_args, used, opened))
     # --request, --served and --lora-root are run-wide: as given, or as every job recorded.
-    requests = _fleet_requests([r[4] for r in readied], readied[0][2] if readied else args)
-    for job_path, out_dir, job_args, used, job in readied:
+    requests = _requests([r[4].job for r in readied], readied[0][2] if readied else args)
+    for job_path, out_dir, job_args, used, opened in readied:
+        job = opened.job
         mine = requests.get(job.name, [])
         _steps_of_requests(job, job_args, used, mine)
         _request_plan(job, job_args, mine)  # unusable pairings stop here; warnings printed
@@ -822,8 +615,8 @@ def cmd_run_fleet(args: argparse.Namespace) -> int:
             out_dir=out_dir,
             options=_run_options(job_args, progress=False),
             recorded_options=used,
+            opened=opened,
             reference_model=job_args.reference_model,
-            base_model=job_args.base_model,
             model_map=job_args.model_map,
             history=history,
             run_label=None if root is None else root.name,
@@ -975,8 +768,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from parity.run import Runner, utc_now, write_corrected_requests
 
     _resolve(args)
-    job = _read_job(args)
-    requests = _user_requests(job, args)
+    opened = _open(args)
+    job = opened.job
+    requests = _requests([job], args).get(job.name, [])
     step = args.step
     if step is None:
         steps = sorted({u.step for u in requests})
@@ -988,7 +782,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         step = steps[0]
     _requests_in_steps(requests, [step], "--step")
     request_plan = _request_plan(job, args, requests)
-    engine, device = _engine_for_job(job, args)
+    engine, device = _engine_for_job(opened, args)
     out_dir = (
         Path(args.out)
         if args.out
@@ -1160,8 +954,9 @@ def cmd_noise(args: argparse.Namespace) -> int:
     from parity.run import format_noise_table, measure_job_noise
 
     _resolve(args)
-    job = _read_job(args)
-    engine, device = _engine_for_job(job, args)
+    opened = _open(args)
+    job = opened.job
+    engine, device = _engine_for_job(opened, args)
     rows = measure_job_noise(
         job,
         engine,
@@ -1237,9 +1032,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("job", help="ai-toolkit job folder or job file (YAML/JSON)")
     p.add_argument("--format", choices=["table", "json"], default="table")
-    _add_model_options(p)
-    _add_job_options(p)
-    _add_request_options(p)
+    _add_options(p, "inspect")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser(
@@ -1250,8 +1043,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", required=True, help="output folder: <step>/<index>.png and effective.json"
     )
-    _add_model_options(p)
-    _add_job_options(p)
+    _add_options(p, "preview")
     p.set_defaults(func=cmd_preview)
 
     p = sub.add_parser(
@@ -1259,27 +1051,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("request_file", metavar="REQUEST", help="request JSON (the server's schema)")
     p.add_argument("--out", required=True, help="output folder: <i>.png and effective.json")
-    p.add_argument(
-        "--lora-root",
-        metavar="DIR",
-        default=None,
-        help="the server's workflows folder, where the request's LoRA paths resolve "
-        "(default: the request file's folder)",
-    )
-    p.add_argument(
-        "--allow-outside-paths",
-        action="store_true",
-        help="allow LoRA paths outside the LoRA root",
-    )
-    _add_server_diffusers(p)
-    _add_model_options(p)
+    # The request's LoRA paths resolve under --lora-root, by default the request's folder.
+    _add_options(p, "render")
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser(
         "run", parents=[verbose], help="render, compare and explain every preview of a job"
     )
     p.add_argument("job", nargs="*", help="ai-toolkit job folder(s) (optional with --resume)")
-    p.add_argument("--steps", default=None, help="all, last or N,N,... (default all)")
     p.add_argument(
         "--out",
         metavar="DIR",
@@ -1309,27 +1088,7 @@ def build_parser() -> argparse.ArgumentParser:
         "cluster on 127.0.0.1, 'auto' joins this machine's cluster, or a head address "
         "(needs the extra parity[ray])",
     )
-    p.add_argument(
-        "--no-attribution",
-        action="store_true",
-        default=None,
-        help="verdicts only, no counterfactual renders",
-    )
-    p.add_argument(
-        "--history",
-        default=None,
-        help="history table to append to, .parquet or .csv (default reports/history.parquet)",
-    )
-    p.add_argument(
-        "--no-history",
-        action="store_true",
-        default=None,
-        help="do not append to the history table",
-    )
-    _add_model_options(p)
-    _add_job_options(p)
-    _add_request_options(p)
-    _add_threshold_options(p)
+    _add_options(p, "run")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
@@ -1341,11 +1100,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--index", type=int, required=True)
     p.add_argument("--out", help="where the renders go (default reports/<job>/explain-<time>)")
-    p.add_argument("--steps", default=None, help=argparse.SUPPRESS)
-    _add_model_options(p)
-    _add_job_options(p)
-    _add_request_options(p)
-    _add_threshold_options(p)
+    _add_options(p, "explain")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser(
@@ -1354,9 +1109,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how far one preview per step moves through other kernels: the noise floors",
     )
     p.add_argument("job", help="ai-toolkit job folder")
-    p.add_argument("--steps", default=None, help="all, last or N,N,... (default all)")
-    _add_model_options(p)
-    _add_job_options(p)
+    _add_options(p, "noise")
     p.set_defaults(func=cmd_noise)
 
     p = sub.add_parser(

@@ -10,10 +10,9 @@ from typing import Any
 
 from parity.errors import ParityError
 from parity.fleet.records import FleetJob
-from parity.model_map import ModelMap
 from parity.plan import UserRequest
-from parity.render.models import job_source
 from parity.run import RunOptions
+from parity.run.open_job import OpenedJob
 
 # ---------------------------------------------------------------------- planning
 
@@ -24,14 +23,15 @@ def plan_job(
     out_dir: Path,
     options: RunOptions,
     recorded_options: dict[str, Any],
+    opened: OpenedJob,
     reference_model: str | None = None,
-    base_model: str | None = None,
     model_map: Sequence[str] = (),
     history: str | None = None,
     run_label: str | None = None,
     requests: Sequence[UserRequest] = (),
 ) -> FleetJob:
-    """Read one job and resolve everything a worker needs, without loading a model.
+    """Everything a worker needs of one job (``opened``: read and its model resolved by
+    :func:`parity.run.open_job.open_job`), without loading a model.
 
     Its history run id is ``<job name>/<run_label>``, by default the run folder's name
     (a multi-job run passes its own folder's name).
@@ -42,17 +42,14 @@ def plan_job(
         The job cannot be read, a step has no previews, or a local model folder is
         missing a part (the message names the file).
     """
-    from parity.job import read_job
     from parity.plan import select_steps
 
-    # The map resolves a training adapter given as a hub path, as for a one-job run.
-    job = read_job(job_path, reference_model=reference_model, model_map=ModelMap.load(model_map))
+    job = opened.job
     if job.adapter_problem:  # every preview needs it: the job cannot run
         raise ParityError(job.adapter_problem)
     steps = select_steps(job, options.steps)
-    source = job_source(
-        job.name_or_path, job.extras_name_or_path, base_model=base_model, model_map=model_map
-    )
+    source = opened.source
+    assert source is not None  # opened with its model required
     previews = len({(p.step, p.index) for p in job.previews if p.step in steps})
     return FleetJob(
         name=job.name,

@@ -73,15 +73,17 @@ class FleetWorker:
     def execute(self, task: JobTask, emit: Callable[[Event], None]) -> None:
         """Run ``task``'s job, emitting a RowEvent per finished row, then a DoneEvent;
         a FailedEvent when the job cannot run. Never raises for a job's problem."""
-        from parity.job import read_job
         from parity.run import run_job
+        from parity.run.open_job import open_job
 
         try:
-            job = read_job(
+            # The model is the driver's (task.source); the job is opened for its folder.
+            job = open_job(
                 task.job_path,
+                ModelMap.load(task.model_map),
                 reference_model=task.reference_model,
-                model_map=ModelMap.load(task.model_map),
-            )
+                model_required=False,
+            ).job
             engine = self.engine(task.source)
             with tempfile.TemporaryDirectory(prefix="parity-worker-") as tmp:
                 work = Path(tmp) / task.name

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from parity.errors import ParityError
 from parity.job import Job, outside_path_error, parse_prompt_flags
-from parity.zimage.server import InferenceRequest, server_prompts
+from parity.zimage.server import InferenceRequest, load_request, server_prompts
 
 #: How prompts of a request meet previews: prompt i with preview i, or by prompt text.
 Match = Literal["index", "prompt"]
@@ -188,37 +188,68 @@ def check_served_pairs(requests: int, served: Sequence[Path]) -> None:
 
 
 def bind_requests(
-    job: Job,
-    requests: Sequence[tuple[Path, InferenceRequest]],
+    jobs: Sequence[Job],
+    paths: Sequence[Path],
     *,
+    served: Sequence[Path] = (),
     lora_root: Path | None = None,
     allow_outside_paths: bool = False,
-    served: Sequence[Path] = (),
-) -> list[UserRequest]:
-    """Every request bound to ``job``; ParityError for one that names none of its
-    checkpoints (the error names the request and the checkpoints the job has)."""
-    check_served_pairs(len(requests), served)
-    root = Path(lora_root) if lora_root is not None else default_lora_root(job)
-    bound = []
-    for number, (source, request) in enumerate(requests):
-        user = bind_request(
-            job,
-            source,
-            request,
-            lora_root=root,
-            allow_outside_paths=allow_outside_paths,
-            served=served[number] if served else None,
-            number=number,
-        )
-        if user is None:
-            have = ", ".join(checkpoint_names(job, root)) or "none"
-            raise ParityError(
-                f"{source}: loras[0].path {request.loras[0].path!r} names no checkpoint of "
-                f"job {job.name} under the LoRA root {root}; the job's checkpoints: {have} "
-                "(set --lora-root to the server's workflows folder)"
+) -> dict[str, list[UserRequest]]:
+    """The request files at ``paths`` read and each bound to the one of ``jobs`` whose
+    checkpoint its LoRA names: job name -> its requests, in order (``number`` counts
+    within the job). ``served[k]`` is the folder of images the server returned for
+    ``paths[k]``. Every front door (one job, many, the pytest plugin) binds with this.
+
+    Raises
+    ------
+    ParityError
+        A request that cannot be read, names none of the jobs' checkpoints (under
+        ``lora_root``, default each job's training folder), or is refused by
+        :func:`bind_request`; ``served`` without requests or not one per request.
+    """
+    if served and not paths:
+        raise ParityError("--served needs the --request it answers (paired in order)")
+    check_served_pairs(len(paths), served)
+    out: dict[str, list[UserRequest]] = {}
+    for k, source in enumerate(paths):
+        request = load_request(source)
+        for job in jobs:
+            mine = out.setdefault(job.name, [])
+            user = bind_request(
+                job,
+                Path(source),
+                request,
+                lora_root=lora_root,
+                allow_outside_paths=allow_outside_paths,
+                served=served[k] if served else None,
+                number=len(mine),
             )
-        bound.append(user)
-    return bound
+            if user is not None:
+                mine.append(user)
+                break
+        else:
+            raise ParityError(_names_no_job(Path(source), request, jobs, lora_root))
+    return {name: bound for name, bound in out.items() if bound}
+
+
+def _names_no_job(
+    source: Path, request: InferenceRequest, jobs: Sequence[Job], lora_root: Path | None
+) -> str:
+    lora = request.loras[0].path if request.loras else None
+    if len(jobs) == 1:
+        [job] = jobs
+        root = Path(lora_root) if lora_root is not None else default_lora_root(job)
+        have = ", ".join(checkpoint_names(job, root)) or "none"
+        return (
+            f"{source}: loras[0].path {lora!r} names no checkpoint of job {job.name} under "
+            f"the LoRA root {root}; the job's checkpoints: {have} (set --lora-root to the "
+            "server's workflows folder)"
+        )
+    names = ", ".join(job.name for job in jobs) or "none"
+    return (
+        f"{source}: loras[0].path {lora!r} names no checkpoint of the jobs of this run "
+        f"({names}); set --lora-root to the server's workflows folder"
+    )
 
 
 def served_image(folder: Path, prompt: int) -> Path | None:
@@ -285,6 +316,26 @@ class RequestPlan:
         }
 
 
+@dataclass
+class _Pairing:
+    """Prompts paired with previews so far: what :class:`RequestPlan` is made of."""
+
+    assignment: dict[tuple[int, int], PromptRef] = field(default_factory=dict)
+    unmatched: dict[tuple[int, int], str] = field(default_factory=dict)
+    extras: list[dict[str, Any]] = field(default_factory=list)
+    used: set[tuple[int, int]] = field(default_factory=set)
+
+    def pair(self, step: int, index: int, ref: PromptRef) -> None:
+        self.assignment[(step, index)] = ref
+        self.used.add((ref.request, ref.prompt))
+
+    def leftover(self, ref: PromptRef, text: str, reason: str) -> None:
+        """A prompt no preview took (reported, not an error)."""
+        if (ref.request, ref.prompt) not in self.used:
+            extra = {"file": ref.source, "prompt": ref.prompt, "text": text, "reason": reason}
+            self.extras.append(extra)
+
+
 def plan_requests(job: Job, requests: Sequence[UserRequest], match: Match = "index") -> RequestPlan:
     """Pair the prompts of ``requests`` with the previews of the steps they name.
 
@@ -296,101 +347,119 @@ def plan_requests(job: Job, requests: Sequence[UserRequest], match: Match = "ind
     """
     if match not in MATCHES:
         raise ParityError(f"--match takes {' or '.join(MATCHES)}; got {match!r}")
+    indices = _preview_indices(job)
+    by_step: dict[int, list[tuple[int, UserRequest]]] = {}
+    for k, user in enumerate(requests):
+        by_step.setdefault(user.step, []).append((k, user))
+    pairing = _Pairing()
+    for step, users in sorted(by_step.items()):
+        previews = sorted(indices.get(step, []))
+        if not previews:
+            raise ParityError(
+                f"{users[0][1].source}: names the checkpoint of step {step}, which has no "
+                f"previews in {job.root / 'samples'}; steps with previews: {job.steps}"
+            )
+        prompts = [
+            (PromptRef(k, i, str(user.source)), sp.prompt)
+            for k, user in users
+            for i, sp in enumerate(server_prompts(user.request))
+        ]
+        if match == "index":
+            _pair_by_index(pairing, step, users, previews, prompts)
+        else:
+            _pair_by_prompt(pairing, job, step, users, previews, prompts)
+    return RequestPlan(
+        requests=tuple(requests),
+        assignment=pairing.assignment,
+        unmatched=pairing.unmatched,
+        extra_prompts=tuple(pairing.extras),
+        served_missing=_served_missing(requests, pairing.assignment),
+    )
+
+
+def _preview_indices(job: Job) -> dict[int, list[int]]:
+    """Step -> the indices of its previews, in the order they were found."""
     indices: dict[int, list[int]] = {}
     for p in job.previews:
         indices.setdefault(p.step, [])
         if p.index not in indices[p.step]:
             indices[p.step].append(p.index)
-    assignment: dict[tuple[int, int], PromptRef] = {}
-    unmatched: dict[tuple[int, int], str] = {}
-    extras: list[dict[str, Any]] = []
-    by_step: dict[int, list[UserRequest]] = {}
-    position = {id(user): k for k, user in enumerate(requests)}
-    for user in requests:
-        by_step.setdefault(user.step, []).append(user)
-    for step, users in sorted(by_step.items()):
-        previews = sorted(indices.get(step, []))
-        if not previews:
-            raise ParityError(
-                f"{users[0].source}: names the checkpoint of step {step}, which has no "
-                f"previews in {job.root / 'samples'}; steps with previews: {job.steps}"
+    return indices
+
+
+def _pair_by_index(
+    pairing: _Pairing,
+    step: int,
+    users: list[tuple[int, UserRequest]],
+    previews: list[int],
+    prompts: list[tuple[PromptRef, str]],
+) -> None:
+    """Prompt i of the step's one request with preview i."""
+    if len(users) > 1:
+        names = ", ".join(str(u.source) for _, u in users)
+        raise ParityError(
+            f"{names} all name the checkpoint of step {step}; prompt i is compared "
+            "with preview i, so a step takes one request: pass --match prompt to "
+            "match previews by prompt text"
+        )
+    k, user = users[0]
+    count = len(user.request.prompts)
+    for index in previews:
+        if index < count:
+            pairing.pair(step, index, PromptRef(k, index, str(user.source)))
+        else:
+            pairing.unmatched[(step, index)] = (
+                f"no prompt {index} in {user.source} ({count} prompts; prompt i is "
+                f"compared with preview i of step {step}, --match prompt matches by "
+                "text)"
             )
-        prompts = [
-            (user, i, sp.prompt)
-            for user in users
-            for i, sp in enumerate(server_prompts(user.request))
-        ]
-        used: set[tuple[int, int]] = set()
-        if match == "index":
-            if len(users) > 1:
-                names = ", ".join(str(u.source) for u in users)
-                raise ParityError(
-                    f"{names} all name the checkpoint of step {step}; prompt i is compared "
-                    "with preview i, so a step takes one request: pass --match prompt to "
-                    "match previews by prompt text"
-                )
-            user = users[0]
-            count = len(user.request.prompts)
-            for index in previews:
-                if index < count:
-                    assignment[(step, index)] = PromptRef(
-                        position[id(user)], index, str(user.source)
-                    )
-                    used.add((position[id(user)], index))
-                else:
-                    unmatched[(step, index)] = (
-                        f"no prompt {index} in {user.source} ({count} prompts; prompt i is "
-                        f"compared with preview i of step {step}, --match prompt matches by "
-                        "text)"
-                    )
-            for user, i, text in prompts:
-                if (position[id(user)], i) not in used:
-                    extras.append(
-                        {
-                            "file": str(user.source),
-                            "prompt": i,
-                            "text": text,
-                            "reason": f"step {step} has no preview {i}",
-                        }
-                    )
+    for ref, text in prompts:
+        pairing.leftover(ref, text, f"step {step} has no preview {ref.prompt}")
+
+
+def _pair_by_prompt(
+    pairing: _Pairing,
+    job: Job,
+    step: int,
+    users: list[tuple[int, UserRequest]],
+    previews: list[int],
+    prompts: list[tuple[PromptRef, str]],
+) -> None:
+    """Each preview with the first unused prompt of the step whose resolved text is its
+    sample's prompt."""
+    keys = [(ref, text, _text_key(parse_prompt_flags(text)[0])) for ref, text in prompts]
+    for index in previews:
+        sample = job.samples[index] if index < len(job.samples) else None
+        if sample is None or sample.error:
+            pairing.unmatched[(step, index)] = (
+                f"preview {index} has no usable sample to match by text"
+            )
             continue
-        keys = [
-            (user, i, text, _text_key(parse_prompt_flags(text)[0])) for user, i, text in prompts
-        ]
-        for index in previews:
-            sample = job.samples[index] if index < len(job.samples) else None
-            if sample is None or sample.error:
-                unmatched[(step, index)] = f"preview {index} has no usable sample to match by text"
-                continue
-            want = _text_key(sample.prompt)
-            found = next(
-                (
-                    (user, i)
-                    for user, i, _text, key in keys
-                    if key == want and (position[id(user)], i) not in used
-                ),
-                None,
+        want = _text_key(sample.prompt)
+        found = next(
+            (
+                ref
+                for ref, _text, key in keys
+                if key == want and (ref.request, ref.prompt) not in pairing.used
+            ),
+            None,
+        )
+        if found is None:
+            sources = ", ".join(str(u.source) for _, u in users)
+            pairing.unmatched[(step, index)] = (
+                f"no prompt of {sources} reads {sample.prompt!r} once resolved "
+                "([trigger] substituted, --flags removed)"
             )
-            if found is None:
-                sources = ", ".join(str(u.source) for u in users)
-                unmatched[(step, index)] = (
-                    f"no prompt of {sources} reads {sample.prompt!r} once resolved "
-                    "([trigger] substituted, --flags removed)"
-                )
-                continue
-            user, i = found
-            assignment[(step, index)] = PromptRef(position[id(user)], i, str(user.source))
-            used.add((position[id(user)], i))
-        for user, i, text, _key in keys:
-            if (position[id(user)], i) not in used:
-                extras.append(
-                    {
-                        "file": str(user.source),
-                        "prompt": i,
-                        "text": text,
-                        "reason": f"no preview of step {step} has this prompt",
-                    }
-                )
+            continue
+        pairing.pair(step, index, found)
+    for ref, text, _key in keys:
+        pairing.leftover(ref, text, f"no preview of step {step} has this prompt")
+
+
+def _served_missing(
+    requests: Sequence[UserRequest], assignment: Mapping[tuple[int, int], PromptRef]
+) -> tuple[str, ...]:
+    """A line per paired prompt whose request has --served images but none for it."""
     missing = []
     for ref in assignment.values():
         folder = requests[ref.request].served
@@ -399,10 +468,4 @@ def plan_requests(job: Job, requests: Sequence[UserRequest], match: Match = "ind
                 f"{folder}: no served image for prompt {ref.prompt} of {ref.source} "
                 f"({ref.prompt}.png|jpg|jpeg|webp)"
             )
-    return RequestPlan(
-        requests=tuple(requests),
-        assignment=assignment,
-        unmatched=unmatched,
-        extra_prompts=tuple(extras),
-        served_missing=tuple(sorted(missing)),
-    )
+    return tuple(sorted(missing))

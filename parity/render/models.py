@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +28,7 @@ from parity.errors import (  # noqa: F401 - re-exported: callers import them fro
     ModelNotFoundError,
     NotZImageCheckpointError,
 )
-from parity.model_map import FROM_ENVIRONMENT, ModelMap
+from parity.model_map import ModelMap
 from parity.zimage.checkpoints import (
     KNOWN_HUB_SCHEDULER_SHIFTS,
     REFERENCE_MODELS,
@@ -329,29 +328,3 @@ def _default_scheduler() -> Any:
     return FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False
     )
-
-
-_DEFAULT_PYPROJECT: Any = FROM_ENVIRONMENT
-
-
-def job_source(
-    name_or_path: str,
-    extras_name_or_path: str | None,
-    *,
-    base_model: str | os.PathLike[str] | None = None,
-    model_map: Sequence[str] = (),
-    pyproject: Path | None = _DEFAULT_PYPROJECT,
-    validate: bool = True,
-) -> ModelSource:
-    """Where a job's model loads from, with every source of the model map applied.
-
-    ``base_model`` maps the job's ``name_or_path`` (the ``--base-model`` shortcut);
-    ``model_map`` holds ``ID=PATH`` flag values. With ``validate``, local folders are
-    checked for the components a Z-Image pipeline needs.
-    """
-    base = (name_or_path, str(base_model)) if base_model else None
-    mapping = ModelMap.load(model_map, base_model=base, pyproject=pyproject)
-    source = resolve_job_model(name_or_path, extras_name_or_path, mapping)
-    if validate:
-        validate_checkpoint(source)
-    return source

@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -441,17 +440,13 @@ def write_report(
     return out
 
 
-_CLOSEST = re.compile(r"closest request: (\S+\.json) prompt (\d+)")
-
-
 def _closest(index: dict[str, Any] | None, preview: int) -> dict[str, Any] | None:
-    """The closest request named among the reasons no request reproduces ``preview``."""
+    """The request holding the closest prompt of a preview no request reproduces."""
     if not isinstance(index, dict):
         return None
-    for reason in (index.get("cannot_reproduce") or {}).get(str(preview)) or []:
-        match = _CLOSEST.search(str(reason))
-        if match:
-            return {"file": match.group(1), "prompt": int(match.group(2))}
+    place = (index.get("closest") or {}).get(str(preview))
+    if isinstance(place, dict) and "file" in place:
+        return {"file": str(place["file"]), "prompt": place.get("prompt")}
     return None
 
 
