@@ -36,6 +36,9 @@ class FloatNoiseRecorder:
     def check(self, name: str, reference, render, *, codec=None, dtype="float32", floor=None):
         from parity.compare import same_within_noise
 
+        # bf16/fp16 noise depends on the image: such an image made elsewhere is judged
+        # against the floor measured for its own setting here, never a constant.
+        assert floor is not None or dtype == "float32", f"{name}: {dtype} needs its floor"
         result = same_within_noise(reference, render, codec=codec, dtype=dtype, floor=floor)
         self.checks.append(result)
         assert result.same, f"{name}: {result}"
@@ -48,7 +51,7 @@ class FloatNoiseRecorder:
         with ``codec`` (the stored preview's) when given."""
         import numpy as np
 
-        from parity.compare import noise_floor
+        from parity.compare import measure_floor
         from parity.render.engine import alternate_method
         from parity.settings import RenderSettings
         from parity.testing.jobs import shared_engine
@@ -57,7 +60,7 @@ class FloatNoiseRecorder:
             settings = RenderSettings.from_dict(settings)
         engine = shared_engine(base_model)
         alternate = np.asarray(engine.render(settings, alternate=True).image.convert("RGB"))
-        floor = noise_floor(
+        floor = measure_floor(
             render, alternate, codec=codec, method=alternate_method("cpu"), dtype=settings.dtype
         )
         self.floors.append(floor)

@@ -113,7 +113,7 @@ def instrument_parity() -> Timers:
         _wrap_everywhere(timers, compare, name, f"metrics.{name}")
     timers.wrap(runner, "attribute", "attribution")  # the runner calls it by this name
     # One alternate-kernel render and its scoring per case that needs a noise floor.
-    timers.wrap(runner.Runner, "measure_floor", "noise_floor")
+    timers.wrap(runner.Runner, "measure_case_floor", "noise_floor")
     for module in _modules_of(run):  # every module that writes results.json
         if hasattr(module, "write_results"):
             timers.wrap(module, "write_results", "io.results")

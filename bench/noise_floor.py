@@ -90,7 +90,7 @@ def noise_floor(
         "setting": {"width": settings.width, "height": settings.height, "steps": settings.steps},
         "pairs": {},
         # As a run records it; the CUDA k is not measured yet (NOISE_FLOOR_K is CPU's).
-        "run_floor": compare.noise_floor(
+        "run_floor": compare.measure_floor(
             default, alternate, codec=codec, method=alternate_method(device), dtype=dtype_name
         ).to_json(),
         "noise_floor_k": compare.NOISE_FLOOR_K,

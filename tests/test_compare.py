@@ -634,3 +634,26 @@ def test_default_thresholds_separate_reproductions_from_changed_settings(
         assert changed.ssim < thresholds.ssim_min
         assert changed.latent_distance > thresholds.latent_distance_max
     assert C.distance(again) < C.distance(other_cfg) < C.distance(other_seed)
+
+
+def test_measured_floor_sets_the_bf16_tolerance():
+    """bf16 images made elsewhere are judged against k times their own measured floor:
+    wider for a noisy setting, narrower for a quiet one, never below the float32 rule."""
+    from parity.compare import NOISE_FLOOR_K, NoiseFloor, measure_floor, same_within_noise
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(40, 200, size=(32, 32, 3)).astype(np.uint8)
+    shifted = base.copy()
+    shifted[:4, :4] += 9  # 9 levels somewhere: another machine's kernels, say
+    quiet = measure_floor(base, base, method="test", dtype="bfloat16")
+    noisy = measure_floor(base, shifted, method="test", dtype="bfloat16")
+    assert (quiet.max_abs_diff, noisy.max_abs_diff) == (0, 9)
+    at_quiet = same_within_noise(base, shifted, dtype="bfloat16", floor=quiet)
+    at_noisy = same_within_noise(base, shifted, dtype="bfloat16", floor=noisy)
+    assert at_quiet.limit == 1  # the float32 rule is the least tolerance
+    assert at_noisy.limit == math.floor(NOISE_FLOOR_K * 9)
+    assert at_noisy.same and not at_quiet.same
+    far = base.copy()
+    far[:4, :4] += 40  # a real change: beyond k times the floor
+    assert not same_within_noise(base, far, dtype="bfloat16", floor=noisy).same
+    assert NoiseFloor.from_json(noisy.to_json()) == noisy

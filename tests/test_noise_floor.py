@@ -26,7 +26,7 @@ from parity.compare import (
     Rule,
     Thresholds,
     inspect_codec,
-    noise_floor,
+    measure_floor,
     same_within_noise,
     widened,
     within_noise,
@@ -118,8 +118,8 @@ def test_noise_floor_is_scored_lossless_and_in_the_preview_codec(tmp_path: Path)
 
     Image.fromarray(a).save(tmp_path / "p.jpg")
     codec = inspect_codec(tmp_path / "p.jpg")
-    lossless = noise_floor(a, b, method="m", dtype="bfloat16")
-    encoded = noise_floor(a, b, codec=codec, method="m", dtype="bfloat16")
+    lossless = measure_floor(a, b, method="m", dtype="bfloat16")
+    encoded = measure_floor(a, b, codec=codec, method="m", dtype="bfloat16")
     assert lossless.max_abs_diff == encoded.max_abs_diff == 3
     assert lossless.encoded_max_abs_diff is None and not lossless.encoded
     assert encoded.encoded and encoded.encoded_max_abs_diff is not None

@@ -69,7 +69,7 @@ from parity.compare.noise import (
     NoiseFloor,
     Rule,
     codec_spread,
-    noise_floor,
+    measure_floor,
     same_within_noise,
     widened,
     within_noise,
@@ -114,7 +114,7 @@ __all__ = [
     "distance",
     "codec_spread",
     "same_within_noise",
-    "noise_floor",
+    "measure_floor",
     "widened",
     "within_noise",
 ]

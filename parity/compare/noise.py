@@ -113,7 +113,7 @@ class NoiseFloor:
         if self.encoded_max_abs_diff is None or self.encoded_mean_abs_diff is None:
             raise ValueError(
                 "this noise floor was scored lossless; score it with the image's codec "
-                "(noise_floor(..., codec=codec)) to judge an encoded image with it"
+                "(measure_floor(..., codec=codec)) to judge an encoded image with it"
             )
         return float(self.encoded_max_abs_diff), self.encoded_mean_abs_diff
 
@@ -152,7 +152,7 @@ class NoiseFloor:
         )
 
 
-def noise_floor(
+def measure_floor(
     default: np.ndarray,
     alternate: np.ndarray,
     *,
@@ -504,7 +504,7 @@ def same_within_noise(
     dtype : str, default "float32"
         Compute dtype of the pipeline that rendered both (``"bfloat16"``...).
     floor : NoiseFloor, optional
-        The noise floor measured for ``render``'s settings here (:func:`noise_floor`),
+        The noise floor measured for ``render``'s settings here (:func:`measure_floor`),
         scored with ``codec`` when ``reference`` is encoded. Required for bf16 and fp16,
         optional for float32.
 
@@ -525,7 +525,7 @@ def same_within_noise(
         A bf16 or fp16 image without a floor: its float noise varies from a few levels
         to about 50 with the image and the machine, so no constant says what is noise.
         Measure one: render the settings through
-        ``RenderEngine.render(settings, alternate=True)`` and pass :func:`noise_floor`.
+        ``RenderEngine.render(settings, alternate=True)`` and pass :func:`measure_floor`.
         Also a floor scored lossless given with a lossy ``codec``.
 
     Notes
@@ -540,7 +540,7 @@ def same_within_noise(
             f"a {dtype} image made elsewhere is judged against its own measured noise floor "
             "(no constant covers bf16/fp16 float noise): render the settings once more with "
             "RenderEngine.render(settings, alternate=True) and pass "
-            "floor=noise_floor(default, alternate, codec=codec, ...)"
+            "floor=measure_floor(default, alternate, codec=codec, ...)"
         )
     if codec is None or codec.lossless:
         rule = Rule(

@@ -92,9 +92,9 @@ def check_served(
     render_size = (int(render_rgb.shape[1]), int(render_rgb.shape[0]))
     floor = None
     if alternate_rgb is not None:
-        from parity.compare.noise import noise_floor
+        from parity.compare.noise import measure_floor
 
-        floor = noise_floor(
+        floor = measure_floor(
             render_rgb, np.asarray(alternate_rgb), codec=codec, method=method, dtype=dtype
         )
     if served.shape != render_rgb.shape:

@@ -123,14 +123,14 @@ def _measure(
 ) -> CaseNoise:
     import numpy as np
 
-    from parity.compare import noise_floor, widened
+    from parity.compare import measure_floor, widened
     from parity.render.engine import alternate_method
 
     started = time.perf_counter()
     default = np.asarray(engine.render(settings).image.convert("RGB"))
     alternate = np.asarray(engine.render(settings, alternate=True).image.convert("RGB"))
     seconds = time.perf_counter() - started
-    floor = noise_floor(
+    floor = measure_floor(
         default,
         alternate,
         codec=codec,

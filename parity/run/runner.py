@@ -299,20 +299,20 @@ class Runner:
             return not half_preview and self.thresholds.is_near(comparison)
         return planned.name == ALL and not half_reference and is_half(planned.settings.dtype)
 
-    def measure_floor(
+    def measure_case_floor(
         self, planned: Planned, output: RenderOutput, codec: Codec
     ) -> tuple[NoiseFloor, Any]:
         """Render ``planned`` once more through the alternate kernel path and score it
         against ``output`` (its default render) as the case's noise floor; the floor and
         the alternate render (RGB)."""
-        from parity.compare import noise_floor
+        from parity.compare import measure_floor
         from parity.render.engine import alternate_method
 
         alternate = self.engine.render(planned.settings, alternate=True)
         self.floor_renders += 1
         self.floor_seconds += alternate.seconds
         rgb = _to_rgb(alternate.image)
-        floor = noise_floor(
+        floor = measure_floor(
             _to_rgb(output.image),
             rgb,
             codec=codec,
@@ -509,7 +509,7 @@ class _CaseScorer:
         for p, out, c in zip(planned, outputs, scores, strict=True):
             self.images[p.name] = _to_rgb(out.image)
             if self.floor is None and runner.needs_floor(p, c, self.case):
-                self.floor, self.alternate = runner.measure_floor(p, out, self.codec)
+                self.floor, self.alternate = runner.measure_case_floor(p, out, self.codec)
         return [
             (
                 Counterfactual(
