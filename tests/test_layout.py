@@ -139,3 +139,40 @@ def test_the_docs_name_every_option_of_the_one_table():
         if option.plugin:
             assert f"`{option.plugin_flag}" in plugin, option.plugin_flag
             assert f"`{option.ini_name}`" in plugin, option.ini_name
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's anchors of a markdown file's headings."""
+    import re
+
+    out = set()
+    for line in markdown.splitlines():
+        if line.startswith("#") and not line.startswith("#!"):
+            text = line.lstrip("#").strip().lower()
+            text = re.sub(r"[^\w\- ]", "", text)
+            out.add(text.replace(" ", "-"))
+    return out
+
+
+def test_every_link_of_the_readme_and_docs_resolves():
+    """Relative links of README.md and docs/ name files that exist, and anchors that
+    their headings make (outside code blocks)."""
+    import re
+
+    root = PACKAGE.parent
+    pages = [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+    broken = []
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        prose = re.sub(r"```.*?```", "", text, flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", prose):
+            if re.match(r"^[a-z]+://", target) or target.startswith("mailto:"):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            if not file.exists():
+                broken.append(f"{page.relative_to(root)}: {target} (no such file)")
+            elif anchor and file.suffix == ".md":
+                if anchor not in _anchors(file.read_text(encoding="utf-8")):
+                    broken.append(f"{page.relative_to(root)}: {target} (no such heading)")
+    assert broken == []
