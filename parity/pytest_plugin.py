@@ -100,7 +100,19 @@ def _layers(config: pytest.Config, job: JobSettings | None) -> list[Any]:
 
 
 def settings(config: pytest.Config, job: JobSettings | None = None) -> dict[str, Any]:
-    """Every plugin option's value for ``job`` (None: the session's)."""
+    """Every plugin option's value for ``job`` (None: the session's), resolved once per
+    process and job (the sources do not change during a session)."""
+    cache = config.stash.setdefault(_SETTINGS_KEY, {})
+    key = None if job is None else job.folder
+    if key not in cache:
+        cache[key] = _resolve_settings(config, job)
+    return dict(cache[key])
+
+
+_SETTINGS_KEY = pytest.StashKey[dict[Any, dict[str, Any]]]()
+
+
+def _resolve_settings(config: pytest.Config, job: JobSettings | None) -> dict[str, Any]:
     from parity.errors import ParityError
     from parity.options import plugin_options, resolve
 
