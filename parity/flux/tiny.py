@@ -39,6 +39,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from parity.tiny_parts import build_vae, write_json
+
 logger = logging.getLogger(__name__)
 
 #: The scheduler settings of FLUX.1-dev's checkpoint (and of ai-toolkit's ``flux_config``).
@@ -82,10 +84,6 @@ _CLIP_SEED = 2024
 _T5_SEED = 2025
 _VAE_SEED = 4321
 _TRANSFORMER_SEED = 0
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _words() -> list[str]:
@@ -170,7 +168,7 @@ def _build_clip(folder_tok: Path, folder_te: Path) -> None:
     (folder_tok / "merges.txt").write_text(
         "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
     )
-    _write_json(
+    write_json(
         folder_tok / "tokenizer_config.json",
         {
             "bos_token": _CLIP_SPECIAL[0],
@@ -217,7 +215,7 @@ def _build_t5(folder_tok: Path, folder_te: Path) -> None:
     tokenizer.save_pretrained(folder_tok)
     for stamp in folder_tok.glob("*.json"):
         data = json.loads(stamp.read_text(encoding="utf-8"))
-        _write_json(stamp, data)
+        write_json(stamp, data)
 
     config = T5Config(
         vocab_size=len(pieces),
@@ -244,46 +242,6 @@ def _build_t5(folder_tok: Path, folder_te: Path) -> None:
             if name.endswith(".weight") and param.ndim == 2 and "shared" not in name:
                 param.normal_(0.0, 1.0 / param.shape[1] ** 0.5)
     model.save_pretrained(folder_te, safe_serialization=True)
-
-
-def _smooth_decoder(vae) -> None:
-    """Blur every 3x3 decoder kernel and widen the colour range of the output layer."""
-    import torch
-
-    window = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
-    with torch.no_grad():
-        for module in vae.decoder.modules():
-            if isinstance(module, torch.nn.Conv2d) and module.kernel_size == (3, 3):
-                module.weight.copy_(module.weight.sum(dim=(2, 3), keepdim=True) * window)
-        vae.decoder.conv_out.weight.mul_(2.0)
-        vae.decoder.conv_out.bias.zero_()
-
-
-def _build_vae(folder: Path) -> None:
-    import torch
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(_VAE_SEED)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(16, 16, 32, 32),
-        layers_per_block=1,
-        act_fn="silu",
-        latent_channels=16,
-        norm_num_groups=8,
-        sample_size=64,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-        force_upcast=True,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        mid_block_add_attention=True,
-    ).eval()
-    _smooth_decoder(vae)
-    vae.save_pretrained(folder, safe_serialization=True)
 
 
 def _build_transformer(folder: Path) -> None:
@@ -345,10 +303,10 @@ def build_tiny_flux(out_dir: str | Path) -> Path:
         with torch.random.fork_rng(devices=[]):
             _build_clip(tmp / "tokenizer", tmp / "text_encoder")
             _build_t5(tmp / "tokenizer_2", tmp / "text_encoder_2")
-            _build_vae(tmp / "vae")
+            build_vae(tmp / "vae", seed=_VAE_SEED, output_gain=2.0)
             _build_transformer(tmp / "transformer")
             _build_scheduler(tmp / "scheduler")
-        _write_json(
+        write_json(
             tmp / "model_index.json",
             {
                 "_class_name": "FluxPipeline",

@@ -25,12 +25,13 @@ fixtures `tiny-zimage` and `tiny-zimage-turbo`.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Literal
+
+from parity.tiny_parts import build_vae, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -91,10 +92,6 @@ _VAE_SEED = 4321
 _TRANSFORMER_SEED_OFFSET = {"base": 0, "turbo": 7919}
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
 def _build_tokenizer(folder: Path) -> int:
     """Train and save the byte-level BPE tokenizer; return its vocabulary size."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -126,7 +123,7 @@ def _build_tokenizer(folder: Path) -> int:
     tokenizer.train_from_iterator(corpus, trainer=trainer)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(folder / "tokenizer.json"))
-    _write_json(
+    write_json(
         folder / "tokenizer_config.json",
         {
             "add_prefix_space": None,
@@ -182,54 +179,6 @@ def _build_text_encoder(folder: Path, vocab_size: int) -> None:
             ):
                 lin.weight.normal_(0.0, 1.0 / lin.in_features**0.5)
     model.save_pretrained(folder, safe_serialization=True)
-
-
-def _build_vae(folder: Path) -> None:
-    import torch
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(_VAE_SEED)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(16, 16, 32, 32),
-        layers_per_block=1,
-        act_fn="silu",
-        latent_channels=16,
-        norm_num_groups=8,
-        sample_size=64,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-        force_upcast=True,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        mid_block_add_attention=True,
-    ).eval()
-    _smooth_decoder(vae)
-    vae.save_pretrained(folder, safe_serialization=True)
-
-
-def _smooth_decoder(vae) -> None:
-    """Make the random decoder produce smooth, high-contrast images.
-
-    Every 3x3 convolution of the decoder gets a blurred kernel (its random kernel times a
-    normalised binomial window, summed over the window), so that upsampling interpolates
-    instead of adding pixel noise; the output convolution maps features to colours with
-    large weights so that images use the whole 0..255 range.
-    """
-    import torch
-
-    window = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
-    with torch.no_grad():
-        for module in vae.decoder.modules():
-            if isinstance(module, torch.nn.Conv2d) and module.kernel_size == (3, 3):
-                centre = module.weight.sum(dim=(2, 3), keepdim=True)
-                module.weight.copy_(centre * window)
-        conv_out = vae.decoder.conv_out
-        conv_out.weight.mul_(3.0)
-        conv_out.bias.zero_()
 
 
 def _build_transformer(folder: Path, seed: int) -> None:
@@ -309,10 +258,10 @@ def build_tiny_zimage(out_dir: str | Path, *, variant: Variant = "base", seed: i
         with torch.random.fork_rng(devices=[]):
             vocab_size = _build_tokenizer(tmp / "tokenizer")
             _build_text_encoder(tmp / "text_encoder", vocab_size)
-            _build_vae(tmp / "vae")
+            build_vae(tmp / "vae", seed=_VAE_SEED, output_gain=3.0)
             _build_transformer(tmp / "transformer", seed + _TRANSFORMER_SEED_OFFSET[variant])
             _build_scheduler(tmp / "scheduler", SCHEDULER_SHIFT[variant])
-        _write_json(
+        write_json(
             tmp / "model_index.json",
             {
                 "_class_name": "ZImagePipeline",
