@@ -24,6 +24,10 @@ SUMMARY_FILE = "summary.json"
 #: (``{"pid", "attempt", "rows", "worker"}``) after each finished row, so that a test
 #: can kill the process running a given job in the middle of it.
 SIGNAL_DIR_ENV = "PARITY_FLEET_SIGNAL_DIR"
+#: With that folder set, a worker waits this long after each signal before rendering on,
+#: so that the job is still in flight when the test's kill lands (without it a tiny job
+#: can finish first on a loaded machine, and nothing is left to retry).
+SIGNAL_PAUSE_S = 2.0
 
 #: Seconds the driver waits for an event before looking again (Ctrl-C is seen then).
 POLL_S = 1.0

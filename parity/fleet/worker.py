@@ -15,12 +15,14 @@ import queue
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from parity.errors import ParityError
 from parity.fleet.records import (
+    SIGNAL_PAUSE_S,
     DoneEvent,
     Event,
     FailedEvent,
@@ -153,6 +155,7 @@ class FleetWorker:
             "worker": self.label,
         }
         atomic_write_text(Path(self.spec.signal_dir) / f"{task.name}.json", json.dumps(record))
+        time.sleep(SIGNAL_PAUSE_S)
 
 
 #: Files of a run folder the driver writes itself from the rows and run.json it receives.
