@@ -35,11 +35,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
-from parity.tiny_parts import build_vae, write_json
+from parity.tiny_parts import build_vae, building, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -297,9 +295,7 @@ def build_tiny_flux(out_dir: str | Path) -> Path:
     import torch
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with building(out_dir) as tmp:
         with torch.random.fork_rng(devices=[]):
             _build_clip(tmp / "tokenizer", tmp / "text_encoder")
             _build_t5(tmp / "tokenizer_2", tmp / "text_encoder_2")
@@ -322,12 +318,6 @@ def build_tiny_flux(out_dir: str | Path) -> Path:
                 "vae": ["diffusers", "AutoencoderKL"],
             },
         )
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     logger.info("built tiny FLUX.1 in %s", out_dir)
     return out_dir
 

@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Literal
 
-from parity.tiny_parts import build_vae, write_json
+from parity.tiny_parts import build_vae, building, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -252,9 +250,7 @@ def build_tiny_zimage(out_dir: str | Path, *, variant: Variant = "base", seed: i
     if variant not in SCHEDULER_SHIFT:
         raise ValueError(f"variant must be 'base' or 'turbo', got {variant!r} (for {out_dir})")
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with building(out_dir) as tmp:
         with torch.random.fork_rng(devices=[]):
             vocab_size = _build_tokenizer(tmp / "tokenizer")
             _build_text_encoder(tmp / "text_encoder", vocab_size)
@@ -273,12 +269,6 @@ def build_tiny_zimage(out_dir: str | Path, *, variant: Variant = "base", seed: i
                 "vae": ["diffusers", "AutoencoderKL"],
             },
         )
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     logger.info("built tiny Z-Image (%s, seed %d) in %s", variant, seed, out_dir)
     return out_dir
 
