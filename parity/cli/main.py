@@ -619,6 +619,8 @@ def _print_summary(summary: Any) -> None:
         what = ",".join(map(str, row.causes)) or (
             "no cause confirmed" if row.verdict == "mismatch" else "-"
         )
+        if row.below_noise_floor:  # present in the settings, effect within float noise
+            what += f" ({','.join(str(u.cause) for u in row.below_noise_floor)} below noise floor)"
         state = (
             "explained" if row.explained else ("unexplained" if row.verdict == "mismatch" else "")
         )
