@@ -29,11 +29,11 @@ from urllib.parse import quote
 import numpy as np
 
 from parity.results import (
-    VERDICTS,
     ResultRow,
     atomic_write_bytes,
     atomic_write_text,
     served_drift,
+    verdict_counts,
 )
 
 log = logging.getLogger(__name__)
@@ -429,10 +429,8 @@ def _card(
 
 def _summary(rows: list[ResultRow]) -> dict[str, Any]:
     """The summary's counts: by verdict, by cause, explained, the causes to filter by."""
-    verdict_counts = Counter(r.verdict for r in rows)
     return {
-        "verdicts": [(v, verdict_counts.get(v, 0)) for v in VERDICTS]
-        + [(v, n) for v, n in sorted(verdict_counts.items()) if v not in VERDICTS],
+        "verdicts": list(verdict_counts(rows).items()),
         "cause_counts": _cause_counts(rows),
         "explained": sum(1 for r in rows if r.verdict == "mismatch" and r.explained),
         "causes_all": sorted({c for r in rows for c in r.causes}),
