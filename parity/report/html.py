@@ -61,6 +61,7 @@ RUN_INFO_LABELS: dict[str, str] = {
     "match": "Requests matched by",
     "attribution": "Attribution",
     "confirm_margin": "Confirm margin (1 - SSIM)",
+    "noise_floor_k": "Noise floor factor k (a render matches within k times its floor)",
     "model_source": "Model",
     "unmatched_prompts": "Request prompts not compared",
     "unmatched_previews": "Previews without a request prompt",
