@@ -57,6 +57,10 @@ class RequestError(ParityError):
     """An API request breaks the reference server's schema."""
 
 
+class UnboundRequestError(RequestError):
+    """A request the user sent names a checkpoint of none of the jobs given."""
+
+
 class RenderError(ParityError):
     """A render failed or produced unusable pixels (NaN, inf)."""
 

@@ -77,11 +77,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def _layers(config: pytest.Config, job: JobSettings | None) -> list[Any]:
     """The sources of option values for ``job`` (None: the session's), highest first."""
-    from parity.options import BY_NAME, Layer, standard_layers
+    from parity.options import BY_NAME, Layer, plugin_options, standard_layers
 
     flags = Layer(
         "the command line",
-        {o.name: config.getoption(o.ini_name, None) for o in BY_NAME.values() if o.plugin},
+        {o.name: config.getoption(o.ini_name, None) for o in plugin_options()},
         Path(config.invocation_params.dir),
     )
     between = []
@@ -92,7 +92,7 @@ def _layers(config: pytest.Config, job: JobSettings | None) -> list[Any]:
     between.append(
         Layer(
             "the pytest ini file",
-            {o.name: config.getini(o.ini_name) for o in BY_NAME.values() if o.plugin},
+            {o.name: config.getini(o.ini_name) for o in plugin_options()},
             ini_base,
         )
     )
@@ -255,7 +255,7 @@ class ParityPlugin:
         (:func:`parity.plan.bind_requests`, as every front door binds them). With a job
         that failed to collect (``all_collected`` False), a request that names none of
         the others may be that job's: it is left out, the job reports its own error."""
-        from parity.errors import ParityError
+        from parity.errors import ParityError, UnboundRequestError
         from parity.plan import bind_requests
 
         values = settings(self.config)
@@ -267,12 +267,14 @@ class ParityPlugin:
                 served=[Path(p) for p in values["served"] or []],
                 lora_root=Path(values["lora_root"]) if values["lora_root"] else None,
                 allow_outside_paths=values["allow_outside_paths"],
+                jobs_label="the collected jobs",
             )
-        except ParityError as e:
-            if not all_collected and "names no checkpoint" in str(e):
+        except UnboundRequestError as e:
+            if not all_collected:
                 return {}
-            text = str(e).replace("of the jobs of this run", "of the collected jobs")
-            raise pytest.UsageError(f"parity: {text}") from None
+            raise pytest.UsageError(f"parity: {e}") from None
+        except ParityError as e:
+            raise pytest.UsageError(f"parity: {e}") from None
 
     def device(self, configured: str | None) -> str:
         """The device this process renders on: ``configured`` (the option or the job's

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from parity.errors import ParityError
+from parity.errors import ParityError, UnboundRequestError
 from parity.job import Job, outside_path_error, parse_prompt_flags
 from parity.zimage.server import InferenceRequest, load_request, server_prompts
 
@@ -194,18 +194,22 @@ def bind_requests(
     served: Sequence[Path] = (),
     lora_root: Path | None = None,
     allow_outside_paths: bool = False,
+    jobs_label: str = "the jobs of this run",
 ) -> dict[str, list[UserRequest]]:
     """The request files at ``paths`` read and each bound to the one of ``jobs`` whose
     checkpoint its LoRA names: job name -> its requests, in order (``number`` counts
     within the job). ``served[k]`` is the folder of images the server returned for
-    ``paths[k]``. Every front door (one job, many, the pytest plugin) binds with this.
+    ``paths[k]``. Every front door (one job, many, the pytest plugin) binds with this;
+    ``jobs_label`` is how its messages name several ``jobs``.
 
     Raises
     ------
+    UnboundRequestError
+        A request names none of the jobs' checkpoints (under ``lora_root``, default each
+        job's training folder).
     ParityError
-        A request that cannot be read, names none of the jobs' checkpoints (under
-        ``lora_root``, default each job's training folder), or is refused by
-        :func:`bind_request`; ``served`` without requests or not one per request.
+        A request that cannot be read or is refused by :func:`bind_request`; ``served``
+        without requests or not one per request.
     """
     if served and not paths:
         raise ParityError("--served needs the --request it answers (paired in order)")
@@ -228,12 +232,18 @@ def bind_requests(
                 mine.append(user)
                 break
         else:
-            raise ParityError(_names_no_job(Path(source), request, jobs, lora_root))
+            raise UnboundRequestError(
+                _names_no_job(Path(source), request, jobs, lora_root, jobs_label)
+            )
     return {name: bound for name, bound in out.items() if bound}
 
 
 def _names_no_job(
-    source: Path, request: InferenceRequest, jobs: Sequence[Job], lora_root: Path | None
+    source: Path,
+    request: InferenceRequest,
+    jobs: Sequence[Job],
+    lora_root: Path | None,
+    jobs_label: str,
 ) -> str:
     lora = request.loras[0].path if request.loras else None
     if len(jobs) == 1:
@@ -247,7 +257,7 @@ def _names_no_job(
         )
     names = ", ".join(job.name for job in jobs) or "none"
     return (
-        f"{source}: loras[0].path {lora!r} names no checkpoint of the jobs of this run "
+        f"{source}: loras[0].path {lora!r} names no checkpoint of {jobs_label} "
         f"({names}); set --lora-root to the server's workflows folder"
     )
 
