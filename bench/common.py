@@ -195,10 +195,11 @@ def _drop_engine_adapter(pipe: Any) -> None:
 def _fresh_engine(pipe: Any, device: str, dtype_name: str) -> Any:
     """A RenderEngine around the built pipeline (no weights loaded from disk)."""
     from parity.render.engine import RenderEngine
+    from parity.settings import SchedulerConfig
 
     engine = RenderEngine("(in process)", device=device)
     engine.adopt(pipe, dtype_name)
-    engine.checkpoint_scheduler_shift = float(pipe.scheduler.config.shift)
+    engine.checkpoint_scheduler = SchedulerConfig(shift=float(pipe.scheduler.config.shift))
     return engine
 
 
@@ -212,7 +213,7 @@ def _reference_settings(job_dir: Path, engine: Any, device: str) -> Any:
         job,
         job.steps,
         device=device,
-        checkpoint_shift=engine.checkpoint_scheduler_shift,
+        checkpoint_scheduler=engine.checkpoint_scheduler,
         reference_dtype=None,
     )
     return next(c.pair.reference for c in cases if c.pair is not None)

@@ -111,7 +111,7 @@ def plan(job_dir: Path) -> list[tuple[Any, Any, list[Any]]]:
     """(checkpoint, as-configured request, server prompts) per step with previews."""
     from parity.job import read_job
     from parity.plan.sides import as_configured_request
-    from parity.zimage.server import server_prompts
+    from parity.server import server_prompts
 
     job = read_job(job_dir)
     out = []
@@ -125,8 +125,8 @@ def plan(job_dir: Path) -> list[tuple[Any, Any, list[Any]]]:
 def _scheduler(request: Any, checkpoint_shift: float) -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
+    from parity.families import SERVER_MODELS
     from parity.zimage.server import SCHEDULER_SHIFT as SERVER_SCHEDULER_SHIFT
-    from parity.zimage.server import SERVER_MODELS
 
     replaces = SERVER_MODELS[request.model].replaces_scheduler
     shift = SERVER_SCHEDULER_SHIFT if replaces else checkpoint_shift
@@ -221,7 +221,7 @@ def bare_request_loop(pipe: Any, request_path: Path, out_dir: Path, device: str)
     """Variant f: the request's prompts as the server renders them; ``<i>.png`` each."""
     from diffusers.utils.peft_utils import set_weights_and_activate_adapters
 
-    from parity.zimage.server import load_request, server_prompts
+    from parity.server import load_request, server_prompts
 
     request = load_request(request_path)
     prompts = server_prompts(request)  # floor to 32, seeds, guidance as given, one scale

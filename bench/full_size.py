@@ -266,6 +266,7 @@ def full_size_variants(
     """
     from parity.render.engine import RenderEngine
     from parity.run import RunOptions, run_job
+    from parity.settings import SchedulerConfig
 
     shift = float(pipe.scheduler.config.shift)
     results: dict[str, dict[str, Any]] = {}
@@ -291,7 +292,7 @@ def full_size_variants(
             timers = instrument_parity()
             engine = RenderEngine(str(job), device=device)
             engine.adopt(pipe, dtype_name)
-            engine.checkpoint_scheduler_shift = shift
+            engine.checkpoint_scheduler = SchedulerConfig(shift=shift)
             options = RunOptions(attribute=variant == "attribute", progress=False)
             try:
                 run_job(read_job(job), engine, out, options, device=device)
@@ -403,6 +404,7 @@ def full_size_benchmark(args: argparse.Namespace) -> int:
             raise SystemExit("bench: --device cuda given but torch sees no CUDA device")
     set_threads(args.threads)
     from parity.render.engine import RenderEngine
+    from parity.settings import SchedulerConfig
 
     dtype_name = "bfloat16" if args.device.startswith("cuda") else "float32"
     size = args.size or (1024 if args.scale == "full" else 64)
@@ -421,7 +423,7 @@ def full_size_benchmark(args: argparse.Namespace) -> int:
         print(f"{model}: built in {built:.1f} s, transformer {n_params / 1e9:.3f} B params")
         engine = RenderEngine("(in process)", device=args.device)
         engine.adopt(pipe, dtype_name)
-        engine.checkpoint_scheduler_shift = float(pipe.scheduler.config.shift)
+        engine.checkpoint_scheduler = SchedulerConfig(shift=float(pipe.scheduler.config.shift))
         job = full_size_job(work, pipe, engine, turbo=turbo, size=size, dtype_name=dtype_name)
         _drop_engine_adapter(pipe)
         by_variant: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}

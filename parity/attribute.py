@@ -45,7 +45,7 @@ from parity.settings import (
 CAUSE_FIELDS: dict[Cause, tuple[str, ...]] = {
     Cause.SNAPPING: ("width", "height"),
     Cause.CFG: ("pipeline_guidance",),
-    Cause.SCHEDULER: ("scheduler_shift",),
+    Cause.SCHEDULER: ("scheduler_shift", "dynamic_shift"),
     Cause.STEPS: ("steps",),
     Cause.LIBRARY: ("sigmas",),
     Cause.SEED: ("seed", "generator"),
@@ -377,7 +377,7 @@ def describe_difference(cause: Cause, reference: RenderSettings, preview: Render
             f"the server's {r.pipeline_guidance:g}"
         )
     if cause is Cause.SCHEDULER:
-        return f"scheduler shift {p.scheduler_shift:g} in the preview, {r.scheduler_shift:g} on the server"
+        return f"{scheduler_text(p)} in the preview, {scheduler_text(r)} on the server"
     if cause is Cause.STEPS:
         return f"{p.steps} steps in the preview, {r.steps} on the server"
     if cause is Cause.SEED:
@@ -391,6 +391,17 @@ def describe_difference(cause: Cause, reference: RenderSettings, preview: Render
     if cause is Cause.LORA_NOT_APPLIED:
         return "the server's LoRA loader leaves modules of the LoRA file unapplied"
     return "the prompts differ"
+
+
+def scheduler_text(s: RenderSettings) -> str:
+    """``scheduler shift 3`` or ``dynamic shifting 0.5..1.15 over 256..4096 tokens``."""
+    d = s.dynamic_shift
+    if d is None:
+        return f"scheduler shift {s.scheduler_shift:g}"
+    return (
+        f"dynamic shifting {d.base_shift:g}..{d.max_shift:g} over "
+        f"{d.base_image_seq_len}..{d.max_image_seq_len} tokens"
+    )
 
 
 def _numerics(s: RenderSettings) -> str:

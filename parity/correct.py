@@ -12,15 +12,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from parity.attribute import Attribution, UnconfirmedCause
+from parity.attribute import Attribution, UnconfirmedCause, scheduler_text
+from parity.families import SERVER_MODELS, family_of_model
 from parity.job import Checkpoint, Job
-from parity.settings import Cause, RenderSettings
-from parity.zimage.diffusers_era import DiffusersEra
-from parity.zimage.server import (
+from parity.server import (
     GUIDANCE_BOUNDS,
     LORA_SCALE_BOUNDS,
-    RESOLUTION_DIVISOR,
-    SERVER_MODELS,
     SIZE_BOUNDS,
     InferenceRequest,
     LoraItem,
@@ -28,6 +25,8 @@ from parity.zimage.server import (
     clamp,
     request_number,
 )
+from parity.settings import Cause, RenderSettings, SchedulerConfig
+from parity.zimage.diffusers_era import DiffusersEra
 
 
 @dataclass
@@ -83,7 +82,7 @@ def blockers(
     preview: RenderSettings,
     *,
     model: str,
-    checkpoint_shift: float | None,
+    checkpoint_scheduler: SchedulerConfig | None,
     lora_not_applied: bool = False,
     server_dtype: str | None = None,
     rounded_checkpoint: str | None = None,
@@ -97,18 +96,31 @@ def blockers(
     for g > 0).
     """
     reasons = []
-    div = RESOLUTION_DIVISOR
+    server_model = SERVER_MODELS[model]
+    family = family_of_model(model)
+    if not family.diffusers_eras:
+        server_era = None
+    div = server_model.resolution_divisor
     if preview.width % div or preview.height % div:
         reasons.append(
             f"{preview.width}x{preview.height} is not a multiple of {div}; the server "
             f"floors it to {preview.width // div * div}x{preview.height // div * div}"
         )
-    server_shift = SERVER_MODELS[model].scheduler_shift(checkpoint_shift)
-    if server_shift is not None and server_shift != preview.scheduler_shift:
-        reasons.append(
-            f"the preview used scheduler shift {preview.scheduler_shift:g}; the server's "
-            f"{model} uses {server_shift:g} and a request cannot change it"
+    server_scheduler = server_model.scheduler(checkpoint_scheduler)
+    if server_scheduler is not None:
+        served = preview.replace(
+            scheduler_shift=(
+                server_scheduler.shift
+                if server_scheduler.shift is not None
+                else preview.scheduler_shift
+            ),
+            dynamic_shift=server_scheduler.dynamic_shift,
         )
+        if served.schedule != preview.schedule:
+            reasons.append(
+                f"the preview used {scheduler_text(preview)}; the server's {model} uses "
+                f"{scheduler_text(served)} and a request cannot change it"
+            )
     server_legacy = server_era is not None and server_era.legacy_sigmas
     if preview.sigmas is not None and not server_legacy:
         reasons.append(
@@ -156,7 +168,7 @@ def blockers(
     if lora_not_applied:
         reasons.append(
             "the server's LoRA loader matches no module of this LoRA file; re-save its keys as "
-            "'diffusion_model.<module>.lora_A.weight' / '.lora_B.weight'"
+            f"{family.lora_key_format}"
         )
     low, high = LORA_SCALE_BOUNDS
     if preview.lora is not None and not low <= preview.lora.scale <= high:
@@ -200,7 +212,7 @@ def corrected_requests(
     attributions: Mapping[int, Attribution | None] | None = None,
     unconfirmed: Mapping[int, Sequence[UnconfirmedCause]] | None = None,
     lora_not_applied: bool = False,
-    checkpoint_shift: float | None = None,
+    checkpoint_scheduler: SchedulerConfig | None = None,
     server_dtype: str | None = None,
     server_era: DiffusersEra | None = None,
     lora_root: Path | None = None,
@@ -222,6 +234,8 @@ def corrected_requests(
     """
     attributions = attributions or {}
     unconfirmed = unconfirmed or {}
+    if not family_of_model(job.reference_model).diffusers_eras:
+        server_era = None
     checkpoint = job.checkpoint_for_step(step)
     out = CorrectedRequests(step=step)
     groups: dict[tuple[bool, float | None], list[tuple[int, PromptItem]]] = {}
@@ -230,7 +244,7 @@ def corrected_requests(
         reasons = blockers(
             s,
             model=job.reference_model,
-            checkpoint_shift=checkpoint_shift,
+            checkpoint_scheduler=checkpoint_scheduler,
             lora_not_applied=lora_not_applied and s.lora is not None,
             server_dtype=server_dtype,
             rounded_checkpoint=checkpoint.dtype if checkpoint and checkpoint.rounded else None,

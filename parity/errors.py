@@ -77,7 +77,11 @@ class ModelNotFoundError(ModelError, FileNotFoundError):
     """A checkpoint folder or a part of it is missing."""
 
 
-class NotZImageCheckpointError(ModelError, ValueError):
+class WrongCheckpointError(ModelError, ValueError):
+    """A folder exists but does not hold a checkpoint of the job's model family."""
+
+
+class NotZImageCheckpointError(WrongCheckpointError):
     """A folder exists but does not hold a Z-Image checkpoint."""
 
 

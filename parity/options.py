@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from parity.errors import ParityError
+from parity.families import SERVER_MODELS
 from parity.settings import (
     DEFAULT_CONFIRM_MARGIN,
     DEFAULT_LATENT_DISTANCE_MAX,
     DEFAULT_PSNR_MIN,
     DEFAULT_SSIM_MIN,
 )
-from parity.zimage.checkpoints import REFERENCE_MODELS
 
 if TYPE_CHECKING:
     from parity.run import RunOptions
@@ -135,7 +135,7 @@ OPTIONS: tuple[Option, ...] = (
            "bf16 on CUDA, fp32 on CPU)", choices=("fp32", "fp16", "bf16"),
            commands=MODEL_COMMANDS),
     Option("reference_model", "--model", "string", "reference model id when the job's "
-           "arch/name_or_path do not say it", choices=tuple(sorted(REFERENCE_MODELS)),
+           "arch/name_or_path do not say it", choices=tuple(sorted(SERVER_MODELS)),
            commands=JOB_COMMANDS),
     Option("allow_outside_paths", "--allow-outside-paths", "bool", "allow previews, "
            "checkpoints and request LoRAs that resolve outside their folder (symlinks)",

@@ -24,9 +24,9 @@ class Cause(StrEnum):
     :data:`parity.attribute.CAUSE_FIELDS`); a counterfactual switches those fields.
     """
 
-    SNAPPING = "snapping"  # width, height: floor to 16 (ai-toolkit) vs 32 (server)
-    CFG = "cfg"  # the guidance diffusers receives
-    SCHEDULER = "scheduler"  # FlowMatch shift
+    SNAPPING = "snapping"  # width, height (Z-Image: floor to 16 in ai-toolkit, 32 on the server)
+    CFG = "cfg"  # the guidance diffusers receives (Z-Image: CFG; FLUX.1: the guidance embedding)
+    SCHEDULER = "scheduler"  # FlowMatch shift, or its dynamic shifting
     STEPS = "steps"
     SEED = "seed"
     LORA_SCALE = "lora_scale"  # LoRA multiplier, or a LoRA on one side only
@@ -130,6 +130,34 @@ class Quantization:
 
 
 @dataclass(frozen=True)
+class DynamicShift:
+    """FlowMatch dynamic shifting (diffusers ``use_dynamic_shifting``), as FLUX.1 samples.
+
+    The shift is not fixed: ``mu`` is interpolated linearly in the packed image's token
+    count ``(height / 16) * (width / 16)`` from ``base_shift`` at ``base_image_seq_len``
+    tokens to ``max_shift`` at ``max_image_seq_len``, and each sigma ``t`` becomes
+    ``exp(mu) / (exp(mu) + (1 / t - 1))``.
+    """
+
+    base_shift: float = 0.5
+    max_shift: float = 1.15
+    base_image_seq_len: int = 256
+    max_image_seq_len: int = 4096
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """The FlowMatch scheduler a checkpoint ships (``scheduler/scheduler_config.json``).
+
+    ``shift`` is None when the config has none; ``dynamic_shift`` is None when the config
+    does not use dynamic shifting.
+    """
+
+    shift: float | None = None
+    dynamic_shift: DynamicShift | None = None
+
+
+@dataclass(frozen=True)
 class RenderSettings:
     """Everything that decides the pixels of one render.
 
@@ -139,9 +167,14 @@ class RenderSettings:
         Text given to the text encoder (trigger already substituted).
     width, height:
         Pixel size handed to the pipeline (already snapped by the side's rule).
+    family:
+        The model family (``"zimage"``, ``"flux"``; :mod:`parity.families`): which diffusers
+        pipeline renders and what its guidance means.
     pipeline_guidance:
-        ``guidance_scale`` given to the installed diffusers ``ZImagePipeline``, whose CFG
-        is ``pos + g * (pos - neg)`` and runs when ``g > 0``.
+        ``guidance_scale`` given to the family's installed diffusers pipeline. Z-Image
+        (``ZImagePipeline``): CFG ``pos + g * (pos - neg)``, run when ``g > 0``. FLUX.1
+        (``FluxPipeline``): the value of the guidance embedding; no CFG, so the negative
+        prompt is not used.
     steps:
         ``num_inference_steps``.
     sigmas:
@@ -149,7 +182,9 @@ class RenderSettings:
         pipeline's default ``linspace(1, 1/N, N)``. Old ai-toolkit eras used
         ``linspace(1, 0, N)``, whose last step has zero length.
     scheduler_shift:
-        ``shift`` of the FlowMatchEulerDiscreteScheduler (no dynamic shifting).
+        ``shift`` of the FlowMatchEulerDiscreteScheduler (unused with dynamic shifting).
+    dynamic_shift:
+        The scheduler's dynamic shifting (FLUX.1), or None for the fixed ``shift``.
     seed, generator:
         Seed and how it was applied: ``"cpu"`` a fresh ``torch.Generator("cpu")`` (the
         server), ``"global"`` ``torch.manual_seed`` (ai-toolkit). Both draw the same
@@ -161,7 +196,7 @@ class RenderSettings:
     quantization:
         Weight quantization (preview side only; the server never quantizes).
     text_encoder_cast:
-        The whole text encoder was cast to ``dtype`` after loading, as ai-toolkit does
+        The whole text encoder (FLUX.1: both) was cast to ``dtype`` after loading, as ai-toolkit does
         (``text_encoder.to(device, dtype=...)``), which also rounds its rotary
         ``inv_freq`` buffers; loading with ``torch_dtype`` alone (the server) keeps those in
         float32. Only meaningful below float32.
@@ -177,6 +212,7 @@ class RenderSettings:
     steps: int
     seed: int
     scheduler_shift: float = 3.0
+    dynamic_shift: DynamicShift | None = None
     sigmas: tuple[float, ...] | None = None
     generator: GeneratorKind = "cpu"
     lora: LoraSettings | None = None
@@ -184,6 +220,15 @@ class RenderSettings:
     quantization: Quantization = field(default_factory=Quantization)
     text_encoder_cast: bool = False
     adapter: TrainingAdapter | None = None
+    family: str = "zimage"
+
+    @property
+    def schedule(self) -> tuple[float | None, DynamicShift | None]:
+        """What the scheduler does with the sigmas: the fixed shift, or the dynamic
+        shifting (whose ``shift`` is unused)."""
+        if self.dynamic_shift is not None:
+            return (None, self.dynamic_shift)
+        return (self.scheduler_shift, None)
 
     def replace(self, **changes: Any) -> RenderSettings:
         """Return a copy with ``changes`` applied (a counterfactual)."""
@@ -204,6 +249,8 @@ class RenderSettings:
         d["quantization"] = Quantization(**(d.get("quantization") or {}))
         if d.get("adapter") is not None:
             d["adapter"] = TrainingAdapter(**d["adapter"])
+        if d.get("dynamic_shift") is not None:
+            d["dynamic_shift"] = DynamicShift(**d["dynamic_shift"])
         if d.get("sigmas") is not None:
             d["sigmas"] = tuple(float(s) for s in d["sigmas"])
         return cls(**d)

@@ -14,10 +14,10 @@ from parity.job import read_job
 from parity.job.lora_files import read_lora
 from parity.plan.sides import preview_settings, reference_settings
 from parity.render.engine import RenderEngine
+from parity.server import validate_request
 from parity.settings import LoraSettings, RenderSettings
 from parity.testing.jobs import TINY_BASE, shared_engine, write_job
 from parity.testing.lora import write_aitk_lora, write_foreign_lora
-from parity.zimage.server import validate_request
 
 
 @pytest.fixture(scope="module")

@@ -183,12 +183,16 @@ def test_a_run_on_another_stack_says_so_in_one_line(job: Path, tmp_path: Path, c
 
 
 def test_a_job_of_a_family_parity_does_not_know_is_exit_2(tmp_path: Path) -> None:
-    """The real ai-toolkit FLUX.1 job (fixtures/aitk_flux): one line that names the
-    families parity knows, before any model loads and before anything is written."""
-    flux = FIXTURES / "aitk_flux" / "output" / "aitk_flux"
+    """The real FLUX.1 job's config with an arch ai-toolkit has and parity does not
+    (``wan21``): one line that names the families parity knows, before any model loads
+    and before anything is written."""
+    job = tmp_path / "wan_job"
+    job.mkdir()
+    config = (FIXTURES / "aitk_flux" / "output" / "aitk_flux" / "config.yaml").read_text()
+    (job / "config.yaml").write_text(config.replace("arch: flux", "arch: wan21"))
     out = tmp_path / "out"
-    proc = _parity(tmp_path, "run", str(flux), "--no-history", "--out", str(out))
+    proc = _parity(tmp_path, "run", str(job), "--no-history", "--out", str(out))
     line = _one_line_error(proc)
-    assert "model.arch is 'flux'" in line and str(flux / "config.yaml") in line
-    assert "zimage, zimage:turbo, zimage:deturbo" in line
+    assert "model.arch is 'wan21'" in line and str(job / "config.yaml") in line
+    assert "zimage, zimage:turbo, zimage:deturbo" in line and "flux" in line
     assert not out.exists()

@@ -43,15 +43,15 @@ from parity.cli import main
 from parity.errors import RequestError
 from parity.job import read_job
 from parity.plan.sides import as_configured_request
-from parity.settings import CAUSES
-from parity.testing.jobs import AITK_REAL_JOB, TINY_BASE, job_config
-from parity.testing.lora import write_aitk_lora
-from parity.zimage.server import (
+from parity.server import (
     InferenceRequest,
     server_lora_scale,
     server_prompts,
     validate_request,
 )
+from parity.settings import CAUSES
+from parity.testing.jobs import AITK_REAL_JOB, TINY_BASE, job_config
+from parity.testing.lora import write_aitk_lora
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -599,9 +599,9 @@ def test_unparsable_config_exits_2_naming_the_file(tmp_path, capsys):
 
 
 def test_unknown_arch_exits_2(tmp_path, capsys):
-    folder = make_job(tmp_path, {"samples": [{"prompt": "a"}]}, arch="flux", checkpoints={})
+    folder = make_job(tmp_path, {"samples": [{"prompt": "a"}]}, arch="hidream", checkpoints={})
     err = _fail(capsys, folder)
-    assert "config.yaml" in err and "flux" in err
+    assert "config.yaml" in err and "'hidream'" in err and "flux" in err
 
 
 def test_no_sample_section_exits_2(tmp_path, capsys):

@@ -34,6 +34,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from parity.aitk import floor8
 from parity.errors import JobError
 from parity.job import (
     load_job_file,
@@ -45,7 +46,8 @@ from parity.job import (
 from parity.plan.sides import preview_settings
 from parity.testing.jobs import AITK_REAL_JOB, TINY_BASE, job_config
 from parity.testing.lora import write_aitk_lora
-from parity.zimage.aitk import era_for_version, floor8
+from parity.zimage.aitk import era_for_version
+from parity.zimage.family import ZIMAGE
 
 MS0 = 1_795_416_356_582  # a plausible "ms since epoch" prefix
 
@@ -425,7 +427,7 @@ def test_string_multiplier_is_parsed_and_bad_one_falls_back_to_one():
     ],
 )
 def test_reference_model_from_arch_tag_and_name_or_path(arch, name_or_path, expected):
-    assert reference_model_for(arch, name_or_path) == expected
+    assert reference_model_for(ZIMAGE, arch, name_or_path) == expected
 
 
 def test_arch_tag_is_kept_apart_from_the_arch(tmp_path):
@@ -604,9 +606,9 @@ def test_unparsable_config_names_the_file(tmp_path):
 
 
 def test_unknown_arch_and_missing_sample_section(tmp_path):
-    flux = make_job(tmp_path, {"samples": [{"prompt": "a"}]}, name="fluxjob", arch="flux")
-    with pytest.raises(JobError, match="flux") as err:
-        read_job(flux)
+    sd3 = make_job(tmp_path, {"samples": [{"prompt": "a"}]}, name="sd3job", arch="sd3")
+    with pytest.raises(JobError, match="'sd3'.*zimage.*flux") as err:
+        read_job(sd3)
     assert "config.yaml" in str(err.value)
     nosample = make_job(tmp_path, {"samples": []}, name="nos")
     config = yaml.safe_load((nosample / "config.yaml").read_text())

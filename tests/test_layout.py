@@ -1,5 +1,5 @@
 """The package reads as the data flow: each stage imports only itself and the stages
-before it, and the Z-Image family's facts import no stage at all."""
+before it, and the model families' facts import no stage at all."""
 
 from __future__ import annotations
 
@@ -18,6 +18,10 @@ RANKS: dict[str, int] = {
     "parity.logs": 0,
     "parity.tiny_parts": 0,
     "parity.model_map": 0,
+    "parity.aitk": 0,
+    "parity.family": 0,
+    "parity.families": 0,
+    "parity.server": 0,
     "parity.zimage": 0,
     "parity.flux": 0,
     "parity.job": 1,
@@ -42,7 +46,9 @@ FAMILIES = ("parity.zimage", "parity.flux")
 
 #: What a family's facts may use besides their own folder: nothing of parity but these.
 FAMILY_MAY_IMPORT = (
+    "parity.aitk",
     "parity.errors",
+    "parity.family",
     "parity.settings",
     "parity.stack",
     "parity.tiny_parts",

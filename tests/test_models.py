@@ -16,13 +16,14 @@ from parity.render.models import (
     ModelNotFoundError,
     ModelSource,
     NotZImageCheckpointError,
-    checkpoint_scheduler_shift,
-    load_zimage_pipeline,
+    checkpoint_scheduler,
+    load_pipeline,
     resolve_job_model,
     resolve_reference_model,
     validate_checkpoint,
 )
 from parity.zimage.checkpoints import ZIMAGE_DETURBO_HUB_ID, ZIMAGE_HUB_ID, ZIMAGE_TURBO_HUB_ID
+from parity.zimage.family import ZIMAGE
 
 TINY = Path(__file__).resolve().parent.parent / "fixtures" / "aitk_real" / "tiny_zimage"
 
@@ -159,7 +160,7 @@ def test_job_full_checkpoint_through_map():
     assert source.transformer == source.components == source.scheduler == str(TINY)
     assert not source.is_split
     assert source.label == ZIMAGE_HUB_ID
-    assert checkpoint_scheduler_shift(source) == 6.0
+    assert checkpoint_scheduler(source).shift == 6.0
 
 
 def test_job_split_checkpoint_with_extras(split_dirs):
@@ -182,7 +183,7 @@ def test_job_split_scheduler_falls_back_to_components(split_dirs, tmp_path):
     shutil.copytree(TINY / "scheduler", full_components / "scheduler")
     source = resolve_job_model(str(bare), str(full_components), _load())
     assert source.scheduler == str(full_components)
-    assert checkpoint_scheduler_shift(source) == 6.0
+    assert checkpoint_scheduler(source).shift == 6.0
 
 
 def test_job_folder_with_text_encoder_ignores_extras(split_dirs):
@@ -219,12 +220,12 @@ def test_reference_models_unmapped_and_known_shifts():
     mm = _load()
     turbo = resolve_reference_model("zimage_turbo", mm)
     assert turbo.transformer == turbo.components == ZIMAGE_TURBO_HUB_ID
-    assert checkpoint_scheduler_shift(turbo) == 3.0
-    assert checkpoint_scheduler_shift(resolve_reference_model("zimage", mm)) == 6.0
+    assert checkpoint_scheduler(turbo).shift == 3.0
+    assert checkpoint_scheduler(resolve_reference_model("zimage", mm)).shift == 6.0
     deturbo = resolve_reference_model("zimage_deturbo", mm)
     assert (deturbo.transformer, deturbo.components) == (ZIMAGE_DETURBO_HUB_ID, ZIMAGE_TURBO_HUB_ID)
-    with pytest.raises(ModelNotFoundError, match="zimage_turbo"):
-        resolve_reference_model("flux", mm)
+    with pytest.raises(ModelNotFoundError, match="zimage_turbo.*flux"):
+        resolve_reference_model("sdxl", mm)
 
 
 # --- validation -----------------------------------------------------------------------
@@ -250,8 +251,8 @@ def test_validate_checkpoint_errors(tmp_path):
     config = json.loads(config_path.read_text())
     config["_class_name"] = "FluxTransformer2DModel"
     config_path.write_text(json.dumps(config))
-    with pytest.raises(NotZImageCheckpointError, match="FluxTransformer2DModel"):
-        validate_checkpoint(source)
+    with pytest.raises(NotZImageCheckpointError, match="a FLUX.1 checkpoint.*Z-Image job"):
+        validate_checkpoint(source, ZIMAGE)
 
     config_path.unlink()
     with pytest.raises(ModelNotFoundError, match="transformer/config.json"):
@@ -267,11 +268,11 @@ def _render(pipe, seed: int = 5) -> np.ndarray:
 
 def test_split_pipeline_renders_like_the_full_checkpoint(split_dirs):
     transformer, components = split_dirs
-    full = load_zimage_pipeline(
+    full = load_pipeline(
         ModelSource(str(TINY), str(TINY), str(TINY), "tiny"), dtype="float32", device="cpu"
     )
     split_source = resolve_job_model(str(transformer), str(components), _load())
-    split = load_zimage_pipeline(split_source, dtype="float32", device="cpu")
+    split = load_pipeline(split_source, dtype="float32", device="cpu")
     assert type(split.text_encoder) is type(full.text_encoder)
     assert split.scheduler.config.shift == full.scheduler.config.shift == 6.0
     reference = _render(full)
@@ -286,7 +287,7 @@ def test_pipeline_without_scheduler_gets_default(split_dirs, tmp_path):
     shutil.copytree(TINY / "transformer", bare / "transformer")
     source = resolve_job_model(str(bare), str(components), _load())
     assert source.scheduler is None
-    assert checkpoint_scheduler_shift(source) is None
-    pipe = load_zimage_pipeline(source, dtype="float32")
+    assert checkpoint_scheduler(source) is None
+    pipe = load_pipeline(source, dtype="float32")
     assert pipe.scheduler.config.shift == 3.0
     assert not pipe.scheduler.config.use_dynamic_shifting

@@ -371,7 +371,7 @@ def test_corrected_requests_still_account_for_unconfirmed_causes() -> None:
 
     job = read_job(UI_JOB)
     engine = shared_engine(AITK_REAL_BASE)
-    cases = plan_cases(job, [0], device="cpu", checkpoint_shift=engine.checkpoint_scheduler_shift,
+    cases = plan_cases(job, [0], device="cpu", checkpoint_scheduler=engine.checkpoint_scheduler,
                        reference_dtype=None, check_previews=False)  # fmt: skip
     previews = {c.index: c.pair.preview for c in cases}
     note = "precision: the preview is bfloat16 ...; its effect here ... so it is not confirmed"

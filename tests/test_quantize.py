@@ -9,10 +9,12 @@ import pytest
 from helpers import render_pipeline
 from skimage.metrics import structural_similarity
 
+from parity.aitk import check_qtype, parse_qtype
 from parity.errors import QuantizationUnavailableError, UnknownQtypeError
-from parity.render.models import ModelSource, load_zimage_pipeline
+from parity.render.models import ModelSource, load_pipeline
 from parity.render.quantize import is_quantized, quantize_text_encoder, quantize_transformer
-from parity.zimage.aitk import check_qtype, parse_qtype, preview_qtypes
+from parity.zimage.aitk import preview_qtypes
+from parity.zimage.family import ZIMAGE
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "aitk_real"
 TINY = FIXTURES / "tiny_zimage"
@@ -21,7 +23,7 @@ LORA_FILE = "aitk_zimage.safetensors"  # step 20, non-zero B matrices
 
 
 def _pipe():
-    return load_zimage_pipeline(ModelSource(str(TINY), str(TINY), str(TINY), "tiny"))
+    return load_pipeline(ModelSource(str(TINY), str(TINY), str(TINY), "tiny"))
 
 
 def _render(pipe, seed: int = 11) -> np.ndarray:
@@ -93,7 +95,7 @@ def test_qfloat8_render_is_close_deterministic_and_different(fp32_render):
     from optimum.quanto.nn import QModuleMixin
 
     pipe = _pipe()
-    n_transformer = quantize_transformer(pipe.transformer, "qfloat8")
+    n_transformer = quantize_transformer(pipe.transformer, "qfloat8", ZIMAGE.quantize_exclude)
     n_text = quantize_text_encoder(pipe.text_encoder, "qfloat8")
     assert n_transformer > 0 and n_text > 0
     modules = dict(pipe.transformer.named_modules())
@@ -116,13 +118,13 @@ def test_lora_attached_then_quantized_keeps_adapter_in_full_precision():
     from optimum.quanto.nn import QModuleMixin
 
     base = _pipe()
-    quantize_transformer(base.transformer, "qfloat8")
+    quantize_transformer(base.transformer, "qfloat8", ZIMAGE.quantize_exclude)
     quantized_base = _render(base)
 
     pipe = _pipe()
     pipe.load_lora_weights(str(LORA_DIR), weight_name=LORA_FILE, adapter_name="lora")
     with_lora_fp32 = _render(pipe)
-    quantize_transformer(pipe.transformer, "qfloat8")
+    quantize_transformer(pipe.transformer, "qfloat8", ZIMAGE.quantize_exclude)
 
     to_q = pipe.transformer.layers[0].attention.to_q
     assert isinstance(to_q.base_layer, QModuleMixin)
@@ -149,7 +151,7 @@ def test_torchao_float8_quantizes_what_ai_toolkit_quantizes(fp32_render):
     import torch
 
     pipe = _pipe()
-    assert quantize_transformer(pipe.transformer, "float8") == 31
+    assert quantize_transformer(pipe.transformer, "float8", ZIMAGE.quantize_exclude) == 31
     kept = [
         name
         for name, m in pipe.transformer.named_modules()

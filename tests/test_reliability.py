@@ -142,10 +142,10 @@ def test_no_sample_section(job: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_unknown_arch(job: Path, tmp_path: Path, capsys) -> None:
-    _edit_config(job, lambda p: p["model"].update(arch="flux"))
+    _edit_config(job, lambda p: p["model"].update(arch="hidream"))
     rc, err, _ = run(job, tmp_path / "out", capsys)
     assert rc == 2
-    assert str(job / "config.yaml") in err and "'flux'" in err and "arch" in err
+    assert str(job / "config.yaml") in err and "'hidream'" in err and "arch" in err
 
 
 def test_job_folder_missing(tmp_path: Path, capsys) -> None:

@@ -24,9 +24,9 @@ from parity.cli import main
 from parity.compare import Thresholds, compare, inspect_codec, load_rgb
 from parity.job import read_job
 from parity.plan import match_request
+from parity.server import validate_request
 from parity.testing.jobs import AITK_REAL_BASE, AITK_REAL_JOB, TINY_BASE, write_job
 from parity.zimage.diffusers_era import diffusers_era
-from parity.zimage.server import validate_request
 
 #: The server's workflows folder for the real job: its training folder.
 LORA_ROOT = AITK_REAL_JOB.parent

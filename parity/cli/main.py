@@ -189,22 +189,22 @@ def _format_table(rows: list[dict]) -> str:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from parity.plan import describe_cases, plan_cases
-    from parity.render.models import checkpoint_scheduler_shift
+    from parity.render.models import checkpoint_scheduler
 
     _resolve(args)
     opened = _open(args, validate=False, model_required=False)
     job = opened.job
     requests = _requests([job], args).get(job.name, [])
-    shift = None
+    scheduler = None
     if opened.source is None:  # inspect works without the weights
         log.info("checkpoint scheduler unknown: %s", opened.model_problem)
     else:
-        shift = checkpoint_scheduler_shift(opened.source)
+        scheduler = checkpoint_scheduler(opened.source)
     cases = plan_cases(
         job,
         job.steps,
         device=args.device or "cpu",
-        checkpoint_shift=shift,
+        checkpoint_scheduler=scheduler,
         reference_dtype=_dtype(args),
         allow_outside_paths=args.allow_outside_paths,
         request_plan=_request_plan(job, args, requests),
@@ -263,12 +263,12 @@ def cmd_preview(args: argparse.Namespace) -> int:
     opened = _open(args)
     job = opened.job
     steps = select_steps(job, parse_steps(args.step))
-    engine = RenderEngine(opened.source, device=_device(args))
+    engine = RenderEngine(opened.source, device=_device(args), family=job.family)
     cases = plan_cases(
         job,
         steps,
         device=engine.device,
-        checkpoint_shift=engine.checkpoint_scheduler_shift,
+        checkpoint_scheduler=engine.checkpoint_scheduler,
         reference_dtype=_dtype(args),
         allow_outside_paths=args.allow_outside_paths,
         check_previews=False,  # the previews are not read: their pixels are rendered anew
@@ -305,16 +305,17 @@ def _confined(path: Path, root: Path, allow_outside: bool, what: str) -> Path:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from parity.families import SERVER_MODELS, family_of_model
     from parity.plan import resolve_lora_path
     from parity.plan.sides import reference_settings
     from parity.render.engine import RenderEngine
     from parity.render.models import (
-        checkpoint_scheduler_shift,
+        checkpoint_scheduler,
         resolve_reference_model,
         validate_checkpoint,
     )
     from parity.results import save_png
-    from parity.zimage.server import SERVER_MODELS, load_request
+    from parity.server import load_request
 
     _resolve(args)
     request_path = Path(args.request_file)
@@ -323,7 +324,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     # --base-model stands for the checkpoint the request's model loads its transformer from.
     model_map = _model_map(args).with_base_model(server.transformer_hub_id, args.base_model)
     source = resolve_reference_model(request.model, model_map)
-    validate_checkpoint(source)
+    family = family_of_model(request.model)
+    validate_checkpoint(source, family)
     era = _server_era(args)
     # The LoRA root plays the server's workflows folder: request paths resolve under it.
     lora_root = Path(args.lora_root) if args.lora_root else request_path.parent
@@ -334,13 +336,13 @@ def cmd_render(args: argparse.Namespace) -> int:
             str(_confined(candidate, lora_root, args.allow_outside_paths, "LoRA path"))
         )
     device = _device(args)
-    engine = RenderEngine(source, device=device)
+    engine = RenderEngine(source, device=device, family=family)
     for path in lora_paths:  # a LoRA problem is found before the model loads
         try:
             engine.lora(path)
         except LoraError as e:
             raise LoraError(f"{request_path}: {e}") from None
-    shift = checkpoint_scheduler_shift(source)
+    scheduler = checkpoint_scheduler(source)
     out = Path(args.out)
     effective = []
     failures = 0
@@ -350,7 +352,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             i,
             lora_paths=lora_paths,
             device=device,
-            checkpoint_shift=shift,
+            checkpoint_scheduler=scheduler,
             dtype=_dtype(args),
             era=era,
         )
@@ -391,7 +393,7 @@ def _engine_for_job(opened: Any, args: argparse.Namespace) -> tuple[Any, str]:
     from parity.render.engine import RenderEngine
 
     device = _device(args)
-    return RenderEngine(opened.source, device=device), device
+    return RenderEngine(opened.source, device=device, family=opened.job.family), device
 
 
 def _run_options(args: argparse.Namespace, **fixed: Any) -> Any:

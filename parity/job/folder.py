@@ -24,12 +24,13 @@ from typing import Any
 
 import yaml
 
+from parity.aitk import SAMPLE_DEFAULTS, aitk_version_from_metadata, floor8
 from parity.errors import PICKLED_SUFFIXES, JobError, SampleError
+from parity.families import family_of_config
+from parity.family import Family
 from parity.job.lora_files import KeyAudit, audit_keys, describe_dtype, read_header
 from parity.model_map import ModelMap
 from parity.settings import Quantization
-from parity.zimage.aitk import SAMPLE_DEFAULTS, aitk_version_from_metadata, floor8
-from parity.zimage.checkpoints import REFERENCE_MODELS
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class TrainingSetup:
         The training adapter as written (``model.assistant_lora_path``), or None.
     low_vram, layer_offloading, cache_text_embeddings, unload_text_encoder:
         Where ai-toolkit keeps weights and embeddings; only ``layer_offloading`` changes
-        pixels (qfloat8 becomes torchao float8, see :func:`parity.zimage.aitk.preview_qtypes`).
+        pixels (qfloat8 becomes torchao float8, see the family's ``preview_qtypes``).
     skip_first_sample, force_first_sample, disable_sampling:
         Which previews exist at all.
     """
@@ -204,6 +205,8 @@ class Job:
     root: Path
     config_path: Path
     name: str
+    #: The model family (``"zimage"``, ``"flux"``; :mod:`parity.families`).
+    family: str
     arch: str
     arch_tag: str | None
     reference_model: str
@@ -337,25 +340,20 @@ def _process(config: dict[str, Any], config_path: Path) -> tuple[str, dict[str, 
 # ----------------------------------------------------------------------- models
 
 
-def reference_model_for(arch: str, name_or_path: str, override: str | None = None) -> str:
-    """Reference model id (``zimage``, ``zimage_turbo``, ``zimage_deturbo``) of a job."""
+def reference_model_for(
+    family: Family, arch: str, name_or_path: str, override: str | None = None
+) -> str:
+    """Reference model id of a job of ``family`` (``zimage``, ``zimage_turbo``,
+    ``zimage_deturbo``; ``flux``): ``override`` when given, else the family's rule."""
     if override:
-        if override not in REFERENCE_MODELS:
+        if override not in family.server_models:
             raise JobError(
-                f"unknown reference model {override!r}; choose one of {tuple(REFERENCE_MODELS)}"
+                f"reference model {override!r} is not a {family.label} model; choose one of "
+                f"{', '.join(family.server_models)}"
             )
         return override
-    tag = arch.split(":", 1)[1].lower() if ":" in arch else None
-    if tag == "deturbo":
-        return "zimage_deturbo"
-    if tag == "turbo":
-        return "zimage_turbo"
-    lowered = name_or_path.lower().replace("_", "-")
-    if "de-turbo" in lowered or "deturbo" in lowered:
-        return "zimage_deturbo"
-    if "turbo" in lowered:
-        return "zimage_turbo"
-    return "zimage"
+    tag = arch.split(":", 1)[1] if ":" in arch else None
+    return family.reference_model(tag, name_or_path)
 
 
 # ------------------------------------------------------------------------ samples
@@ -737,7 +735,8 @@ def read_job(
     ------
     JobError
         When the job as a whole is unusable: config missing or unparsable, no
-        ``process``, no ``sample`` section, an arch other than Z-Image.
+        ``process``, no ``sample`` section, an arch of no family parity knows, or a
+        preview option of ai-toolkit parity does not reproduce.
     """
     root, config_path = _find_config(Path(path).resolve())
     config = load_job_file(config_path)
@@ -747,12 +746,10 @@ def read_job(
     if not isinstance(model, dict):
         raise JobError(f"{config_path}: 'model' must be a mapping")
     arch = str(model.get("arch") or "")
-    base_arch = arch.split(":", 1)[0]
-    if base_arch != "zimage":
-        raise JobError(
-            f"{config_path}: model.arch is {arch!r}; parity handles Z-Image jobs "
-            "(zimage, zimage:turbo, zimage:deturbo)"
-        )
+    family = family_of_config(model, config_path)
+    unreproduced = family.unreproduced_options(model)
+    if unreproduced:
+        raise JobError(f"{config_path}: {unreproduced[0]}")
     name_or_path = model.get("name_or_path")
     if not isinstance(name_or_path, str) or not name_or_path:
         raise JobError(f"{config_path}: model.name_or_path is missing")
@@ -767,9 +764,7 @@ def read_job(
     train = process.get("train") or {}
     train_dtype = str(train.get("dtype", "bf16")) if isinstance(train, dict) else "bf16"
 
-    from parity.zimage.aitk import preview_qtypes
-
-    qtype, qtype_te = preview_qtypes(model)
+    qtype, qtype_te = family.preview_qtypes(model)
     quantization = Quantization(qtype=qtype, qtype_te=qtype_te)
 
     try:
@@ -800,9 +795,10 @@ def read_job(
         root=root,
         config_path=config_path,
         name=name,
+        family=family.name,
         arch=arch,
         arch_tag=arch.split(":", 1)[1] if ":" in arch else None,
-        reference_model=reference_model_for(arch, name_or_path, reference_model),
+        reference_model=reference_model_for(family, arch, name_or_path, reference_model),
         name_or_path=name_or_path,
         extras_name_or_path=str(extras) if extras else None,
         trigger_word=trigger_word,

@@ -12,6 +12,7 @@ The reference side of a step comes from the request a user writes from the sampl
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from parity.errors import ParityError
 from parity.job import IMAGE_EXTS, Job, Preview, SampleSpec, outside_path_error
 from parity.plan.requests import PromptRef, RequestPlan
 from parity.plan.sides import SidePair, as_configured_request, era_of, pair_for
-from parity.settings import Dtype
+from parity.settings import Dtype, SchedulerConfig
 from parity.zimage.diffusers_era import DiffusersEra
 
 #: ``--steps`` values: every step with previews, the last one, or explicit steps.
@@ -106,7 +107,7 @@ def plan_cases(
     steps: Iterable[int],
     *,
     device: str,
-    checkpoint_shift: float | None,
+    checkpoint_scheduler: SchedulerConfig | None,
     reference_dtype: Dtype | None,
     allow_outside_paths: bool = False,
     check_previews: bool = True,
@@ -180,7 +181,7 @@ def plan_cases(
                     request=user.request,
                     request_index=ref.prompt,
                     device=device,
-                    checkpoint_shift=checkpoint_shift,
+                    checkpoint_scheduler=checkpoint_scheduler,
                     reference_dtype=reference_dtype,
                     lora_paths=[str(user.lora_path)],
                     server_era=server_era,
@@ -195,7 +196,7 @@ def plan_cases(
                 request=request,
                 request_index=usable.index(index),
                 device=device,
-                checkpoint_shift=checkpoint_shift,
+                checkpoint_scheduler=checkpoint_scheduler,
                 reference_dtype=reference_dtype,
                 server_era=server_era,
             )
@@ -238,6 +239,7 @@ def describe_cases(job: Job, cases: list[Case]) -> list[dict[str, Any]]:
                 "network_multiplier": p.lora.scale if p.lora else None,
                 "lora_merged": p.lora.merged if p.lora else None,
                 "scheduler_shift": p.scheduler_shift,
+                "dynamic_shift": dataclasses.asdict(p.dynamic_shift) if p.dynamic_shift else None,
                 "legacy_sigmas": p.sigmas is not None,
                 "dtype": p.dtype,
                 "quantization": {
@@ -258,6 +260,7 @@ def describe_cases(job: Job, cases: list[Case]) -> list[dict[str, Any]]:
                 "seed": r.seed,
                 "network_multiplier": r.lora.scale if r.lora else None,
                 "scheduler_shift": r.scheduler_shift,
+                "dynamic_shift": dataclasses.asdict(r.dynamic_shift) if r.dynamic_shift else None,
                 "legacy_sigmas": r.sigmas is not None,
                 "dtype": r.dtype,
             }

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from parity.errors import ParityError, UnboundRequestError
 from parity.job import Job, outside_path_error, parse_prompt_flags
-from parity.zimage.server import InferenceRequest, load_request, server_prompts
+from parity.server import InferenceRequest, load_request, server_prompts
 
 #: How prompts of a request meet previews: prompt i with preview i, or by prompt text.
 Match = Literal["index", "prompt"]

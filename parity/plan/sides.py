@@ -12,24 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from parity.families import SERVER_MODELS, family, family_of_model
+from parity.family import Era
 from parity.job import Checkpoint, Job, SampleSpec
-from parity.settings import (
-    CAUSES,
-    Cause,
-    Dtype,
-    LoraApplier,
-    LoraSettings,
-    Quantization,
-    RenderSettings,
-    TrainingAdapter,
-    legacy_sigmas,
-)
-from parity.zimage import aitk, server
-from parity.zimage.aitk import Era, era_for_version
-from parity.zimage.diffusers_era import DiffusersEra
-from parity.zimage.server import (
+from parity.server import (
     GUIDANCE_BOUNDS,
-    SERVER_MODELS,
     SIZE_BOUNDS,
     STEPS_BOUNDS,
     InferenceRequest,
@@ -38,8 +25,22 @@ from parity.zimage.server import (
     ServerPrompt,
     clamp,
     request_number,
+    server_dtype,
     server_prompts,
 )
+from parity.settings import (
+    CAUSES,
+    Cause,
+    Dtype,
+    LoraApplier,
+    LoraSettings,
+    Quantization,
+    RenderSettings,
+    SchedulerConfig,
+    TrainingAdapter,
+    legacy_sigmas,
+)
+from parity.zimage.diffusers_era import DiffusersEra
 
 _DTYPE_NAMES: dict[str, Dtype] = {
     "fp32": "float32",
@@ -69,19 +70,21 @@ def era_of(job: Job, checkpoint: Checkpoint | None) -> Era:
     """The era of the ai-toolkit release that rendered a step's previews.
 
     A step's own checkpoint says it; step 0 (no checkpoint) takes the earliest one,
-    written by the same run closest in time.
+    written by the same run closest in time. The rules are the job's family's.
     """
     version = checkpoint.aitk_version if checkpoint else None
     if version is None:
         version = next((c.aitk_version for c in job.checkpoints if c.aitk_version), None)
-    return era_for_version(version)
+    return family(job.family).preview_era(version)
 
 
 def preview_settings(
     job: Job, sample: SampleSpec, checkpoint: Checkpoint | None, *, era: Era | None = None
 ) -> RenderSettings:
     """Settings ai-toolkit used for preview ``sample.index`` at ``checkpoint``'s step."""
+    rules = family(job.family)
     era = era or era_of(job, checkpoint)
+    scheduler = rules.preview_scheduler
     lora = None
     if checkpoint is not None:
         lora = LoraSettings(
@@ -100,16 +103,19 @@ def preview_settings(
         pipeline_guidance=era.pipeline_guidance(sample.guidance_scale),
         steps=sample.steps,
         sigmas=legacy_sigmas(sample.steps) if era.legacy_sigmas else None,
-        scheduler_shift=aitk.SCHEDULER_SHIFT,
+        scheduler_shift=scheduler.shift if scheduler.shift is not None else 3.0,
+        dynamic_shift=scheduler.dynamic_shift,
         seed=sample.seed,
         generator="global",
         lora=lora,
         dtype=dtype,
         quantization=job.quantization,
-        # ai-toolkit casts the loaded text encoder to the training dtype once more
-        # (z_image.py load_model), which rounds its rotary buffers; a no-op in float32.
+        # ai-toolkit casts the loaded text encoders to the training dtype once more
+        # (z_image.py load_model; stable_diffusion_model.py for FLUX.1), which rounds what
+        # loading kept in float32; a no-op in float32.
         text_encoder_cast=dtype != "float32",
         adapter=adapter,
+        family=rules.name,
     )
 
 
@@ -119,23 +125,28 @@ def reference_settings(
     *,
     lora_paths: list[str],
     device: str = "cpu",
-    checkpoint_shift: float | None = None,
+    checkpoint_scheduler: SchedulerConfig | None = None,
     dtype: Dtype | None = None,
     era: DiffusersEra | None = None,
 ) -> tuple[RenderSettings, ServerPrompt]:
     """Settings the server renders prompt ``index`` of ``request`` with.
 
     ``lora_paths`` are the request's LoRA files resolved to local paths (the server
-    applies the first). ``checkpoint_shift`` is the shift of the checkpoint's own
-    scheduler, used by ``zimage_turbo`` which keeps it. ``era`` is the diffusers release
-    the server runs (None: the installed one, whose CFG runs for g > 0 and whose N steps
-    make N updates); the settings then make the installed diffusers behave like it.
+    applies the first). ``checkpoint_scheduler`` is the checkpoint's own scheduler, used
+    by the models that keep it (``zimage_turbo``, ``flux``). ``era`` is the diffusers
+    release the server runs (None: the installed one, whose CFG runs for g > 0 and whose
+    N steps make N updates); the settings then make the installed diffusers behave like
+    it. Only families whose pipeline changed between releases have eras; for the others
+    ``era`` is ignored.
     """
     model = SERVER_MODELS[request.model]
+    rules = family_of_model(request.model)
+    if not rules.diffusers_eras:
+        era = None
     prompt = server_prompts(request)[index]
-    shift = model.scheduler_shift(checkpoint_shift)
-    if shift is None:  # a checkpoint without a scheduler config: diffusers' default
-        shift = server.SCHEDULER_SHIFT
+    # A checkpoint without a scheduler config: what the server's diffusers falls back on.
+    scheduler = model.scheduler(checkpoint_scheduler) or rules.default_scheduler
+    shift = scheduler.shift if scheduler.shift is not None else rules.default_scheduler.shift
     lora = LoraSettings(path=lora_paths[0], scale=prompt.lora_scale) if lora_paths else None
     settings = RenderSettings(
         prompt=prompt.prompt,
@@ -149,11 +160,13 @@ def reference_settings(
         steps=prompt.steps,
         sigmas=legacy_sigmas(prompt.steps) if era and era.legacy_sigmas else None,
         seed=prompt.seed,
-        scheduler_shift=shift,
+        scheduler_shift=shift if shift is not None else 3.0,
+        dynamic_shift=scheduler.dynamic_shift,
         generator="cpu",
         lora=lora,
-        dtype=dtype or server.server_dtype(device),
+        dtype=dtype or server_dtype(device),
         quantization=Quantization(),
+        family=rules.name,
     )
     return settings, prompt
 
@@ -219,11 +232,16 @@ def differences(preview: RenderSettings, reference: RenderSettings) -> tuple[Cau
         and (p_lora.merged != r_lora.merged or p_lora.applier != r_lora.applier)
         and preview.dtype != "float32"
     )
-    cfg_active = preview.pipeline_guidance > 0 or reference.pipeline_guidance > 0
+    # Whether the negative prompt reaches the pixels is the family's rule (Z-Image: when
+    # CFG runs; FLUX.1: never).
+    uses_negative = family(preview.family).negative_prompt_used
+    cfg_active = uses_negative(preview.pipeline_guidance) or uses_negative(
+        reference.pipeline_guidance
+    )
     found = {
         Cause.SNAPPING: (preview.width, preview.height) != (reference.width, reference.height),
         Cause.CFG: preview.pipeline_guidance != reference.pipeline_guidance,
-        Cause.SCHEDULER: preview.scheduler_shift != reference.scheduler_shift,
+        Cause.SCHEDULER: preview.schedule != reference.schedule,
         Cause.STEPS: preview.steps != reference.steps,
         # The diffusers era: N-1 (explicit legacy sigmas) or N updates for N steps; a
         # different number of steps alone is the steps cause.
@@ -249,7 +267,7 @@ def pair_for(
     request: InferenceRequest,
     request_index: int,
     device: str = "cpu",
-    checkpoint_shift: float | None = None,
+    checkpoint_scheduler: SchedulerConfig | None = None,
     reference_dtype: Dtype | None = None,
     lora_paths: list[str] | None = None,
     server_era: DiffusersEra | None = None,
@@ -265,7 +283,7 @@ def pair_for(
         request_index,
         lora_paths=lora_paths,
         device=device,
-        checkpoint_shift=checkpoint_shift,
+        checkpoint_scheduler=checkpoint_scheduler,
         dtype=reference_dtype,
         era=server_era,
     )

@@ -1,9 +1,10 @@
 """The render engine: one base model loaded once, any RenderSettings rendered with it.
 
 Both sides go through :meth:`RenderEngine.render`; nothing but the RenderSettings record
-decides the pixels. Per run the engine keeps:
+decides the pixels. The base model's family (:mod:`parity.families`) says which diffusers
+pipeline it is and how that pipeline is fed. Per run the engine keeps:
 
-- one diffusers ``ZImagePipeline`` per :class:`VariantKey` (dtype, quantization,
+- one diffusers pipeline (``ZImagePipeline``, ``FluxPipeline``) per :class:`VariantKey` (dtype, quantization,
   text-encoder cast, training adapter), loaded on demand and built the way ai-toolkit
   builds its model for sampling (see :meth:`RenderEngine.variant`);
 - prompt embeddings per (text, variant, kernel path), shared by checkpoints and
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from parity.errors import LoraError, ModelLoadError, ParityError, RenderError
+from parity.family import Family
 from parity.job.lora_files import audit_keys, read_header, read_lora
 from parity.render.lora import ModuleDelta, module_deltas, perturb_within_rounding
 from parity.settings import (
@@ -50,6 +52,7 @@ from parity.settings import (
     LoraSettings,
     Quantization,
     RenderSettings,
+    SchedulerConfig,
     TrainingAdapter,
 )
 
@@ -180,7 +183,7 @@ class _Variant:
 
 
 class RenderEngine:
-    """Loads a Z-Image base model once and renders :class:`RenderSettings` with it.
+    """Loads a base model once and renders :class:`RenderSettings` of its family with it.
 
     Parameters
     ----------
@@ -189,15 +192,26 @@ class RenderEngine:
         (split checkpoints).
     device:
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: CUDA when available.
+    family:
+        The base model's family (a name or a :class:`parity.family.Family`); default: the
+        family of the checkpoint's transformer class or hub id, Z-Image when unknown.
     """
 
-    def __init__(self, source: Any, *, device: str | None = None) -> None:
-        from parity.render.models import ModelSource, checkpoint_scheduler_shift
+    def __init__(
+        self, source: Any, *, device: str | None = None, family: Family | str | None = None
+    ) -> None:
+        from parity.families import FAMILIES, family_of_checkpoint
+        from parity.render.models import ModelSource, checkpoint_scheduler
 
         if not isinstance(source, ModelSource):  # one folder or hub id holds everything
             ref = str(source)
             source = ModelSource(transformer=ref, components=ref, scheduler=ref, label=ref)
         self.source = source
+        if isinstance(family, str):
+            family = FAMILIES[family]
+        self.family: Family = (
+            family or family_of_checkpoint(source.transformer) or FAMILIES["zimage"]
+        )
         self.device = device or default_device()
         self._variants: dict[VariantKey, _Variant] = {}
         # Keyed by kernel path too: embeddings of the alternate path never feed a default
@@ -206,9 +220,9 @@ class RenderEngine:
         self._loras: dict[tuple[str, int | None], dict[str, ModuleDelta]] = {}
         self._offloaded = False
         self.renders = 0
-        #: ``shift`` of the checkpoint's own scheduler (what zimage_turbo keeps), read
-        #: from its config without loading any weights.
-        self.checkpoint_scheduler_shift: float | None = checkpoint_scheduler_shift(source)
+        #: The checkpoint's own scheduler (what zimage_turbo and flux keep), read from its
+        #: config without loading any weights.
+        self.checkpoint_scheduler: SchedulerConfig | None = checkpoint_scheduler(source)
 
     # ---- loading
 
@@ -219,17 +233,17 @@ class RenderEngine:
         # Library progress bars would interleave with parity's own.
         diffusers.utils.logging.disable_progress_bar()
         transformers.utils.logging.disable_progress_bar()
-        from parity.render.models import load_zimage_pipeline
+        from parity.render.models import load_pipeline
 
         try:
-            pipe = load_zimage_pipeline(self.source, dtype=dtype, device=self.device)
+            pipe = load_pipeline(self.source, family=self.family, dtype=dtype, device=self.device)
         except ParityError:
             raise
         except (OSError, ValueError, RuntimeError, ImportError) as e:
             raise ModelLoadError(_load_failure(self.source, e)) from e
         shift = getattr(pipe.scheduler.config, "shift", None)
-        if self.checkpoint_scheduler_shift is None and shift is not None:
-            self.checkpoint_scheduler_shift = float(shift)
+        if self.checkpoint_scheduler is None and shift is not None:
+            self.checkpoint_scheduler = SchedulerConfig(shift=float(shift))
         return pipe
 
     def variant(
@@ -243,12 +257,14 @@ class RenderEngine:
         """The pipeline for these weights, built on first use in ai-toolkit's order.
 
         1. load every component in ``dtype``;
-        2. ``text_encoder_cast``: cast the text encoder to ``dtype`` again, which rounds its
-           rotary buffers as ai-toolkit's ``text_encoder.to(device, dtype=...)`` does;
+        2. ``text_encoder_cast``: cast the family's text encoders to ``dtype`` again, as
+           ai-toolkit's ``text_encoder.to(device, dtype=...)`` does (which rounds what
+           loading kept in float32: Qwen3's rotary buffers, T5's ``wo`` layers);
         3. ``adapter``: merge the training adapter at +1 into the transformer's linears
            (float32 sum of the ``dtype`` weight and the ``dtype``-rounded update, rounded
            once), before quantization;
-        4. quantize the transformer and the text encoder (:mod:`parity.render.quantize`);
+        4. quantize the transformer and the family's quantized text encoder
+           (:mod:`parity.render.quantize`);
         5. ``adapter``: hook it beside the linears at its sampling multiplier (-1), in
            ``dtype``; these hooks run before any LoRA's, as ai-toolkit's adapter runs
            inside the training LoRA.
@@ -257,16 +273,21 @@ class RenderEngine:
         if key not in self._variants:
             pipe = self._load(dtype)
             if text_encoder_cast:
-                pipe.text_encoder.to(dtype=_torch_dtype(dtype))
+                for name in self.family.text_encoders:
+                    getattr(pipe, name).to(dtype=_torch_dtype(dtype))
             if adapter is not None:
                 self._merge_adapter(pipe, adapter, dtype)
             if quantization.active:
                 from parity.render.quantize import quantize_text_encoder, quantize_transformer
 
                 if quantization.qtype:
-                    quantize_transformer(pipe.transformer, quantization.qtype)
+                    quantize_transformer(
+                        pipe.transformer, quantization.qtype, self.family.quantize_exclude
+                    )
                 if quantization.qtype_te:
-                    quantize_text_encoder(pipe.text_encoder, quantization.qtype_te)
+                    quantize_text_encoder(
+                        getattr(pipe, self.family.quantized_text_encoder), quantization.qtype_te
+                    )
             if adapter is not None:
                 self._hook_adapter(pipe, adapter, dtype)
             self._variants[key] = _Variant(pipe, key)
@@ -332,15 +353,9 @@ class RenderEngine:
 
         ``alternate``: encoded through :func:`alternate_kernels` (the caller is inside it).
         """
-        import torch
-
         key = (text, variant.key, alternate)
         if key not in self._embeddings:
-            with torch.no_grad():
-                embeds, _ = variant.pipe.encode_prompt(
-                    text, do_classifier_free_guidance=False, device=self.device
-                )
-            self._embeddings[key] = embeds
+            self._embeddings[key] = self.family.pipeline.encode(variant.pipe, text, self.device)
         return self._embeddings[key]
 
     # ---- LoRA
@@ -465,6 +480,11 @@ class RenderEngine:
         """
         import torch
 
+        if settings.family != self.family.name:
+            raise RenderError(
+                f"the settings are for a {settings.family} model; this engine holds the "
+                f"{self.family.label} checkpoint {self.source.label}"
+            )
         started = time.perf_counter()
         key = VariantKey.of(settings)
         variant = self.variant(
@@ -522,14 +542,18 @@ class RenderEngine:
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         pipe = variant.pipe
+        dynamic = s.dynamic_shift
         pipe.scheduler = FlowMatchEulerDiscreteScheduler(
-            num_train_timesteps=1000, shift=s.scheduler_shift, use_dynamic_shifting=False
+            num_train_timesteps=1000,
+            shift=s.scheduler_shift,
+            use_dynamic_shifting=dynamic is not None,
+            **(dataclasses.asdict(dynamic) if dynamic is not None else {}),
         )
-        prompt_embeds = self.encode(s.prompt, variant, alternate=alternate)
-        negative = (
+        embeddings = self.family.pipeline.embedding_arguments(
+            self.encode(s.prompt, variant, alternate=alternate),
             self.encode(s.negative_prompt, variant, alternate=alternate)
-            if s.pipeline_guidance > 0
-            else None
+            if self.family.negative_prompt_used(s.pipeline_guidance)
+            else None,
         )
         # ai-toolkit seeds the global CPU generator, the server a fresh CPU generator: both
         # draw the same numbers, so a fresh generator serves both without global state.
@@ -541,8 +565,7 @@ class RenderEngine:
             try:
                 with torch.no_grad():
                     out = pipe(
-                        prompt_embeds=prompt_embeds,
-                        negative_prompt_embeds=negative,
+                        **embeddings,
                         height=s.height,
                         width=s.width,
                         num_inference_steps=s.steps,

@@ -1,21 +1,21 @@
 """Weight quantization of the preview side, as ai-toolkit applies it.
 
 ai-toolkit (``model.quantize``, ``model.qtype``, default ``qfloat8``) quantizes the
-Z-Image transformer's weights after loading it in the training dtype: every
-``nn.Linear`` of the transformer except those under ``t_embedder``, ``cap_embedder``,
-``all_x_embedder``, ``all_final_layer`` and ``siglip_embedder``
-(:data:`TRANSFORMER_EXCLUDE`: 31 of the 37 linears of a 2-layer transformer), weights
-stored quantized, activations left in the compute dtype. ``model.quantize_te``
-(default: ``quantize``) quantizes every linear of the text encoder with
-``model.qtype_te`` (default ``qfloat8``). The LoRA network is never merged into a
-quantized base; it runs beside it.
+transformer's weights after loading it in the training dtype: every ``nn.Linear`` of the
+transformer except the modules its family keeps in full precision
+(:attr:`parity.family.Family.quantize_exclude`: Z-Image keeps its embedders and final
+layer, FLUX.1 nothing), weights stored quantized, activations left in the compute dtype.
+``model.quantize_te`` (default: ``quantize``) quantizes every linear of one text encoder
+(:attr:`parity.family.Family.quantized_text_encoder`; the qtype is the family's rule, see
+its ``preview_qtypes``). The LoRA network is never merged into a quantized base; it runs
+beside it.
 
 Two backends reproduce ai-toolkit's qtypes here, chosen by name as ai-toolkit chooses
 (``toolkit/util/quantize.py get_qtype``):
 
-- optimum-quanto (:data:`parity.zimage.aitk.QUANTO_QTYPES`, ``qfloat8`` first): each linear becomes a
+- optimum-quanto (:data:`parity.aitk.QUANTO_QTYPES`, ``qfloat8`` first): each linear becomes a
   ``QLinear``, frozen.
-- torchao (:data:`parity.zimage.aitk.TORCHAO_QTYPES`): ``float8`` is ``Float8WeightOnlyConfig`` and ``int8``
+- torchao (:data:`parity.aitk.TORCHAO_QTYPES`): ``float8`` is ``Float8WeightOnlyConfig`` and ``int8``
   ``Int8WeightOnlyConfig``, applied to each linear on its own; the module stays an
   ``nn.Linear`` whose weight is a quantized tensor. ai-toolkit switches ``qfloat8`` to
   ``float8`` when it merges a training adapter first (``assistant_lora_path``) and, for
@@ -41,21 +41,12 @@ from collections.abc import Iterable
 from fnmatch import fnmatch
 from typing import TYPE_CHECKING, Any
 
-from parity.zimage.aitk import TORCHAO_QTYPES, check_qtype
+from parity.aitk import TORCHAO_QTYPES, check_qtype
 
 if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
-
-#: Transformer modules ai-toolkit keeps in full precision (fnmatch on module names).
-TRANSFORMER_EXCLUDE: tuple[str, ...] = (
-    "t_embedder*",
-    "cap_embedder*",
-    "all_x_embedder*",
-    "all_final_layer*",
-    "siglip_embedder*",
-)
 
 #: PEFT adapter modules, never quantized (the LoRA runs in full precision).
 ADAPTER_EXCLUDE: tuple[str, ...] = (
@@ -130,19 +121,24 @@ def _torchao(targets: list[tuple[str, Any]], qtype: str) -> int:
     return count
 
 
-def quantize_transformer(transformer: torch.nn.Module, qtype: str) -> int:
-    """Quantize a Z-Image transformer's linears in place as ai-toolkit does.
+def quantize_transformer(
+    transformer: torch.nn.Module, qtype: str, exclude: Iterable[str] = ()
+) -> int:
+    """Quantize a transformer's linears in place as ai-toolkit does.
 
-    Every ``nn.Linear`` except :data:`TRANSFORMER_EXCLUDE` and PEFT adapter layers
+    Every ``nn.Linear`` except those matching ``exclude`` and PEFT adapter layers
     (:data:`ADAPTER_EXCLUDE`) gets ``qtype`` weights (see the module docstring for the
     backend); already quantized layers are left alone.
 
     Parameters
     ----------
     transformer:
-        A ``ZImageTransformer2DModel``.
+        A ``ZImageTransformer2DModel``, ``FluxTransformer2DModel``...
     qtype:
         ai-toolkit's qtype name (``qfloat8``, ``float8``, ``qint8``, ``int8``, ...).
+    exclude:
+        fnmatch patterns of module names kept in full precision (the family's
+        :attr:`parity.family.Family.quantize_exclude`).
 
     Returns
     -------
@@ -152,9 +148,9 @@ def quantize_transformer(transformer: torch.nn.Module, qtype: str) -> int:
     Raises
     ------
     QuantizationUnavailableError, UnknownQtypeError
-        See :func:`parity.zimage.aitk.check_qtype`.
+        See :func:`parity.aitk.check_qtype`.
     """
-    return _quantize_linears(transformer, qtype, TRANSFORMER_EXCLUDE + ADAPTER_EXCLUDE)
+    return _quantize_linears(transformer, qtype, (*exclude, *ADAPTER_EXCLUDE))
 
 
 def quantize_text_encoder(text_encoder: torch.nn.Module, qtype: str) -> int:

@@ -33,9 +33,9 @@ from parity.results import (
     write_results,
 )
 from parity.run_info import RunInfo
-from parity.settings import Cause, RenderSettings
+from parity.server import server_dtype
+from parity.settings import Cause, RenderSettings, SchedulerConfig
 from parity.zimage.diffusers_era import DiffusersEra, diffusers_era
-from parity.zimage.server import server_dtype
 
 if TYPE_CHECKING:
     from parity.render.engine import RenderEngine
@@ -55,7 +55,7 @@ def write_corrected_requests(
     cases: list[Case],
     rows: list[ResultRow],
     out_dir: Path,
-    checkpoint_shift: float | None,
+    checkpoint_scheduler: SchedulerConfig | None,
     *,
     server_era: DiffusersEra | None = None,
     lora_root: Path | None = None,
@@ -88,7 +88,7 @@ def write_corrected_requests(
                 r is not None and Cause.LORA_NOT_APPLIED in r.candidate_causes
                 for r in step_rows.values()
             ),
-            checkpoint_shift=checkpoint_shift,
+            checkpoint_scheduler=checkpoint_scheduler,
             server_dtype=reference_dtype,
             server_era=server_era,
             lora_root=lora_root,
@@ -175,7 +175,7 @@ def run_job(
         cases,
         rows,
         out_dir,
-        engine.checkpoint_scheduler_shift,
+        engine.checkpoint_scheduler,
         server_era=options.server_era,
         lora_root=_lora_root(job, options),
         lora_paths={u.step: u.request.loras[0].path for u in requests},
@@ -307,7 +307,7 @@ def _plan_job_cases(
         job,
         steps,
         device=device,
-        checkpoint_shift=engine.checkpoint_scheduler_shift,
+        checkpoint_scheduler=engine.checkpoint_scheduler,
         reference_dtype=options.reference_dtype,
         allow_outside_paths=options.allow_outside_paths,
         request_plan=request_plan,

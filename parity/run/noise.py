@@ -97,7 +97,7 @@ def measure_job_noise(
         job,
         select_steps(job, steps),
         device=engine.device,
-        checkpoint_shift=engine.checkpoint_scheduler_shift,
+        checkpoint_scheduler=engine.checkpoint_scheduler,
         reference_dtype=reference_dtype,
         allow_outside_paths=allow_outside_paths,
         check_previews=False,

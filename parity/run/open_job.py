@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from parity.errors import ModelError
+from parity.families import family
 from parity.job import Job, read_job
 from parity.model_map import ModelMap
 from parity.render.models import ModelSource, resolve_job_model, validate_checkpoint
@@ -45,7 +46,7 @@ def open_job(
     reference_model:
         ``--model``: the reference model id where the job does not say it.
     validate:
-        Check that local folders hold what a Z-Image pipeline needs.
+        Check that local folders hold what the job's family's pipeline needs.
     model_required:
         False: a model that cannot be resolved leaves ``source`` None and says why in
         ``model_problem`` (``parity inspect`` works without the weights).
@@ -61,7 +62,7 @@ def open_job(
     try:
         source = resolve_job_model(job.name_or_path, job.extras_name_or_path, mapping)
         if validate:
-            validate_checkpoint(source)
+            validate_checkpoint(source, family(job.family))
     except ModelError as e:
         if model_required:
             raise

@@ -1,248 +1,41 @@
-"""The reference inference server: its rules, its API request, what it does with one.
+"""The reference server's Z-Image models: defaults, checkpoints and scheduler.
 
-Every fact about the server lives here (runcomfy ai-toolkit-inference, ``src/pipelines``
-and ``src/api``): per-model defaults and checkpoints, the floor to 32, the request's
-bounds, seed ``42 + i`` when absent, one LoRA scale per request (the first
-``network_multiplier`` given), its dtype rule, scheduler shift and output codec. The
-request schema below mirrors the server's validation (field names and bounds).
+runcomfy ai-toolkit-inference ``src/pipelines/zimage*.py``: the three model ids, their
+default steps and guidance, the floor to 32, and whether the pipeline replaces the
+checkpoint's scheduler (FlowMatch shift 3.0) or keeps it (``zimage_turbo``). The API rules
+every model shares are in :mod:`parity.server`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from parity.errors import RequestError
-from parity.settings import Dtype
+from parity.family import ServerModel
+from parity.settings import SchedulerConfig
 from parity.zimage.checkpoints import REFERENCE_MODELS
-
-log = logging.getLogger(__name__)
 
 #: Width and height are floored to a multiple of this (BasePipeline.generate).
 RESOLUTION_DIVISOR = 32
 #: Scheduler shift when the server replaces the checkpoint's scheduler.
 SCHEDULER_SHIFT = 3.0
-#: Seed of prompt i without a seed: ``DEFAULT_SEED + i``.
-DEFAULT_SEED = 42
-#: Size of a prompt without width/height, px.
-DEFAULT_SIZE = 1024
-#: JPEG quality of the images the server returns.
-OUTPUT_JPEG_QUALITY = 95
-
-#: Bounds of the request schema (inclusive).
-SIZE_BOUNDS = (64, 4096)  # px
-GUIDANCE_BOUNDS = (0.0, 20.0)
-STEPS_BOUNDS = (1, 150)
-LORA_SCALE_BOUNDS = (-2.0, 2.0)
+#: The scheduler it installs then: FlowMatch, fixed shift.
+REPLACED_SCHEDULER = SchedulerConfig(shift=SCHEDULER_SHIFT)
 
 
-def clamp(value: float, bounds: tuple[float, float]) -> float:
-    """``value`` limited to ``bounds`` (what a request may carry)."""
-    low, high = bounds
-    return max(low, min(high, value))
-
-
-@dataclass(frozen=True)
-class ServerModel:
-    """Defaults of one reference pipeline (its checkpoints: parity.zimage.checkpoints.REFERENCE_MODELS)."""
-
-    model_id: str
-    default_steps: int
-    default_guidance: float
-    replaces_scheduler: bool  # True: FlowMatch shift SCHEDULER_SHIFT; False: the checkpoint's
-    default_network_multiplier: float = 1.0
-
-    @property
-    def transformer_hub_id(self) -> str:
-        return REFERENCE_MODELS[self.model_id][0]
-
-    @property
-    def hub_id(self) -> str:
-        """Hub id of the VAE, text encoder and tokenizer."""
-        return REFERENCE_MODELS[self.model_id][1]
-
-    def scheduler_shift(self, checkpoint_shift: float | None) -> float | None:
-        """The shift this pipeline samples with, given the checkpoint's own (or None)."""
-        return SCHEDULER_SHIFT if self.replaces_scheduler else checkpoint_shift
-
-
-SERVER_MODELS: dict[str, ServerModel] = {
-    "zimage": ServerModel("zimage", 30, 4.0, replaces_scheduler=True),
-    "zimage_turbo": ServerModel("zimage_turbo", 8, 1.0, replaces_scheduler=False),
-    "zimage_deturbo": ServerModel("zimage_deturbo", 25, 3.0, replaces_scheduler=True),
-}
-
-
-def server_dtype(device: str, *, bf16_supported: bool = True) -> Dtype:
-    """The server's dtype rule: bf16 on CUDA when supported, else fp16; fp32 on CPU."""
-    if device.startswith("cuda"):
-        return "bfloat16" if bf16_supported else "float16"
-    return "float32"
-
-
-class LoraItem(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    path: str
-    transformer: Literal["low", "high"] | None = None
-    network_multiplier: float | None = Field(
-        default=None, ge=LORA_SCALE_BOUNDS[0], le=LORA_SCALE_BOUNDS[1]
+def _model(model_id: str, steps: int, guidance: float, *, replaces: bool) -> ServerModel:
+    transformer, components = REFERENCE_MODELS[model_id]
+    return ServerModel(
+        model_id,
+        "zimage",
+        default_steps=steps,
+        default_guidance=guidance,
+        resolution_divisor=RESOLUTION_DIVISOR,
+        transformer_hub_id=transformer,
+        hub_id=components,
+        replaced_scheduler=REPLACED_SCHEDULER if replaces else None,
     )
 
 
-class PromptItem(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    prompt: str
-    trigger_word: str | None = None
-    width: int | None = Field(default=None, ge=SIZE_BOUNDS[0], le=SIZE_BOUNDS[1])
-    height: int | None = Field(default=None, ge=SIZE_BOUNDS[0], le=SIZE_BOUNDS[1])
-    guidance_scale: float | None = Field(default=None, ge=GUIDANCE_BOUNDS[0], le=GUIDANCE_BOUNDS[1])
-    sample_steps: int | None = Field(default=None, ge=STEPS_BOUNDS[0], le=STEPS_BOUNDS[1])
-    neg: str | None = None
-    seed: int | None = Field(default=None, ge=-1)
-    sampler: str | None = None
-
-
-class InferenceRequest(BaseModel):
-    """A request to the reference server (``POST /v1/inference`` body ``inputs``)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    model: str
-    loras: list[LoraItem]
-    trigger_word: str | None = None
-    prompts: list[PromptItem]
-
-    @model_validator(mode="after")
-    def _check(self) -> InferenceRequest:
-        if not self.prompts:
-            raise ValueError("At least one prompt must be provided in 'prompts'")
-        if self.model not in SERVER_MODELS:
-            raise ValueError(
-                f"model {self.model!r} is not a Z-Image model; parity renders "
-                f"{', '.join(SERVER_MODELS)}"
-            )
-        return self
-
-    def to_json_dict(self) -> dict:
-        return self.model_dump(mode="json", exclude_none=True)
-
-
-def request_number(value: float) -> float | int:
-    """A number as a request carries it: integral values as ints (``1`` not ``1.0``)."""
-    return int(value) if float(value).is_integer() else value
-
-
-def load_request(path: str | Path) -> InferenceRequest:
-    """Read and validate a request JSON file; RequestError names the file and field."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RequestError(f"{path}: request file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RequestError(f"{path}: not a JSON request ({e})") from None
-    # The server's task envelope wraps the body in "inputs"; accept both.
-    if isinstance(data, dict) and "inputs" in data and isinstance(data["inputs"], dict):
-        data = data["inputs"]
-    return validate_request(data, source=str(path))
-
-
-def validate_request(data: object, *, source: str = "request") -> InferenceRequest:
-    """Validate a request body as the server does: its schema, then its API rules.
-
-    The API answers 400 for a Z-Image request with no LoRA (``LORA_FILE_REQUIRED``) or
-    with more than one (``SINGLE_LORA_ONLY``), and refuses the MoE ``transformer``
-    selector on models that have a single transformer.
-    """
-    try:
-        request = InferenceRequest.model_validate(data)
-    except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
-            for err in e.errors()
-        )
-        raise RequestError(f"{source}: breaks the server's request schema: {problems}") from None
-    if not request.loras:
-        raise RequestError(
-            f"{source}: the server requires one LoRA for {request.model} (LORA_FILE_REQUIRED)"
-        )
-    if len(request.loras) > 1:
-        raise RequestError(
-            f"{source}: the server takes a single LoRA for {request.model} (SINGLE_LORA_ONLY); "
-            f"got {len(request.loras)}"
-        )
-    if request.loras[0].transformer is not None:
-        raise RequestError(
-            f"{source}: 'transformer' selects a MoE expert; {request.model} has none"
-        )
-    return request
-
-
-@dataclass(frozen=True)
-class ServerPrompt:
-    """The server's effective settings for one prompt of a request."""
-
-    index: int
-    prompt: str
-    negative_prompt: str
-    width: int
-    height: int
-    requested_width: int
-    requested_height: int
-    steps: int
-    guidance_scale: float
-    seed: int
-    lora_scale: float
-    random_seed: bool
-
-
-def server_lora_scale(request: InferenceRequest) -> float:
-    """One LoRA scale per request: the first ``network_multiplier`` given, else 1.0."""
-    given = [lo.network_multiplier for lo in request.loras if lo.network_multiplier is not None]
-    if len(set(given)) > 1:
-        log.warning(
-            "request gives several LoRA scales %s; the server applies only the first", given
-        )
-    return given[0] if given else SERVER_MODELS[request.model].default_network_multiplier
-
-
-def server_prompts(request: InferenceRequest) -> list[ServerPrompt]:
-    """Effective settings of each prompt, as the server computes them."""
-    model = SERVER_MODELS[request.model]
-    scale = server_lora_scale(request)
-    out = []
-    for i, item in enumerate(request.prompts):
-        trigger = item.trigger_word or request.trigger_word
-        prompt = item.prompt.replace("[trigger]", trigger) if trigger else item.prompt
-        width = item.width if item.width is not None else DEFAULT_SIZE
-        height = item.height if item.height is not None else DEFAULT_SIZE
-        div = RESOLUTION_DIVISOR
-        seed = item.seed if item.seed is not None else DEFAULT_SEED + i
-        out.append(
-            ServerPrompt(
-                index=i,
-                prompt=prompt,
-                negative_prompt=item.neg if item.neg is not None else "",
-                width=(width // div) * div,
-                height=(height // div) * div,
-                requested_width=width,
-                requested_height=height,
-                steps=item.sample_steps if item.sample_steps is not None else model.default_steps,
-                guidance_scale=(
-                    item.guidance_scale
-                    if item.guidance_scale is not None
-                    else model.default_guidance
-                ),
-                seed=seed,
-                lora_scale=scale,
-                random_seed=seed < 0,
-            )
-        )
-    return out
+SERVER_MODELS: dict[str, ServerModel] = {
+    "zimage": _model("zimage", 30, 4.0, replaces=True),
+    "zimage_turbo": _model("zimage_turbo", 8, 1.0, replaces=False),
+    "zimage_deturbo": _model("zimage_deturbo", 25, 3.0, replaces=True),
+}

@@ -1,0 +1,208 @@
+"""What a model family is: the record of facts each family's folder fills in.
+
+A family (``parity/zimage/``, ``parity/flux/``) states, as data and small functions on
+plain values, everything that differs between model families for ai-toolkit's previews
+and for the reference server: which job configs are its own, its server model ids and
+their defaults, its preview rules per ai-toolkit release (:class:`Era`), its scheduler,
+its quantization, and how its diffusers pipeline is loaded and called
+(:class:`PipelineAdapter`). The stages ask the family of a job or a request
+(:mod:`parity.families`) instead of holding such facts themselves, so the next family is
+a folder beside these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from parity.settings import SchedulerConfig
+
+
+class Guidance(StrEnum):
+    """How a release handed the sample's guidance ``g`` to diffusers."""
+
+    #: ``max(0, g - 1)``: "CFG is 0 normalized" (0.10.21 and later).
+    MINUS_ONE = "minus_one"
+    #: ``g``, with the pipeline running CFG for ``g > 0`` (0.7.25 to 0.10.20).
+    RAW = "raw"
+    #: ``g``, with the pipeline running CFG only for ``g > 1`` (before 0.7.25).
+    RAW_GT1 = "raw_gt1"
+
+
+@dataclass(frozen=True)
+class Era:
+    """Preview semantics of one range of ai-toolkit releases (DOMAIN table, section 5).
+
+    Attributes
+    ----------
+    version:
+        The release the rules were chosen for (None: unknown).
+    guidance:
+        How the sample's guidance reached diffusers.
+    size_multiple:
+        The model's size floor, px (16, or 32 before 0.9.15).
+    legacy_sigmas:
+        True when N steps made N-1 updates (diffusers before 0.39).
+    label, note:
+        One line for reports; an ambiguity of the release, when there is one.
+    """
+
+    version: str | None
+    guidance: Guidance
+    size_multiple: int
+    legacy_sigmas: bool
+    label: str
+    note: str = ""
+
+    def pipeline_guidance(self, guidance_scale: float) -> float:
+        """The guidance that makes the installed diffusers (CFG ``pos + g (pos - neg)`` for
+        ``g > 0``) do what this release's did with ``guidance_scale``."""
+        if self.guidance is Guidance.MINUS_ONE:
+            return max(0.0, guidance_scale - 1.0)
+        if self.guidance is Guidance.RAW_GT1:
+            return guidance_scale if guidance_scale > 1.0 else 0.0
+        return guidance_scale
+
+
+@dataclass(frozen=True)
+class ServerModel:
+    """One model id of the reference server: its defaults and the checkpoints it loads.
+
+    Attributes
+    ----------
+    model_id:
+        The request's ``model`` (``zimage``, ``flux``...).
+    family:
+        Name of the family it belongs to.
+    default_steps, default_guidance:
+        What a prompt without ``sample_steps`` / ``guidance_scale`` gets.
+    resolution_divisor:
+        Width and height are floored to a multiple of this, px.
+    transformer_hub_id, hub_id:
+        Hub ids of the checkpoint holding the transformer and of the one holding the
+        VAE, text encoders and tokenizers (the same for a single checkpoint).
+    replaced_scheduler:
+        The scheduler the pipeline installs in place of the checkpoint's, or None when it
+        keeps the checkpoint's own.
+    default_network_multiplier:
+        The LoRA scale when the request gives none.
+    """
+
+    model_id: str
+    family: str
+    default_steps: int
+    default_guidance: float
+    resolution_divisor: int
+    transformer_hub_id: str
+    hub_id: str
+    replaced_scheduler: SchedulerConfig | None = None
+    default_network_multiplier: float = 1.0
+
+    @property
+    def replaces_scheduler(self) -> bool:
+        return self.replaced_scheduler is not None
+
+    def scheduler(self, checkpoint: SchedulerConfig | None) -> SchedulerConfig | None:
+        """The scheduler this model samples with, given the checkpoint's own (or None)."""
+        return self.replaced_scheduler or checkpoint
+
+
+class PipelineAdapter(Protocol):
+    """How one family's diffusers pipeline is loaded, fed and called.
+
+    Implemented by a module of the family's folder (``parity/zimage/pipeline.py``,
+    ``parity/flux/pipeline.py``) that imports diffusers lazily.
+    """
+
+    def load(
+        self, transformer: str, components: str, scheduler: str | None, *, dtype: Any, device: Any
+    ) -> Any:
+        """The pipeline: the transformer from ``transformer``, the other parts from
+        ``components``, the scheduler from ``scheduler`` (None: a default one)."""
+
+    def encode(self, pipe: Any, text: str, device: Any) -> Any:
+        """The prompt embeddings the pipeline call takes for ``text``."""
+
+    def embedding_arguments(self, positive: Any, negative: Any | None) -> dict[str, Any]:
+        """Keyword arguments of the pipeline call for the embeddings of :meth:`encode`
+        (``negative`` None: no negative prompt)."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """The facts of one model family (see the module docstring).
+
+    Attributes
+    ----------
+    name, label:
+        ``"zimage"`` / ``"Z-Image"``: the name settings and reports carry, and how prose
+        names it.
+    arches:
+        ``model.arch`` values of its jobs (before ``:<tag>``), as ai-toolkit reads them.
+    arch_flag:
+        A legacy ``model`` key that selects the family without ``arch`` (``is_flux``).
+    arch_names:
+        How an error message lists the arches it takes.
+    transformer_class:
+        ``_class_name`` of the checkpoint's ``transformer/config.json``.
+    checkpoint_parts:
+        Files (``.json``) and folders a local checkpoint holding the VAE, text encoders
+        and tokenizers must have, relative to it.
+    text_encoders:
+        The pipeline's text encoder attributes, cast with ``text_encoder_cast``.
+    quantized_text_encoder:
+        The text encoder ai-toolkit's ``quantize_te`` quantizes.
+    quantize_exclude:
+        Transformer modules ai-toolkit's ``quantize`` leaves in full precision (fnmatch).
+    server_models:
+        The reference server's model ids of this family.
+    hub_schedulers:
+        The scheduler config each hub checkpoint ships, for ids mapped to no folder.
+    default_scheduler:
+        What the server's diffusers samples with when a checkpoint has no scheduler.
+    preview_scheduler:
+        The scheduler ai-toolkit samples previews with, whatever the checkpoint ships.
+    diffusers_eras:
+        True when the server's diffusers release changes how this family's pipeline
+        treats steps and guidance (``--server-diffusers``, :mod:`parity.zimage.diffusers_era`).
+    lora_key_format:
+        The LoRA key names the server's diffusers loads, for messages.
+    reference_model:
+        ``(arch tag or None, model.name_or_path) -> server model id`` of a job.
+    preview_era:
+        ``ai-toolkit version or None -> Era``: the preview semantics of that release.
+    preview_qtypes:
+        ``model section -> (transformer qtype, text encoder qtype)`` ai-toolkit sampled with.
+    negative_prompt_used:
+        ``pipeline guidance -> bool``: whether the pipeline uses the negative prompt.
+    unreproduced_options:
+        ``model section -> problems``: preview options of ai-toolkit parity does not
+        render; a job with any is refused.
+    pipeline:
+        Loading and calling its diffusers pipeline.
+    """
+
+    name: str
+    label: str
+    arches: tuple[str, ...]
+    arch_names: str
+    transformer_class: str
+    checkpoint_parts: tuple[str, ...]
+    text_encoders: tuple[str, ...]
+    quantized_text_encoder: str
+    quantize_exclude: tuple[str, ...]
+    server_models: Mapping[str, ServerModel]
+    default_scheduler: SchedulerConfig
+    preview_scheduler: SchedulerConfig
+    lora_key_format: str
+    reference_model: Callable[[str | None, str], str]
+    preview_era: Callable[[str | None], Era]
+    preview_qtypes: Callable[[Mapping[str, Any]], tuple[str | None, str | None]]
+    negative_prompt_used: Callable[[float], bool]
+    pipeline: PipelineAdapter
+    arch_flag: str | None = None
+    hub_schedulers: Mapping[str, SchedulerConfig] = field(default_factory=dict)
+    diffusers_eras: bool = False
+    unreproduced_options: Callable[[Mapping[str, Any]], list[str]] = lambda model: []

@@ -1,0 +1,90 @@
+"""FLUX.1's diffusers pipeline (``FluxPipeline``): how parity loads, feeds and calls it.
+
+The family's :class:`parity.family.PipelineAdapter`. Both sides encode a prompt the same
+way (CLIP's pooled output at 77 tokens, T5's last hidden state at 512 tokens, no
+attention mask: ai-toolkit's ``encode_prompts_flux`` and ``FluxPipeline.encode_prompt``
+compute the same), and neither passes a negative prompt that the pipeline uses: ai-toolkit
+gives none, and the server's ``negative_prompt`` is ignored at ``true_cfg_scale`` 1.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import FluxPipeline
+
+logger = logging.getLogger(__name__)
+
+#: T5 tokens of a prompt embedding (``max_sequence_length``), on both sides.
+MAX_SEQUENCE_LENGTH = 512
+
+
+def load(
+    transformer_ref: str,
+    components: str,
+    scheduler_ref: str | None,
+    *,
+    dtype: torch.dtype | str = "float32",
+    device: torch.device | str = "cpu",
+) -> FluxPipeline:
+    """Build a diffusers ``FluxPipeline``, progress bar disabled.
+
+    A single checkpoint is loaded with ``FluxPipeline.from_pretrained`` (as the server
+    loads ``black-forest-labs/FLUX.1-dev``); a split one takes the
+    ``FluxTransformer2DModel`` from ``transformer_ref`` and every other part from
+    ``components`` (as ai-toolkit does with a transformer-only ``name_or_path``). The
+    scheduler comes from ``scheduler_ref`` when it is another folder; renders replace it
+    with the one their settings describe anyway.
+
+    Parameters
+    ----------
+    transformer_ref, components, scheduler_ref:
+        Folders or hub ids (see :class:`parity.render.models.ModelSource`).
+    dtype:
+        Torch dtype or its name (``"float32"``, ``"bfloat16"``, ``"float16"``).
+    device:
+        Device to move the pipeline to.
+    """
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if not isinstance(torch_dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}")
+    parts: dict[str, Any] = {}
+    if transformer_ref != components:
+        parts["transformer"] = FluxTransformer2DModel.from_pretrained(
+            transformer_ref, subfolder="transformer", torch_dtype=torch_dtype
+        )
+    if scheduler_ref is not None and scheduler_ref != components:
+        parts["scheduler"] = FlowMatchEulerDiscreteScheduler.from_pretrained(
+            scheduler_ref, subfolder="scheduler"
+        )
+    pipe = FluxPipeline.from_pretrained(components, torch_dtype=torch_dtype, **parts)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def encode(pipe: Any, text: str, device: Any) -> tuple[Any, Any]:
+    """``(prompt_embeds, pooled_prompt_embeds)`` of ``text`` (T5 and CLIP)."""
+    import torch
+
+    with torch.no_grad():
+        embeds, pooled, _ = pipe.encode_prompt(
+            prompt=text,
+            prompt_2=None,
+            device=device,
+            num_images_per_prompt=1,
+            max_sequence_length=MAX_SEQUENCE_LENGTH,
+        )
+    return embeds, pooled
+
+
+def embedding_arguments(positive: tuple[Any, Any], negative: Any | None) -> dict[str, Any]:
+    """``prompt_embeds`` and ``pooled_prompt_embeds``; no negative (no CFG runs)."""
+    embeds, pooled = positive
+    return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
