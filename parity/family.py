@@ -167,6 +167,8 @@ class Family:
     diffusers_eras:
         True when the server's diffusers release changes how this family's pipeline
         treats steps and guidance (``--server-diffusers``, :mod:`parity.zimage.diffusers_era`).
+    diffusers_note:
+        For a family without eras: why the release does not matter, for reports.
     lora_key_format:
         The LoRA key names the server's diffusers loads, for messages.
     reference_model:
@@ -205,4 +207,5 @@ class Family:
     arch_flag: str | None = None
     hub_schedulers: Mapping[str, SchedulerConfig] = field(default_factory=dict)
     diffusers_eras: bool = False
+    diffusers_note: str = ""
     unreproduced_options: Callable[[Mapping[str, Any]], list[str]] = lambda model: []

@@ -36,6 +36,10 @@ FLUX = Family(
     hub_schedulers=HUB_SCHEDULERS,
     default_scheduler=FLUX_DEV_SCHEDULER,
     preview_scheduler=aitk.PREVIEW_SCHEDULER,
+    diffusers_note=(
+        "FluxPipeline, its transformer and scheduler compute the same on CPU at the "
+        "server's pin 072d15ee, ai-toolkit's c9438378 and 0.42.1"
+    ),
     lora_key_format="'transformer.<module>.lora_A.weight' / '.lora_B.weight'",
     reference_model=reference_model,
     preview_era=aitk.preview_era,

@@ -49,7 +49,20 @@ def load(
         Device to move the pipeline to.
     """
     import torch
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers.utils import logging as transformers_logging
+
+    # FluxPipeline's module imports CLIP's image processor for IP adapters, which warns
+    # about torchvision; parity never uses it.
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        from diffusers import (
+            FlowMatchEulerDiscreteScheduler,
+            FluxPipeline,
+            FluxTransformer2DModel,
+        )
+    finally:
+        transformers_logging.set_verbosity(verbosity)
 
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if not isinstance(torch_dtype, torch.dtype):
@@ -57,13 +70,13 @@ def load(
     parts: dict[str, Any] = {}
     if transformer_ref != components:
         parts["transformer"] = FluxTransformer2DModel.from_pretrained(
-            transformer_ref, subfolder="transformer", torch_dtype=torch_dtype
+            transformer_ref, subfolder="transformer", dtype=torch_dtype
         )
     if scheduler_ref is not None and scheduler_ref != components:
         parts["scheduler"] = FlowMatchEulerDiscreteScheduler.from_pretrained(
             scheduler_ref, subfolder="scheduler"
         )
-    pipe = FluxPipeline.from_pretrained(components, torch_dtype=torch_dtype, **parts)
+    pipe = FluxPipeline.from_pretrained(components, dtype=torch_dtype, **parts)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -400,9 +400,10 @@ class RenderEngine:
             deltas = self.lora(lora.path)  # validates the file first
             path = Path(lora.path)
             try:
-                variant.pipe.load_lora_weights(
-                    str(path.parent), weight_name=path.name, adapter_name=LORA_ADAPTER
-                )
+                with _quiet_diffusers():
+                    variant.pipe.load_lora_weights(
+                        str(path.parent), weight_name=path.name, adapter_name=LORA_ADAPTER
+                    )
             except ValueError as e:
                 audit = audit_keys(read_header(lora.path).tensors)  # the key names suffice
                 if audit.refused:
@@ -605,6 +606,21 @@ class RenderEngine:
         self._variants.clear()
         self._embeddings.clear()
         self._loras.clear()
+
+
+@contextlib.contextmanager
+def _quiet_diffusers() -> Iterator[None]:
+    """diffusers' warnings off: a FLUX.1 LoRA has no text-encoder keys, which
+    ``FluxPipeline.load_lora_weights`` reports for every load (parity counts what the
+    transformer took itself)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
 
 
 def _torch_dtype(dtype: Dtype) -> torch.dtype:

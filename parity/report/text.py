@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from parity.correct import CorrectedRequests
+from parity.families import family
 from parity.job import Job
 from parity.plan import Case
 from parity.plan.sides import era_of
@@ -74,9 +75,15 @@ def _settings_lines(job: Job, case: Case, server_era: DiffusersEra) -> list[str]
     if case.pair is None:
         return []
     era = era_of(job, job.checkpoint_for_step(case.step))
+    rules = family(job.family)
+    server = (
+        server_era.describe()
+        if rules.diffusers_eras
+        else f"diffusers {server_era.label}: {rules.diffusers_note}"
+    )
     lines = [
         f"ai-toolkit {job.aitk_version or 'unknown'}: {era.label}",
-        f"server: {server_era.describe()}",
+        f"server: {server}",
         "",
         f"{'setting':<20}{'preview (ai-toolkit)':<32}{'reference (server)':<32}",
     ]
