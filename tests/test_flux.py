@@ -270,3 +270,41 @@ def test_inspect_and_explain(capsys, tmp_path: Path):
 def test_the_family_of_a_server_model():
     assert family_of_model("flux").name == "flux"
     assert family_of_model("zimage_turbo").name == "zimage"
+
+
+def test_quantization_takes_every_linear_of_the_transformer_and_t5():
+    """ai-toolkit quantized 36 of the tiny transformer's 36 Linears and every Linear of
+    T5 (its README, from the real run); CLIP stays unquantized."""
+    import torch
+
+    from parity.flux.family import FLUX as FLUX_FAMILY
+    from parity.render.models import ModelSource, load_pipeline
+    from parity.render.quantize import is_quantized, quantize_text_encoder, quantize_transformer
+
+    ref = str(FLUX_BASE)
+    pipe = load_pipeline(ModelSource(ref, ref, ref, "tiny"), family=FLUX_FAMILY)
+    linears = sum(isinstance(m, torch.nn.Linear) for m in pipe.transformer.modules())
+    assert linears == 36
+    count = quantize_transformer(pipe.transformer, "qfloat8", FLUX_FAMILY.quantize_exclude)
+    assert count == linears
+    t5 = getattr(pipe, FLUX_FAMILY.quantized_text_encoder)
+    t5_linears = sum(isinstance(m, torch.nn.Linear) for m in t5.modules())
+    assert quantize_text_encoder(t5, "qfloat8") == t5_linears > 0
+    assert not is_quantized(pipe.text_encoder)
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ({}, (None, None)),
+        ({"quantize": True}, ("qfloat8", "qfloat8")),  # quantize_te follows quantize
+        ({"quantize": True, "qtype": "qint8", "qtype_te": "qfloat8"}, ("qint8", "qint8")),
+        ({"quantize": True, "quantize_te": False}, ("qfloat8", None)),
+        ({"quantize": True, "layer_offloading": True}, ("float8", "qfloat8")),
+    ],
+)
+def test_preview_qtypes_follow_ai_toolkits_flux_loader(model, expected):
+    """T5 is quantized with the transformer's written qtype (qtype_te is not read)."""
+    from parity.flux.aitk import preview_qtypes
+
+    assert preview_qtypes(model) == expected

@@ -761,7 +761,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="parity",
         description="Check that the reference inference server reproduces the training previews "
-        "of an ai-toolkit Z-Image LoRA job, and explain every mismatch.",
+        "of an ai-toolkit LoRA job (Z-Image, Z-Image-Turbo, De-Turbo, FLUX.1-dev), and explain "
+        "every mismatch.",
     )
     parser.add_argument("--version", action="version", version=f"parity {__version__}")
     parser.add_argument(

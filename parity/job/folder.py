@@ -97,7 +97,7 @@ class Checkpoint:
 class Network:
     """The config's ``network`` section: what was trained.
 
-    ai-toolkit writes Z-Image LoRAs in PEFT format with alpha equal to the rank, so a
+    ai-toolkit writes Z-Image and FLUX.1 LoRAs in PEFT format with alpha equal to the rank, so a
     ``linear_alpha`` other than ``linear`` is ignored (:attr:`alpha_ignored`): training,
     previews and the file all run at scale 1.0, and so does the server. LoKr keeps its
     alpha keys (full rank: alpha 1e10, scale 1).
@@ -160,7 +160,7 @@ class TrainingSetup:
         if n.alpha_ignored:
             out.append(
                 f"network.linear_alpha {n.linear_alpha:g} differs from linear {n.linear}: "
-                "ai-toolkit ignores it for Z-Image (PEFT format, alpha = rank), so the LoRA "
+                "ai-toolkit ignores it (PEFT format, alpha = rank), so the LoRA "
                 "runs at scale 1.0 in previews, in the saved file and on the server"
             )
         if n.type == "lokr":

@@ -34,6 +34,7 @@ from parity.attribute import (
     describe_difference,
 )
 from parity.errors import ModelError, ParityError
+from parity.families import family
 from parity.job import Job, outside_path_error
 from parity.plan import (
     Case,
@@ -543,16 +544,20 @@ def drift_note(
             f"max difference {check.max_abs_diff}/255 where float noise and the codec allow "
             f"{check.limit}, SSIM {check.ssim:.4f}"
         )
-    era_text = (era or diffusers_era(None)).label
+    library = ""
+    if family(reference.family).diffusers_eras:  # a family whose pipeline changed
+        era_text = (era or diffusers_era(None)).label
+        library = (
+            f"library era (parity modelled diffusers {era_text}; runcomfy's requirements pin "
+            "072d15ee, N-1 updates for N steps: try --server-diffusers), "
+        )
     return (
         f"the deployed server is not the reference parity renders: its image differs from "
         f"parity's render of the same request ({how}), so the causes above explain parity's "
         f"reference, not this server. Could explain it: dtype (parity rendered in "
         f"{reference.dtype} on {device}; the server renders bf16 on CUDA, fp16 where bf16 "
-        f"is unsupported, fp32 on CPU: try --dtype), library era (parity modelled diffusers "
-        f"{era_text}; runcomfy's requirements pin 072d15ee, N-1 updates for N steps: try "
-        f"--server-diffusers), hardware (another GPU or CPU moves pixels by more than float "
-        f"noise: try --device with the server's)"
+        f"is unsupported, fp32 on CPU: try --dtype), {library}hardware (another GPU or CPU "
+        f"moves pixels by more than float noise: try --device with the server's)"
     )
 
 
