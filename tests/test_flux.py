@@ -27,13 +27,13 @@ from parity.compare import Thresholds, compare, inspect_codec, load_rgb
 from parity.families import family_of_model
 from parity.job import read_job
 from parity.plan.sides import as_configured_request, pair_for
+from parity.testing.jobs import AITK_FLUX_BASE as FLUX_BASE
+from parity.testing.jobs import AITK_FLUX_JOB as FLUX_JOB
+from parity.testing.jobs import AITK_FLUX_UI_JOB as UI_JOB
 from parity.testing.jobs import FIXTURES
 
 FLUX = FIXTURES / "aitk_flux"
-FLUX_JOB = FLUX / "output" / "aitk_flux"
-FLUX_BASE = FLUX / "tiny_flux"
 UI = FIXTURES / "aitk_flux_ui"
-UI_JOB = UI / "output" / "aitk_flux_ui"
 FLUX_DEV = "black-forest-labs/FLUX.1-dev"
 
 # The fp32 job's config against the request a user writes from it (every size, seed,

@@ -19,7 +19,7 @@ import pytest
 from helpers import REQUEST as FULL_REQUEST
 
 from parity.cli import main
-from parity.testing.jobs import AITK_REAL_BASE, AITK_REAL_JOB, FIXTURES
+from parity.testing.jobs import AITK_FLUX_BASE, AITK_FLUX_JOB, AITK_REAL_BASE, AITK_REAL_JOB
 
 #: The first two prompts of what a user sends for step 10 of the real job
 #: (helpers.REQUEST): preview 0 differs by cfg (ai-toolkit passes 4 - 1), preview 1 by
@@ -32,12 +32,7 @@ CAUSES = {(10, 0): ["cfg"], (10, 1): ["snapping"]}
 #: The real FLUX.1 job and the server's answer to the request for its step 20
 #: (fixtures/aitk_flux/server/20): the request sets every setting as the config does but
 #: takes one LoRA scale, 1, where item 2 has 0.5; the images are the server's own.
-FLUX = FIXTURES / "aitk_flux"
-FLUX_JOB, FLUX_BASE, FLUX_SERVED = (
-    FLUX / "output" / "aitk_flux",
-    FLUX / "tiny_flux",
-    FLUX / "server" / "20",
-)
+FLUX_SERVED = AITK_FLUX_JOB.parents[1] / "server" / "20"
 FLUX_CAUSES = {(20, i): ["lora_scale"] if i == 2 else [] for i in range(5)}
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CI": "1"}
@@ -145,7 +140,7 @@ def test_every_front_door_decides_the_same_for_flux(tmp_path: Path) -> None:
     """The server's own images are parity's reference renders ("same"), and the one
     difference the request cannot carry (item 2's scale) is the one cause."""
     request = FLUX_SERVED / "request.json"
-    outcomes = _doors(tmp_path, request, FLUX_SERVED, job=FLUX_JOB, base=FLUX_BASE)
+    outcomes = _doors(tmp_path, request, FLUX_SERVED, job=AITK_FLUX_JOB, base=AITK_FLUX_BASE)
     rows, _ = outcomes["parity run"]
     assert {key: row[1] for key, row in rows.items()} == FLUX_CAUSES
     assert {row[0] for key, row in rows.items() if key != (20, 2)} == {"match"}

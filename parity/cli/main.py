@@ -159,7 +159,8 @@ def _format_table(rows: list[dict]) -> str:
             "lora",
             lambda s: "-" if s["network_multiplier"] is None else f"{s['network_multiplier']:g}",
         ),
-        ("shift", lambda s: f"{s['scheduler_shift']:g}"),
+        # Dynamic shifting (FLUX.1) moves the shift with the image size.
+        ("shift", lambda s: "dynamic" if s.get("dynamic_shift") else f"{s['scheduler_shift']:g}"),
     ]
     header = (
         f"{'step':>6} {'idx':>3}  "

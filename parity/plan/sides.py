@@ -84,7 +84,6 @@ def preview_settings(
     """Settings ai-toolkit used for preview ``sample.index`` at ``checkpoint``'s step."""
     rules = family(job.family)
     era = era or era_of(job, checkpoint)
-    scheduler = rules.preview_scheduler
     lora = None
     if checkpoint is not None:
         lora = LoraSettings(
@@ -103,8 +102,7 @@ def preview_settings(
         pipeline_guidance=era.pipeline_guidance(sample.guidance_scale),
         steps=sample.steps,
         sigmas=legacy_sigmas(sample.steps) if era.legacy_sigmas else None,
-        scheduler_shift=scheduler.shift if scheduler.shift is not None else 3.0,
-        dynamic_shift=scheduler.dynamic_shift,
+        **_schedule(rules.preview_scheduler, rules.default_scheduler),
         seed=sample.seed,
         generator="global",
         lora=lora,
@@ -146,7 +144,6 @@ def reference_settings(
     prompt = server_prompts(request)[index]
     # A checkpoint without a scheduler config: what the server's diffusers falls back on.
     scheduler = model.scheduler(checkpoint_scheduler) or rules.default_scheduler
-    shift = scheduler.shift if scheduler.shift is not None else rules.default_scheduler.shift
     lora = LoraSettings(path=lora_paths[0], scale=prompt.lora_scale) if lora_paths else None
     settings = RenderSettings(
         prompt=prompt.prompt,
@@ -160,8 +157,7 @@ def reference_settings(
         steps=prompt.steps,
         sigmas=legacy_sigmas(prompt.steps) if era and era.legacy_sigmas else None,
         seed=prompt.seed,
-        scheduler_shift=shift if shift is not None else 3.0,
-        dynamic_shift=scheduler.dynamic_shift,
+        **_schedule(scheduler, rules.default_scheduler),
         generator="cpu",
         lora=lora,
         dtype=dtype or server_dtype(device),
@@ -169,6 +165,16 @@ def reference_settings(
         family=rules.name,
     )
     return settings, prompt
+
+
+def _schedule(scheduler: SchedulerConfig, fallback: SchedulerConfig) -> dict:
+    """The scheduler fields of RenderSettings; a config without ``shift`` takes the
+    fallback's (diffusers' default when the config does not say)."""
+    shift = scheduler.shift if scheduler.shift is not None else fallback.shift
+    return {
+        "scheduler_shift": shift if shift is not None else RenderSettings.scheduler_shift,
+        "dynamic_shift": scheduler.dynamic_shift,
+    }
 
 
 def as_configured_request(job: Job, checkpoint: Checkpoint | None) -> InferenceRequest:

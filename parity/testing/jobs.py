@@ -22,6 +22,10 @@ TINY_BASE = FIXTURES / "models" / "tiny-zimage"
 TINY_TURBO = FIXTURES / "models" / "tiny-zimage-turbo"
 AITK_REAL_JOB = FIXTURES / "aitk_real" / "output" / "aitk_zimage"
 AITK_REAL_BASE = FIXTURES / "aitk_real" / "tiny_zimage"
+#: The real ai-toolkit FLUX.1 jobs (fp32, and the UI preset) and their tiny checkpoint.
+AITK_FLUX_JOB = FIXTURES / "aitk_flux" / "output" / "aitk_flux"
+AITK_FLUX_UI_JOB = FIXTURES / "aitk_flux_ui" / "output" / "aitk_flux_ui"
+AITK_FLUX_BASE = FIXTURES / "aitk_flux" / "tiny_flux"
 
 #: The causes of each preview of the real job (step -> sample index -> causes), derived by
 #: hand from its config.yaml with ai-toolkit's and the server's rules, never from parity:
