@@ -308,3 +308,20 @@ def test_preview_qtypes_follow_ai_toolkits_flux_loader(model, expected):
     from parity.flux.aitk import preview_qtypes
 
     assert preview_qtypes(model) == expected
+
+
+def test_a_split_checkpoint_loads_the_same_weights(tmp_path: Path):
+    """A transformer-only folder plus the components of another, as ai-toolkit loads a
+    job whose ``name_or_path`` holds only ``transformer/``."""
+    import torch
+
+    from parity.render.models import ModelSource, load_pipeline
+
+    bare = tmp_path / "bare"
+    shutil.copytree(FLUX_BASE / "transformer", bare / "transformer")
+    ref = str(FLUX_BASE)
+    full = load_pipeline(ModelSource(ref, ref, ref, "full"))
+    split = load_pipeline(ModelSource(str(bare), ref, ref, "split"))
+    assert type(split).__name__ == "FluxPipeline"
+    for name, tensor in full.transformer.state_dict().items():
+        assert torch.equal(tensor, split.transformer.state_dict()[name]), name

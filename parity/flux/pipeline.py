@@ -27,7 +27,7 @@ def load(
     components: str,
     scheduler_ref: str | None,
     *,
-    dtype: torch.dtype | str = "float32",
+    dtype: torch.dtype,
     device: torch.device | str = "cpu",
 ) -> FluxPipeline:
     """Build a diffusers ``FluxPipeline``, progress bar disabled.
@@ -37,18 +37,9 @@ def load(
     ``FluxTransformer2DModel`` from ``transformer_ref`` and every other part from
     ``components`` (as ai-toolkit does with a transformer-only ``name_or_path``). The
     scheduler comes from ``scheduler_ref`` when it is another folder; renders replace it
-    with the one their settings describe anyway.
-
-    Parameters
-    ----------
-    transformer_ref, components, scheduler_ref:
-        Folders or hub ids (see :class:`parity.render.models.ModelSource`).
-    dtype:
-        Torch dtype or its name (``"float32"``, ``"bfloat16"``, ``"float16"``).
-    device:
-        Device to move the pipeline to.
+    with the one their settings describe anyway. The parameters are those of
+    :meth:`parity.family.PipelineAdapter.load` (``dtype``: a torch dtype).
     """
-    import torch
     from transformers.utils import logging as transformers_logging
 
     # FluxPipeline's module imports CLIP's image processor for IP adapters, which warns
@@ -64,19 +55,16 @@ def load(
     finally:
         transformers_logging.set_verbosity(verbosity)
 
-    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    if not isinstance(torch_dtype, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}")
     parts: dict[str, Any] = {}
     if transformer_ref != components:
         parts["transformer"] = FluxTransformer2DModel.from_pretrained(
-            transformer_ref, subfolder="transformer", dtype=torch_dtype
+            transformer_ref, subfolder="transformer", dtype=dtype
         )
     if scheduler_ref is not None and scheduler_ref != components:
         parts["scheduler"] = FlowMatchEulerDiscreteScheduler.from_pretrained(
             scheduler_ref, subfolder="scheduler"
         )
-    pipe = FluxPipeline.from_pretrained(components, dtype=torch_dtype, **parts)
+    pipe = FluxPipeline.from_pretrained(components, dtype=dtype, **parts)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe

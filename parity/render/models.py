@@ -255,8 +255,16 @@ def load_pipeline(
     device: torch.device | str = "cpu",
 ) -> Any:
     """Build ``family``'s diffusers pipeline from ``source`` (None: the family of its
-    transformer, Z-Image when unknown); see the family's ``pipeline.load``."""
+    transformer, Z-Image when unknown); see the family's ``pipeline.load``.
+
+    ``dtype``: a torch dtype or its name (``"float32"``, ``"bfloat16"``, ``"float16"``).
+    """
+    import torch
+
+    torch_dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if not isinstance(torch_dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}")
     family = family or family_of_checkpoint(source.transformer) or FAMILIES["zimage"]
     return family.pipeline.load(
-        source.transformer, source.components, source.scheduler, dtype=dtype, device=device
+        source.transformer, source.components, source.scheduler, dtype=torch_dtype, device=device
     )

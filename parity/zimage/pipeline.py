@@ -45,7 +45,7 @@ def load(
     components: str,
     scheduler_ref: str | None,
     *,
-    dtype: torch.dtype | str = "float32",
+    dtype: torch.dtype,
     device: torch.device | str = "cpu",
 ) -> ZImagePipeline:
     """Build a diffusers ``ZImagePipeline``, progress bar disabled.
@@ -64,11 +64,10 @@ def load(
     transformer_ref, components, scheduler_ref:
         Folders or hub ids (see :class:`parity.render.models.ModelSource`).
     dtype:
-        Torch dtype or its name (``"float32"``, ``"bfloat16"``, ``"float16"``).
+        The torch dtype every part is loaded in.
     device:
         Device to move the pipeline to.
     """
-    import torch
     from diffusers import (
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
@@ -76,24 +75,20 @@ def load(
         ZImageTransformer2DModel,
     )
 
-    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    if not isinstance(torch_dtype, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}")
-
     if transformer_ref == components and scheduler_ref in (None, components):
         kwargs: dict[str, Any] = {}
         if scheduler_ref is None:
             kwargs["scheduler"] = _default_scheduler()
-        pipe = ZImagePipeline.from_pretrained(components, dtype=torch_dtype, **kwargs)
+        pipe = ZImagePipeline.from_pretrained(components, dtype=dtype, **kwargs)
     else:
         from transformers import AutoTokenizer
 
         transformer = ZImageTransformer2DModel.from_pretrained(
-            transformer_ref, subfolder="transformer", dtype=torch_dtype
+            transformer_ref, subfolder="transformer", dtype=dtype
         )
-        vae = AutoencoderKL.from_pretrained(components, subfolder="vae", dtype=torch_dtype)
+        vae = AutoencoderKL.from_pretrained(components, subfolder="vae", dtype=dtype)
         text_encoder = _text_encoder_class(components).from_pretrained(
-            components, subfolder="text_encoder", dtype=torch_dtype
+            components, subfolder="text_encoder", dtype=dtype
         )
         tokenizer = AutoTokenizer.from_pretrained(components, subfolder="tokenizer")
         if scheduler_ref is None:
