@@ -325,3 +325,11 @@ def test_a_split_checkpoint_loads_the_same_weights(tmp_path: Path):
     assert type(split).__name__ == "FluxPipeline"
     for name, tensor in full.transformer.state_dict().items():
         assert torch.equal(tensor, split.transformer.state_dict()[name]), name
+
+
+def test_another_familys_checkpoint_is_exit_2_naming_both(capsys):
+    from parity.testing.jobs import TINY_BASE
+
+    assert main(["run", str(FLUX_JOB), "--base-model", str(TINY_BASE), "--no-history"]) == 2
+    err = capsys.readouterr().err
+    assert "(a Z-Image checkpoint)" in err and "'FluxTransformer2DModel' for a FLUX.1 job" in err
