@@ -15,6 +15,7 @@ from pathlib import Path
 from parity.attribute import Attribution, UnconfirmedCause, scheduler_text
 from parity.families import SERVER_MODELS, family_of_model
 from parity.job import Checkpoint, Job
+from parity.plan.sides import schedule_fields
 from parity.server import (
     GUIDANCE_BOUNDS,
     LORA_SCALE_BOUNDS,
@@ -108,14 +109,8 @@ def blockers(
         )
     server_scheduler = server_model.scheduler(checkpoint_scheduler)
     if server_scheduler is not None:
-        served = preview.replace(
-            scheduler_shift=(
-                server_scheduler.shift
-                if server_scheduler.shift is not None
-                else preview.scheduler_shift
-            ),
-            dynamic_shift=server_scheduler.dynamic_shift,
-        )
+        # The preview with the server's scheduler, as the reference side builds it.
+        served = preview.replace(**schedule_fields(server_scheduler, family.default_scheduler))
         if served.schedule != preview.schedule:
             reasons.append(
                 f"the preview used {scheduler_text(preview)}; the server's {model} uses "

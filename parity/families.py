@@ -86,3 +86,9 @@ def family_of_checkpoint(transformer: str) -> Family | None:
         if transformer in (model.transformer_hub_id, model.hub_id):
             return FAMILIES[model.family]
     return None
+
+
+def checkpoint_family(transformer: str) -> Family:
+    """:func:`family_of_checkpoint`, or Z-Image (parity's first family) when unknown: what
+    a caller that names no family gets."""
+    return family_of_checkpoint(transformer) or FAMILIES["zimage"]

@@ -156,6 +156,33 @@ class SchedulerConfig:
     shift: float | None = None
     dynamic_shift: DynamicShift | None = None
 
+    @classmethod
+    def from_config(cls, config: Any) -> SchedulerConfig:
+        """The shift and dynamic shifting of a scheduler config (the parsed
+        ``scheduler_config.json``, or a loaded scheduler's ``config``); absent dynamic
+        shifting numbers take diffusers' defaults.
+
+        Raises
+        ------
+        ValueError, TypeError
+            A value that is not a number.
+        """
+        shift = config.get("shift")
+        dynamic = None
+        if config.get("use_dynamic_shifting"):
+            defaults = DynamicShift()
+            dynamic = DynamicShift(
+                base_shift=float(config.get("base_shift", defaults.base_shift)),
+                max_shift=float(config.get("max_shift", defaults.max_shift)),
+                base_image_seq_len=int(
+                    config.get("base_image_seq_len", defaults.base_image_seq_len)
+                ),
+                max_image_seq_len=int(config.get("max_image_seq_len", defaults.max_image_seq_len)),
+            )
+        return cls(
+            shift=float(shift) if isinstance(shift, int | float) else None, dynamic_shift=dynamic
+        )
+
 
 @dataclass(frozen=True)
 class RenderSettings:

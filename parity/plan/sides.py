@@ -102,7 +102,7 @@ def preview_settings(
         pipeline_guidance=era.pipeline_guidance(sample.guidance_scale),
         steps=sample.steps,
         sigmas=legacy_sigmas(sample.steps) if era.legacy_sigmas else None,
-        **_schedule(rules.preview_scheduler, rules.default_scheduler),
+        **schedule_fields(rules.preview_scheduler, rules.default_scheduler),
         seed=sample.seed,
         generator="global",
         lora=lora,
@@ -157,7 +157,7 @@ def reference_settings(
         steps=prompt.steps,
         sigmas=legacy_sigmas(prompt.steps) if era and era.legacy_sigmas else None,
         seed=prompt.seed,
-        **_schedule(scheduler, rules.default_scheduler),
+        **schedule_fields(scheduler, rules.default_scheduler),
         generator="cpu",
         lora=lora,
         dtype=dtype or server_dtype(device),
@@ -167,9 +167,9 @@ def reference_settings(
     return settings, prompt
 
 
-def _schedule(scheduler: SchedulerConfig, fallback: SchedulerConfig) -> dict:
-    """The scheduler fields of RenderSettings; a config without ``shift`` takes the
-    fallback's (diffusers' default when the config does not say)."""
+def schedule_fields(scheduler: SchedulerConfig, fallback: SchedulerConfig) -> dict:
+    """The scheduler fields of RenderSettings for ``scheduler``; a config without
+    ``shift`` takes the fallback's (the family's default scheduler's)."""
     shift = scheduler.shift if scheduler.shift is not None else fallback.shift
     return {
         "scheduler_shift": shift if shift is not None else RenderSettings.scheduler_shift,

@@ -200,7 +200,7 @@ class RenderEngine:
     def __init__(
         self, source: Any, *, device: str | None = None, family: Family | str | None = None
     ) -> None:
-        from parity.families import FAMILIES, family_of_checkpoint
+        from parity.families import FAMILIES, checkpoint_family
         from parity.render.models import ModelSource, checkpoint_scheduler
 
         if not isinstance(source, ModelSource):  # one folder or hub id holds everything
@@ -209,9 +209,7 @@ class RenderEngine:
         self.source = source
         if isinstance(family, str):
             family = FAMILIES[family]
-        self.family: Family = (
-            family or family_of_checkpoint(source.transformer) or FAMILIES["zimage"]
-        )
+        self.family: Family = family or checkpoint_family(source.transformer)
         self.device = device or default_device()
         self._variants: dict[VariantKey, _Variant] = {}
         # Keyed by kernel path too: embeddings of the alternate path never feed a default
@@ -241,9 +239,8 @@ class RenderEngine:
             raise
         except (OSError, ValueError, RuntimeError, ImportError) as e:
             raise ModelLoadError(_load_failure(self.source, e)) from e
-        shift = getattr(pipe.scheduler.config, "shift", None)
-        if self.checkpoint_scheduler is None and shift is not None:
-            self.checkpoint_scheduler = SchedulerConfig(shift=float(shift))
+        if self.checkpoint_scheduler is None:  # a hub id no family knows: as it loaded
+            self.checkpoint_scheduler = SchedulerConfig.from_config(pipe.scheduler.config)
         return pipe
 
     def variant(

@@ -29,10 +29,10 @@ from parity.errors import (  # noqa: F401 - re-exported: callers import them fro
     NotZImageCheckpointError,
     WrongCheckpointError,
 )
-from parity.families import FAMILIES, SERVER_MODELS, family_of_checkpoint, hub_scheduler
+from parity.families import SERVER_MODELS, checkpoint_family, family_of_checkpoint, hub_scheduler
 from parity.family import Family
 from parity.model_map import ModelMap
-from parity.settings import DynamicShift, SchedulerConfig
+from parity.settings import SchedulerConfig
 
 if TYPE_CHECKING:
     import torch
@@ -179,7 +179,7 @@ def validate_checkpoint(source: ModelSource, family: Family | None = None) -> No
         The transformer config is unreadable or of another family's class
         (:class:`NotZImageCheckpointError` for a Z-Image job).
     """
-    family = family or family_of_checkpoint(source.transformer) or FAMILIES["zimage"]
+    family = family or checkpoint_family(source.transformer)
     error = NotZImageCheckpointError if family.name == "zimage" else WrongCheckpointError
     if _is_local(source.transformer):
         config_path = Path(source.transformer, "transformer", "config.json")
@@ -226,25 +226,10 @@ def checkpoint_scheduler(source: ModelSource) -> SchedulerConfig | None:
     if not path.is_file():
         return None
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-        shift = config.get("shift")
-        dynamic = None
-        if config.get("use_dynamic_shifting"):
-            defaults = DynamicShift()
-            dynamic = DynamicShift(
-                base_shift=float(config.get("base_shift", defaults.base_shift)),
-                max_shift=float(config.get("max_shift", defaults.max_shift)),
-                base_image_seq_len=int(
-                    config.get("base_image_seq_len", defaults.base_image_seq_len)
-                ),
-                max_image_seq_len=int(config.get("max_image_seq_len", defaults.max_image_seq_len)),
-            )
+        return SchedulerConfig.from_config(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError, AttributeError):
         logger.warning("%s: unreadable scheduler config", path)
         return None
-    return SchedulerConfig(
-        shift=float(shift) if isinstance(shift, int | float) else None, dynamic_shift=dynamic
-    )
 
 
 def load_pipeline(
@@ -264,7 +249,7 @@ def load_pipeline(
     torch_dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
     if not isinstance(torch_dtype, torch.dtype):
         raise ValueError(f"unknown dtype {dtype!r}")
-    family = family or family_of_checkpoint(source.transformer) or FAMILIES["zimage"]
+    family = family or checkpoint_family(source.transformer)
     return family.pipeline.load(
         source.transformer, source.components, source.scheduler, dtype=torch_dtype, device=device
     )
