@@ -61,6 +61,10 @@ class UnboundRequestError(RequestError):
     """A request the user sent names a checkpoint of none of the jobs given."""
 
 
+class RequestStepError(RequestError):
+    """A request the user sent names a step the run leaves out (it would go unused)."""
+
+
 class RenderError(ParityError):
     """A render failed or produced unusable pixels (NaN, inf)."""
 

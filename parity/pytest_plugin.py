@@ -284,21 +284,27 @@ class ParityPlugin:
 
         return xdist_device(self.worker, configured, cuda_device_count()) or default_device()
 
-    def engine(self, source: Any, device: str | None) -> Any:
-        """One RenderEngine per (model, device) for the whole process."""
+    def engine(self, source: Any, device: str | None, job: Any = None) -> Any:
+        """One RenderEngine per (model, device, job family) for the whole process; a
+        job's is opened as every front door opens it
+        (:func:`parity.run.open_job.open_engine`)."""
         from parity.render.engine import RenderEngine
+        from parity.run.open_job import open_engine
 
         device = self.device(device)
         if isinstance(source, (str, Path)) and Path(source).exists():
             source = str(Path(source).resolve())
-        key = (repr(source), device)
+        key = (repr(source), device, job.family if job is not None else None)
         if key not in self.engines:
             threads = setting(self.config, "threads")
             if threads:  # --parity-threads, as --threads does for the command line
                 import torch
 
                 torch.set_num_threads(threads)
-            self.engines[key] = RenderEngine(source, device=device)
+            if job is None:  # the parity_engine fixture: the checkpoint's family
+                self.engines[key] = RenderEngine(source, device=device)
+            else:
+                self.engines[key] = open_engine(job, source, device=device)
         return self.engines[key]
 
     def run(self, node: ParityJob) -> _JobRun:
@@ -322,7 +328,7 @@ class ParityPlugin:
                 raise ModelError(node.opened.model_problem)
             device = self.device(node.device)
             result.device = device
-            engine = self.engine(source, device)
+            engine = self.engine(source, device, job)
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
             results = setting(config, "results") or config.rootpath / "reports" / "pytest"
             out_dir = results / job.name / f"{self.worker}-{stamp}"
@@ -334,7 +340,9 @@ class ParityPlugin:
                 steps=tuple(steps),
                 attribute=not setting(config, "no_attribution") and not generate,
             )
-            summary = run_job(job, engine, out_dir, options, device=device, requests=node.requests)
+            # Items deselected (-k...) leave their steps out, and the requests of those steps.
+            requests = [u for u in node.requests if u.step in steps]
+            summary = run_job(job, engine, out_dir, options, device=device, requests=requests)
         except Exception as e:  # every item of the job reports it
             result.error = (
                 f"parity could not run job {job.name} ({job.root}): {type(e).__name__}: {e}"
@@ -462,7 +470,7 @@ class ParityJob(pytest.Collector):
         return self.opened.job if self.opened is not None else None
 
     def collect(self) -> list[ParityItem]:
-        from parity.plan import parse_steps, select_steps
+        from parity.plan import parse_steps, select_steps, steps_with_requests
 
         if self.job_error is not None:
             raise self.job_error
@@ -474,9 +482,9 @@ class ParityJob(pytest.Collector):
 
             plan_requests(self.job, self.requests, setting(self.config, "match"))
         wanted = setting(self.config, "steps")
-        if wanted is None:
-            wanted = ",".join(str(s) for s in sorted({u.step for u in self.requests})) or "all"
-        steps = select_steps(self.job, parse_steps(wanted))
+        # A request naming a step --parity-steps leaves out is this job's collection error.
+        wanted = steps_with_requests(self.job, wanted, self.requests, given=wanted is not None)
+        steps = select_steps(self.job, parse_steps(wanted or "all"))
         self.steps = tuple(steps)
         keys = sorted({(p.step, p.index) for p in self.job.previews if p.step in steps})
         return [

@@ -333,3 +333,28 @@ def test_another_familys_checkpoint_is_exit_2_naming_both(capsys):
     assert main(["run", str(FLUX_JOB), "--base-model", str(TINY_BASE), "--no-history"]) == 2
     err = capsys.readouterr().err
     assert "(a Z-Image checkpoint)" in err and "'FluxTransformer2DModel' for a FLUX.1 job" in err
+
+
+def test_every_front_door_opens_the_engine_in_the_jobs_family(tmp_path: Path):
+    """A FLUX.1 job whose base model is a hub id no family lists, mapped to a folder: the
+    engine is FLUX.1's through the library (the CLI's, the plugin's and a fleet worker's
+    way), where the checkpoint's own name would have given Z-Image."""
+    from parity.fleet.records import WorkerSpec
+    from parity.fleet.worker import FleetWorker
+    from parity.model_map import ModelMap
+    from parity.render.engine import RenderEngine
+    from parity.render.models import ModelSource
+    from parity.run.open_job import open_engine, open_job
+
+    job = tmp_path / "finetune"
+    shutil.copytree(FLUX_JOB, job)
+    config = (job / "config.yaml").read_text(encoding="utf-8")
+    (job / "config.yaml").write_text(config.replace(FLUX_DEV, "someone/flux-finetune"))
+    opened = open_job(job, ModelMap.load([f"someone/flux-finetune={FLUX_BASE}"]))
+    assert opened.job.family == "flux"
+    assert open_engine(opened.job, opened.source, device="cpu").family.name == "flux"
+    hub = ModelSource("someone/flux-finetune", "someone/flux-finetune", None, "hub")
+    assert RenderEngine(hub, device="cpu").family.name == "zimage"  # the name's guess
+    assert open_engine(opened.job, hub, device="cpu").family.name == "flux"
+    worker = FleetWorker(WorkerSpec("w", "cpu"))
+    assert worker.engine(opened.job, hub).family.name == "flux"

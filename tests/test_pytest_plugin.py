@@ -351,3 +351,26 @@ def test_plugin_spreads_xdist_workers_over_the_gpus(
         worker, device = case["props"]["worker"], case["props"]["device"]
         assert device == f"cuda:{int(worker.removeprefix('gw')) % 2}", case
         assert case["outcome"] == "failed" and "could not run job" in case["text"]
+
+
+def test_a_request_of_a_step_parity_steps_leaves_out_is_a_collection_error(
+    tmp_path: Path,
+) -> None:
+    from helpers import REQUEST
+
+    from parity.testing.jobs import AITK_REAL_BASE, AITK_REAL_JOB
+
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps(REQUEST), encoding="utf-8")
+    proc, cases = run_pytest(
+        tmp_path,
+        f"--parity-job={AITK_REAL_JOB}",
+        f"--parity-base-model={AITK_REAL_BASE}",
+        f"--parity-request={request}",
+        f"--parity-lora-root={AITK_REAL_JOB.parent}",
+        "--parity-steps=20",
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "ERROR collecting aitk_zimage" in proc.stdout
+    assert "names the checkpoint of step 10, which --steps leaves out (20)" in proc.stdout
+    assert not any(name.startswith("aitk_zimage::step") for name in cases)

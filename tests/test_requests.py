@@ -404,3 +404,21 @@ def test_library_and_steps_switch_independently():
     assert switch(legacy_server, preview.replace(sigmas=None), [Cause.STEPS]).sigmas == (
         legacy_sigmas(6)
     )
+
+
+def test_run_job_refuses_a_request_of_a_step_the_run_leaves_out(tmp_path):
+    """The rule is the library's: run_job (the fleet worker's and the plugin's way in)
+    refuses as ``parity run`` does, before any model loads."""
+    from parity.errors import RequestStepError
+    from parity.plan import bind_requests
+    from parity.render.engine import RenderEngine
+    from parity.run import RunOptions, run_job
+
+    job = read_job(AITK_REAL_JOB)
+    request = _write(tmp_path / "request.json", REQUEST)
+    requests = bind_requests([job], [request], lora_root=LORA_ROOT)[job.name]
+    engine = RenderEngine(str(AITK_REAL_BASE), device="cpu", family=job.family)
+    with pytest.raises(RequestStepError) as refused:
+        run_job(job, engine, tmp_path / "out", RunOptions(steps=(20,)), requests=requests)
+    assert "names the checkpoint of step 10, which --steps leaves out (20)" in str(refused.value)
+    assert not (tmp_path / "out").exists()

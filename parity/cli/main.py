@@ -112,12 +112,11 @@ def _dtype(args: argparse.Namespace) -> Any:
     return normalize_dtype(args.dtype) if args.dtype else None
 
 
-def _server_era(args: argparse.Namespace) -> Any:
-    """The server's diffusers era from --server-diffusers (None: the installed one)."""
-    from parity.zimage.diffusers_era import diffusers_era
+def _server_diffusers(args: argparse.Namespace) -> str | None:
+    """--server-diffusers, checked (None: the installed release)."""
+    from parity.families import check_server_diffusers
 
-    spec = getattr(args, "server_diffusers", None)
-    return diffusers_era(spec) if spec else None
+    return check_server_diffusers(getattr(args, "server_diffusers", None) or None)
 
 
 def _requests(jobs: list[Any], args: argparse.Namespace) -> dict[str, list[Any]]:
@@ -209,7 +208,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         reference_dtype=_dtype(args),
         allow_outside_paths=args.allow_outside_paths,
         request_plan=_request_plan(job, args, requests),
-        server_era=_server_era(args),
+        server_diffusers=_server_diffusers(args),
     )
     rows = describe_cases(job, cases)
     if args.format == "json":
@@ -257,14 +256,13 @@ def _finish_renders(out: Path, effective: list[dict], failures: int, what: str) 
 
 def cmd_preview(args: argparse.Namespace) -> int:
     from parity.plan import parse_steps, plan_cases, select_steps
-    from parity.render.engine import RenderEngine
     from parity.results import save_png
 
     _resolve(args)
     opened = _open(args)
     job = opened.job
     steps = select_steps(job, parse_steps(args.step))
-    engine = RenderEngine(opened.source, device=_device(args), family=job.family)
+    engine, _ = _engine_for_job(opened, args)
     cases = plan_cases(
         job,
         steps,
@@ -327,7 +325,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     source = resolve_reference_model(request.model, model_map)
     family = family_of_model(request.model)
     validate_checkpoint(source, family)
-    era = _server_era(args)
+    server_diffusers = _server_diffusers(args)
     # The LoRA root plays the server's workflows folder: request paths resolve under it.
     lora_root = Path(args.lora_root) if args.lora_root else request_path.parent
     lora_paths = []
@@ -355,7 +353,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             device=device,
             checkpoint_scheduler=scheduler,
             dtype=_dtype(args),
-            era=era,
+            server_diffusers=server_diffusers,
         )
         entry: dict[str, Any] = {"index": i, "settings": settings.to_dict()}
         if (
@@ -391,10 +389,10 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def _engine_for_job(opened: Any, args: argparse.Namespace) -> tuple[Any, str]:
-    from parity.render.engine import RenderEngine
+    from parity.run.open_job import open_engine
 
     device = _device(args)
-    return RenderEngine(opened.source, device=device, family=opened.job.family), device
+    return open_engine(opened.job, opened.source, device=device), device
 
 
 def _run_options(args: argparse.Namespace, **fixed: Any) -> Any:
@@ -406,23 +404,13 @@ def _run_options(args: argparse.Namespace, **fixed: Any) -> Any:
 def _steps_of_requests(
     job: Any, args: argparse.Namespace, used: dict[str, Any], requests: list
 ) -> None:
-    """Without --steps, a run with --request covers the steps its requests name; with
-    it, a step it leaves out would leave a request unused, which is refused."""
-    from parity.plan import parse_steps, select_steps
+    """--steps of a run with --request (:func:`parity.plan.steps_with_requests`), set on
+    ``args`` and, where the requests chose them, on the options the run records."""
+    from parity.plan import steps_with_requests
 
+    steps = steps_with_requests(job, args.steps, requests, given=args.steps_given)
     if requests and not args.steps_given:
-        args.steps = ",".join(str(s) for s in sorted({u.step for u in requests}))
-        used["steps"] = args.steps
-    _requests_in_steps(requests, select_steps(job, parse_steps(args.steps or "all")), "--steps")
-
-
-def _requests_in_steps(requests: list, steps: list[int], option: str) -> None:
-    for user in requests:
-        if user.step not in steps:
-            raise ParityError(
-                f"{user.source}: names the checkpoint of step {user.step}, which {option} "
-                f"leaves out ({', '.join(map(str, steps))}); add it or drop the request"
-            )
+        args.steps = used["steps"] = steps
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -643,6 +631,7 @@ def _print_summary(summary: Any) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from parity.plan import check_requests_in_steps, step_of_requests
     from parity.report.text import explain_lines
     from parity.run import utc_now
     from parity.run.explain import explain_preview
@@ -651,8 +640,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     opened = _open(args)
     job = opened.job
     requests = _requests([job], args).get(job.name, [])
-    step = args.step if args.step is not None else _step_of_requests(requests)
-    _requests_in_steps(requests, [step], "--step")
+    step = args.step if args.step is not None else step_of_requests(requests)
+    check_requests_in_steps(requests, [step], "--step")
     request_plan = _request_plan(job, args, requests)
     engine, device = _engine_for_job(opened, args)
     out_dir = (
@@ -676,24 +665,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
         explained.case,
         explained.row,
         out_dir=out_dir,
-        server_era=explained.server_era,
+        server_diffusers=explained.server_diffusers,
         lora_root=explained.lora_root,
         corrected=explained.corrected,
         lossless_ssim=explained.lossless_ssim,
     )
     print("\n".join(lines))
     return explained.exit_code
-
-
-def _step_of_requests(requests: list) -> int:
-    """Without --step, explain takes the one step the requests name."""
-    steps = sorted({u.step for u in requests})
-    if len(steps) != 1:
-        raise ParityError(
-            "give --step N (with --request it defaults to the step the request names"
-            + (f"; these name steps {steps})" if steps else ")")
-        )
-    return steps[0]
 
 
 # ------------------------------------------------------------------------- env

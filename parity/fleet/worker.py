@@ -30,6 +30,7 @@ from parity.fleet.records import (
     RowEvent,
     WorkerSpec,
 )
+from parity.job import Job
 from parity.logs import configure_logging
 from parity.model_map import ModelMap
 from parity.render.models import ModelSource
@@ -60,17 +61,19 @@ class FleetWorker:
             f"{spec.label} ({spec.device}, {threads}, pid {os.getpid()} on {socket.gethostname()})"
         )
 
-    def engine(self, source: ModelSource) -> Any:
-        """The engine of ``source``; a worker keeps one, so the previous is dropped."""
-        from parity.render.engine import RenderEngine
+    def engine(self, job: Job, source: ModelSource) -> Any:
+        """The engine of ``job`` on ``source`` (:func:`parity.run.open_job.open_engine`);
+        a worker keeps one, so the previous is dropped."""
+        from parity.run.open_job import open_engine
 
-        if self._engine is not None and self._engine.source == source:
-            return self._engine
-        if self._engine is not None:
-            self._engine.close()
+        kept = self._engine
+        if kept is not None and kept.source == source and kept.family.name == job.family:
+            return kept
+        if kept is not None:
+            kept.close()
             self._engine = None
             _free_device_memory(self.spec.device)
-        self._engine = RenderEngine(source, device=self.spec.device)
+        self._engine = open_engine(job, source, device=self.spec.device)
         return self._engine
 
     def execute(self, task: JobTask, emit: Callable[[Event], None]) -> None:
@@ -87,7 +90,7 @@ class FleetWorker:
                 reference_model=task.reference_model,
                 model_required=False,
             ).job
-            engine = self.engine(task.source)
+            engine = self.engine(job, task.source)
             with tempfile.TemporaryDirectory(prefix="parity-worker-") as tmp:
                 work = Path(tmp) / task.name
                 work.mkdir()

@@ -8,10 +8,14 @@
 from parity.plan.cases import (
     Case,
     Steps,
+    check_requests_in_steps,
     describe_cases,
     parse_steps,
     plan_cases,
     select_steps,
+    step_of_each,
+    step_of_requests,
+    steps_with_requests,
     unreadable_image,
 )
 from parity.plan.requests import (
@@ -41,6 +45,7 @@ __all__ = [
     "UserRequest",
     "bind_request",
     "bind_requests",
+    "check_requests_in_steps",
     "check_served_pairs",
     "default_lora_root",
     "describe_cases",
@@ -50,5 +55,8 @@ __all__ = [
     "plan_requests",
     "resolve_lora_path",
     "select_steps",
+    "step_of_each",
+    "step_of_requests",
+    "steps_with_requests",
     "unreadable_image",
 ]

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from parity.errors import ParityError
+from parity.errors import ParityError, RequestStepError
 from parity.job import IMAGE_EXTS, Job, Preview, SampleSpec, outside_path_error
-from parity.plan.requests import PromptRef, RequestPlan
+from parity.plan.requests import PromptRef, RequestPlan, UserRequest
 from parity.plan.sides import SidePair, as_configured_request, era_of, pair_for
 from parity.settings import Dtype, SchedulerConfig
 from parity.zimage.diffusers_era import DiffusersEra
@@ -74,6 +74,70 @@ def select_steps(job: Job, steps: Steps) -> list[int]:
             f"{job.root}: no previews for step(s) {missing}; steps with previews: {available}"
         )
     return wanted
+
+
+def steps_with_requests(
+    job: Job,
+    steps: str | None,
+    requests: Sequence[UserRequest],
+    *,
+    given: bool = True,
+) -> str | None:
+    """The ``--steps`` text of a run with ``requests``: ``steps`` as given or, when not
+    ``given`` and there are requests, the steps they name.
+
+    Every front door (``parity run`` of one job or many, the pytest plugin,
+    :func:`parity.run.run_job`) decides with this function.
+
+    Raises
+    ------
+    RequestStepError
+        A request names a step the steps leave out (it would go unused).
+    """
+    if requests and not given:
+        steps = ",".join(str(s) for s in step_of_each(requests))
+    check_requests_in_steps(requests, select_steps(job, parse_steps(steps or "all")))
+    return steps
+
+
+def step_of_requests(requests: Sequence[UserRequest]) -> int:
+    """The one step ``requests`` name (``parity explain`` without ``--step``).
+
+    Raises
+    ------
+    ParityError
+        They name no step or several.
+    """
+    steps = list(step_of_each(requests))
+    if len(steps) != 1:
+        raise ParityError(
+            "give --step N (with --request it defaults to the step the request names"
+            + (f"; these name steps {steps})" if steps else ")")
+        )
+    return steps[0]
+
+
+def step_of_each(requests: Sequence[UserRequest]) -> tuple[int, ...]:
+    """The steps ``requests`` name, sorted, each once."""
+    return tuple(sorted({u.step for u in requests}))
+
+
+def check_requests_in_steps(
+    requests: Sequence[UserRequest], steps: Sequence[int], option: str = "--steps"
+) -> None:
+    """Refuse a request that names a step ``steps`` leave out: it would go unused.
+
+    Raises
+    ------
+    RequestStepError
+        Naming the request's file, its step, the steps of ``option`` and the fix.
+    """
+    for user in requests:
+        if user.step not in steps:
+            raise RequestStepError(
+                f"{user.source}: names the checkpoint of step {user.step}, which {option} "
+                f"leaves out ({', '.join(map(str, steps))}); add it or drop the request"
+            )
 
 
 def unreadable_image(path: Path) -> str | None:

@@ -21,6 +21,7 @@ from parity.plan import (
     Case,
     RequestPlan,
     UserRequest,
+    check_requests_in_steps,
     default_lora_root,
     plan_cases,
     plan_requests,
@@ -145,8 +146,9 @@ def run_job(
     final folder, to the driver.
     """
     out_dir = Path(out_dir)
-    # 1. The job can run: its steps have previews, its training adapter is there.
-    steps = _check_job(job, options)
+    # 1. The job can run: its steps have previews and hold every request's step, its
+    # training adapter is there.
+    steps = _check_job(job, options, requests)
     # 2. The user's requests meet the previews, and their LoRAs load.
     request_plan = _plan_user_requests(job, engine, requests, options)
     # 3. The reference model loads, before anything is written.
@@ -189,15 +191,18 @@ def run_job(
 # -------------------------------------------------------------------- its steps
 
 
-def _check_job(job: Job, options: RunOptions) -> list[int]:
+def _check_job(job: Job, options: RunOptions, requests: Sequence[UserRequest]) -> list[int]:
     """The steps the run covers, once the job is known to be runnable.
 
     Raises
     ------
     JobError
         The training adapter every preview needs is missing, or there is no preview.
+    RequestStepError
+        A request names a step the run leaves out (:func:`parity.plan.check_requests_in_steps`).
     """
     steps = select_steps(job, options.steps)
+    check_requests_in_steps(requests, steps)
     if job.adapter_problem:  # every preview needs it: the run cannot happen
         raise JobError(job.adapter_problem)
     if not job.previews:

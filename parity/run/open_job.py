@@ -1,16 +1,21 @@
-"""Opening a job: its folder read and its base model resolved, the same for every front
-door (``parity run`` of one job or many, the fleet's planning, the pytest plugin)."""
+"""Opening a job: its folder read and its base model resolved (:func:`open_job`), and its
+render engine (:func:`open_engine`), the same for every front door (``parity run`` of one
+job or many, the fleet's planning and workers, the pytest plugin)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from parity.errors import ModelError
 from parity.families import family
 from parity.job import Job, read_job
 from parity.model_map import ModelMap
 from parity.render.models import ModelSource, resolve_job_model, validate_checkpoint
+
+if TYPE_CHECKING:
+    from parity.render.engine import RenderEngine
 
 
 @dataclass(frozen=True)
@@ -68,3 +73,15 @@ def open_job(
             raise
         return OpenedJob(job, None, str(e))
     return OpenedJob(job, source)
+
+
+def open_engine(job: Job, source: ModelSource, *, device: str | None = None) -> RenderEngine:
+    """The render engine of ``job``: its base model ``source`` loaded as the job's family.
+
+    Every front door (``parity run``, ``preview``, ``explain``, ``noise``, a fleet worker,
+    the pytest plugin) opens a job's engine with it. The family is the job's, never the
+    one guessed from the checkpoint's name (a hub id no family lists would be Z-Image).
+    """
+    from parity.render.engine import RenderEngine
+
+    return RenderEngine(source, device=device, family=job.family)
