@@ -458,12 +458,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         from parity.report.history import append_run_history
         from parity.run_info import RunInfo
 
+        info = RunInfo.read(out_dir)
         append_run_history(
             args.history,
             summary.rows,
-            run_time=RunInfo.read(out_dir).started,
+            run_time=info.started,
             run_id=f"{job.name}/{out_dir.name}",
             warn=lambda line: print(line, file=sys.stderr),
+            run_dir=out_dir,
+            run_info=info,
         )
     _print_summary(summary)
     return summary.exit_code
@@ -726,10 +729,25 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from parity.report.history import render_trends
+    """``parity report``: the nightly dashboard of a history table (parity.report.dashboard)."""
+    from parity.report.dashboard import build_dashboard
+    from parity.report.history import SSIM_DROP_THRESHOLD
 
-    index = render_trends(args.history, args.out)
-    print(f"trend report: {index}")
+    if args.ssim_drop is None:
+        args.ssim_drop = SSIM_DROP_THRESHOLD
+    if not Path(args.history).is_file():
+        raise ParityError(f"{args.history}: no history table (parity run --history writes it)")
+    try:
+        board = build_dashboard(
+            args.history, args.out, ssim_drop=args.ssim_drop, since=args.since, jobs=args.job
+        )
+    except ValueError as e:
+        raise ParityError(str(e)) from e
+    print(
+        f"{board.jobs} job{'' if board.jobs == 1 else 's'}, {board.regressed_jobs} regressed "
+        f"({board.regressions} preview{'' if board.regressions == 1 else 's'})"
+    )
+    print(f"dashboard: {board.index}")
     return EXIT_OK
 
 
@@ -852,9 +870,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_env)
 
-    p = sub.add_parser("report", parents=[verbose], help="trend report over the run history")
-    p.add_argument("--history", default="reports/history.parquet")
-    p.add_argument("--out", required=True)
+    p = sub.add_parser(
+        "report",
+        parents=[verbose],
+        help="the nightly dashboard of the run history: an overview of every job, a page per job",
+        description="Write the nightly dashboard of a history table: OUT/index.html (every "
+        "job, regressed jobs first, with links to each last run's report.html) and "
+        "OUT/jobs/<job>.html (trends, regressed previews). Links are relative: move OUT "
+        "and the run folders together.",
+    )
+    p.add_argument(
+        "--history",
+        default="reports/history.parquet",
+        metavar="FILE",
+        help="history table that 'parity run --history' appends to, .parquet or .csv "
+        "(default reports/history.parquet); its run folders are found relative to it",
+    )
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for index.html, jobs/ and assets/"
+    )
+    p.add_argument(
+        "--since",
+        metavar="DATE",
+        help="only runs at or after DATE (ISO 8601: 2026-12-01 or 2026-12-01T02:00; UTC "
+        "unless it gives a zone)",
+    )
+    p.add_argument(
+        "--job",
+        action="append",
+        metavar="NAME",
+        help="only this job (its config.name, or a shell pattern such as 'lora_*'); repeat "
+        "for several",
+    )
+    p.add_argument(
+        "--ssim-drop",
+        type=float,
+        default=None,
+        metavar="X",
+        help="a preview whose SSIM fell by more than X since the previous run regresses "
+        "even with the same verdict (default 0.02)",
+    )
     p.set_defaults(func=cmd_report)
     return parser
 

@@ -308,6 +308,8 @@ class FleetRun:
                 run_id=job.run_id,
                 warn=self.progress.line,
                 job=job.name,
+                run_dir=job.out_dir,
+                run_info=run_info,
             )
 
     def _write_run_info(self, state: JobState, worker: str) -> RunInfo:

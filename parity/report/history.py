@@ -1,19 +1,22 @@
-"""Nightly history of parity runs: one table row per preview per run, trends, regressions.
+"""Nightly history of parity runs: one table row per preview per run, and regressions.
 
 The history table is a ``.parquet`` (pandas + pyarrow) or ``.csv`` file chosen by its
 extension. Appends are safe across processes: every read-modify-write holds
 ``<history>.lock`` (``filelock``) and the new table replaces the old one atomically, so two
 nightly jobs appending at once lose no rows and readers never see half a file.
+
+The pages drawn from it (an overview of every job, a page per job) are
+:mod:`parity.report.dashboard`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import io
 import logging
 import math
 import os
-import re
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +27,12 @@ from parity.results import ResultRow, atomic_write_bytes, atomic_write_text
 if TYPE_CHECKING:
     import pandas as pd
 
+    from parity.run_info import RunInfo
+
 log = logging.getLogger(__name__)
 
-#: Columns of the history table, in order.
-HISTORY_COLUMNS: tuple[str, ...] = (
+#: Columns every history table has had; a file without one of them is not a history.
+BASE_COLUMNS: tuple[str, ...] = (
     "job",
     "step",
     "index",
@@ -43,7 +48,26 @@ HISTORY_COLUMNS: tuple[str, ...] = (
     "explained",
 )
 
-_STR_COLUMNS = ("job", "run_time", "run_id", "verdict", "causes")
+#: Columns added since (text; empty where unknown, as in the rows of older files):
+#: the job's ``family`` and ``base_model`` (the server model id it renders with), the
+#: run folder ``run_dir`` (relative to the history file's folder, ``/``-separated, or
+#: absolute where it is on another drive), the run's ``parity_version`` and ``parity_git``
+#: (the commit of the parity checkout that ran it, ``+dirty`` with local changes), and per
+#: preview its ``preview`` copy and reference ``render`` (relative to the run folder).
+RUN_COLUMNS: tuple[str, ...] = (
+    "family",
+    "base_model",
+    "run_dir",
+    "parity_version",
+    "parity_git",
+    "preview",
+    "render",
+)
+
+#: Columns of the history table, in order.
+HISTORY_COLUMNS: tuple[str, ...] = BASE_COLUMNS + RUN_COLUMNS
+
+_STR_COLUMNS = ("job", "run_time", "run_id", "verdict", "causes", *RUN_COLUMNS)
 _INT_COLUMNS = ("step", "index")
 _FLOAT_COLUMNS = ("ssim", "psnr", "ms_ssim", "latent_distance", "lpips")
 
@@ -120,7 +144,7 @@ def _coerce(df: pd.DataFrame) -> pd.DataFrame:
 
     df = df.reindex(columns=list(HISTORY_COLUMNS))
     for c in _STR_COLUMNS:
-        df[c] = df[c].fillna("").astype(str)
+        df[c] = df[c].astype(object).fillna("").astype(str)
     for c in _INT_COLUMNS:
         df[c] = pd.to_numeric(df[c]).astype("int64")
     for c in _FLOAT_COLUMNS:
@@ -152,7 +176,7 @@ def _read(path: Path) -> pd.DataFrame:
             )
     except (OSError, ValueError) as exc:
         raise HistoryError(f"{path}: cannot read history table: {exc}") from exc
-    missing = [c for c in HISTORY_COLUMNS if c not in df.columns]
+    missing = [c for c in BASE_COLUMNS if c not in df.columns]
     if missing:
         raise HistoryError(f"{path}: history table lacks columns {missing}")
     return _coerce(df)
@@ -171,12 +195,63 @@ def _none_to_nan(x: float | None) -> float:
     return math.nan if x is None else float(x)
 
 
+@functools.cache
+def parity_git() -> str:
+    """The commit of the parity checkout this code runs from (12 hex digits, ``+dirty``
+    with uncommitted changes), or ``""`` for an installed copy or without git."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return ""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+             "parity"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f"{head}+dirty" if head and dirty else head
+
+
+def _history_relative(history_path: Path, run_dir: str | os.PathLike[str]) -> str:
+    """``run_dir`` relative to the history file's folder (absolute across drives)."""
+    target = Path(run_dir).resolve()
+    try:
+        return Path(os.path.relpath(target, history_path.resolve().parent)).as_posix()
+    except ValueError:  # another drive
+        return target.as_posix()
+
+
+def run_facts(run_info: RunInfo | None) -> dict[str, str]:
+    """The history's per-run columns known from a run's run.json: ``family``,
+    ``base_model``, ``parity_version`` (empty where unknown)."""
+    from parity import __version__
+    from parity.families import SERVER_MODELS
+
+    model = (run_info.reference_model if run_info else None) or ""
+    server = SERVER_MODELS.get(model)
+    return {
+        "family": server.family if server is not None else "",
+        "base_model": model,
+        "parity_version": (run_info.parity_version if run_info else "") or __version__,
+    }
+
+
 def append_history(
     history_path: str | os.PathLike[str],
     rows: list[ResultRow],
     *,
     run_time: str,
     run_id: str,
+    run_dir: str | os.PathLike[str] | None = None,
+    family: str = "",
+    base_model: str = "",
+    parity_version: str = "",
+    git: str | None = None,
 ) -> Path:
     """Append one run's result rows to the history table.
 
@@ -191,6 +266,12 @@ def append_history(
         stored normalized as ``YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00``.
     run_id
         Identifier of the run (e.g. the run folder name).
+    run_dir
+        The run folder, stored relative to the history file's folder.
+    family, base_model, parity_version
+        The run's facts (:func:`run_facts`).
+    git
+        The parity checkout's commit; default :func:`parity_git`.
 
     Returns
     -------
@@ -209,6 +290,8 @@ def append_history(
     path = Path(history_path)
     _format_of(path)
     when = _normalize_time(run_time)
+    folder = _history_relative(path, run_dir) if run_dir is not None else ""
+    commit = parity_git() if git is None else git
     new = _coerce(
         pd.DataFrame(
             [
@@ -226,6 +309,13 @@ def append_history(
                     "latent_distance": _none_to_nan(r.latent_distance),
                     "lpips": _none_to_nan(r.lpips),
                     "explained": bool(r.explained),
+                    "family": family,
+                    "base_model": base_model,
+                    "run_dir": folder,
+                    "parity_version": parity_version,
+                    "parity_git": commit,
+                    "preview": r.preview or "",
+                    "render": r.render or "",
                 }
                 for r in rows
             ],
@@ -255,12 +345,16 @@ def append_run_history(
     run_id: str,
     warn: Callable[[str], None],
     job: str | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
+    run_info: RunInfo | None = None,
 ) -> bool:
     """Append a finished run's rows (:func:`append_history`); a failure is a warning.
 
     The run folder is complete by then, so a history that cannot be written (locked,
     unreadable, another format) costs the run nothing: ``warn`` gets one line saying so
-    (``job`` names the job in it, for a run of several) and the run goes on.
+    (``job`` names the job in it, for a run of several) and the run goes on. ``run_dir``
+    (the run folder) and ``run_info`` (its run.json) fill the per-run columns the
+    dashboard links and groups by (:data:`RUN_COLUMNS`).
 
     Returns
     -------
@@ -270,7 +364,14 @@ def append_run_history(
     try:
         if not run_time:
             raise HistoryError("the run has no start time in its run.json")
-        append_history(history_path, rows, run_time=run_time, run_id=run_id)
+        append_history(
+            history_path,
+            rows,
+            run_time=run_time,
+            run_id=run_id,
+            run_dir=run_dir,
+            **run_facts(run_info),
+        )
     except Exception as e:
         warn(f"warning: {f'{job}: ' if job else ''}history not updated: {e}")
         return False
@@ -282,16 +383,27 @@ def read_history(path: str | os.PathLike[str]) -> pd.DataFrame:
     return _read(Path(path))
 
 
-def _runs(df: pd.DataFrame) -> list[tuple[str, str]]:
-    """(run_time, run_id) pairs of ``df`` in chronological order."""
+def run_times(df: pd.DataFrame) -> pd.Series:
+    """``df["run_time"]`` as UTC timestamps (unparseable times are NaT)."""
     import pandas as pd
 
-    pairs = df[["run_time", "run_id"]].drop_duplicates()
-    order = sorted(
-        pairs.itertuples(index=False),
-        key=lambda p: (pd.Timestamp(p.run_time), p.run_id),
+    return pd.to_datetime(df["run_time"], utc=True, format="ISO8601", errors="coerce")
+
+
+def runs_of(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per run of each job: ``job``, ``run_id``, ``run_time``, ``time`` (a UTC
+    timestamp), ``order`` (0 for a job's first run) and ``n_runs``, sorted by job then
+    time (then run id, for runs of one time)."""
+    runs = (
+        df[["job", "run_id", "run_time"]]
+        .drop_duplicates(["job", "run_id"], keep="last")
+        .assign(time=lambda d: run_times(d))
+        .sort_values(["job", "time", "run_id"], kind="stable")
+        .reset_index(drop=True)
     )
-    return [(p.run_time, p.run_id) for p in order]
+    runs["order"] = runs.groupby("job", sort=False).cumcount()
+    runs["n_runs"] = runs.groupby("job", sort=False)["run_id"].transform("size")
+    return runs
 
 
 def _opt(x: Any) -> float | None:
@@ -317,180 +429,35 @@ def find_regressions(
         Sorted by job, step, index. A preview regresses when its verdict went from
         ``match`` to ``mismatch`` or ``error``, or its SSIM dropped by more than
         ``ssim_drop``. Previews absent from either run are not compared; a job with a
-        single run has no regressions.
+        single run has no regressions. Runs are ordered by their time (then run id).
     """
-    out: list[Regression] = []
-    for job, jdf in df.groupby("job", sort=True):
-        runs = _runs(jdf)
-        if len(runs) < 2:
-            continue
-        (_, old_id), (_, new_id) = runs[-2], runs[-1]
-        old = jdf[jdf["run_id"] == old_id].drop_duplicates(["step", "index"], keep="last")
-        new = jdf[jdf["run_id"] == new_id].drop_duplicates(["step", "index"], keep="last")
-        merged = old.merge(new, on=["step", "index"], suffixes=("_old", "_new"))
-        for r in merged.itertuples(index=False):
-            ov, nv = r.verdict_old, r.verdict_new
-            os_, ns = _opt(r.ssim_old), _opt(r.ssim_new)
-            reason = None
-            if ov == "match" and nv in ("mismatch", "error"):
-                reason = "verdict"
-            elif os_ is not None and ns is not None and os_ - ns > ssim_drop:
-                reason = "ssim_drop"
-            if reason:
-                out.append(
-                    Regression(
-                        job=str(job),
-                        step=int(r.step),
-                        index=int(r.index),
-                        old_run_id=old_id,
-                        new_run_id=new_id,
-                        old_verdict=ov,
-                        new_verdict=nv,
-                        old_ssim=os_,
-                        new_ssim=ns,
-                        reason=reason,
-                    )
-                )
-    return sorted(out, key=lambda g: (g.job, g.step, g.index))
-
-
-def _slug(job: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", job).strip("._") or "job"
-    return f"{safe[:60]}-{hashlib.sha1(job.encode('utf-8')).hexdigest()[:8]}"
-
-
-def _tex_safe(text: str) -> str:
-    """Text shown literally by matplotlib (a ``$`` would start math mode)."""
-    return text.replace("$", r"\$")
-
-
-def _short_time(run_time: str) -> str:
-    import pandas as pd
-
-    return pd.Timestamp(run_time).strftime("%m-%d %H:%M")
-
-
-def _plot_ssim(jdf: pd.DataFrame, runs: list[tuple[str, str]], out: Path, job: str) -> None:
-    from matplotlib.figure import Figure
-
-    means, mins = [], []
-    for _, run_id in runs:
-        s = jdf.loc[jdf["run_id"] == run_id, "ssim"].dropna()
-        means.append(s.mean() if len(s) else math.nan)
-        mins.append(s.min() if len(s) else math.nan)
-    x = list(range(len(runs)))
-    fig = Figure(figsize=(6.4, 3.2), dpi=100, layout="constrained")
-    ax = fig.add_subplot()
-    ax.plot(x, means, marker="o", label="mean SSIM", color="#2d5bd1")
-    ax.plot(x, mins, marker="v", label="min SSIM", color="#b4431f")
-    ax.set_xticks(x, [_short_time(t) for t, _ in runs], rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("SSIM")
-    ax.set_xlabel("run (UTC)")
-    ax.set_title(f"{_tex_safe(job)}: SSIM over runs", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.savefig(out, format="png")
-
-
-def _plot_causes(jdf: pd.DataFrame, runs: list[tuple[str, str]], out: Path, job: str) -> None:
-    from matplotlib.figure import Figure
-
-    series: dict[str, list[int]] = {}
-    for i, (_, run_id) in enumerate(runs):
-        rdf = jdf[jdf["run_id"] == run_id]
-        counts: dict[str, int] = {}
-        for verdict, causes in zip(rdf["verdict"], rdf["causes"], strict=True):
-            if verdict == "error":
-                counts["error"] = counts.get("error", 0) + 1
-            elif verdict == "mismatch":
-                for c in [c for c in causes.split(";") if c] or ["unattributed"]:
-                    counts[c] = counts.get(c, 0) + 1
-        for name, n in counts.items():
-            series.setdefault(name, [0] * len(runs))[i] = n
-    x = list(range(len(runs)))
-    fig = Figure(figsize=(6.4, 3.2), dpi=100, layout="constrained")
-    ax = fig.add_subplot()
-    if series:
-        width = 0.8 / len(series)
-        for k, (name, values) in enumerate(sorted(series.items())):
-            ax.bar(
-                [xi - 0.4 + width * (k + 0.5) for xi in x],
-                values,
-                width=width,
-                label=_tex_safe(name),
-            )
-        top = max(max(v) for v in series.values())
-        ax.set_ylim(0, top * 1.4 + 0.5)  # headroom for the legend
-        ax.legend(fontsize=8, ncols=3, loc="upper left")
-    else:
-        ax.text(0.5, 0.5, "no mismatches", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xticks(x, [_short_time(t) for t, _ in runs], rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("previews")
-    ax.set_xlabel("run (UTC)")
-    ax.set_title(f"{_tex_safe(job)}: mismatches by cause, and errors", fontsize=10)
-    ax.yaxis.get_major_locator().set_params(integer=True)
-    ax.grid(alpha=0.3, axis="y")
-    fig.savefig(out, format="png")
-
-
-def render_trends(
-    history_path: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    *,
-    ssim_drop: float = SSIM_DROP_THRESHOLD,
-) -> Path:
-    """Write trend plots and an index page of the history table.
-
-    Parameters
-    ----------
-    history_path
-        History table (``.parquet`` or ``.csv``).
-    out_dir
-        Folder for ``<job>-ssim.png``, ``<job>-causes.png`` (job names made file-safe)
-        and ``index.html``.
-    ssim_drop
-        Regression threshold passed to :func:`find_regressions`.
-
-    Returns
-    -------
-    Path
-        ``out_dir / "index.html"``, which links the plots relatively and lists the
-        regressions of each job's latest run against its previous run.
-    """
-    from parity.report import render_template
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    df = read_history(history_path)
-    regressions = find_regressions(df, ssim_drop=ssim_drop)
-    jobs = []
-    for job, jdf in df.groupby("job", sort=True):
-        job = str(job)
-        runs = _runs(jdf)
-        slug = _slug(job)
-        ssim_png, causes_png = f"{slug}-ssim.png", f"{slug}-causes.png"
-        _plot_ssim(jdf, runs, out_dir / ssim_png, job)
-        _plot_causes(jdf, runs, out_dir / causes_png, job)
-        latest = jdf[jdf["run_id"] == runs[-1][1]]
-        jobs.append(
-            {
-                "name": job,
-                "runs": len(runs),
-                "latest_run": runs[-1][1],
-                "latest_time": runs[-1][0],
-                "latest_counts": latest["verdict"].value_counts().to_dict(),
-                "ssim_png": ssim_png,
-                "causes_png": causes_png,
-                "regressions": [g for g in regressions if g.job == job],
-            }
+    if df.empty:
+        return []
+    runs = runs_of(df)
+    last = runs[runs["n_runs"] >= 2]
+    new_ids = last[last["order"] == last["n_runs"] - 1][["job", "run_id"]]
+    old_ids = last[last["order"] == last["n_runs"] - 2][["job", "run_id"]]
+    keys = ["job", "step", "index"]
+    cols = [*keys, "run_id", "verdict", "ssim"]
+    old = df[cols].merge(old_ids, on=["job", "run_id"]).drop_duplicates(keys, keep="last")
+    new = df[cols].merge(new_ids, on=["job", "run_id"]).drop_duplicates(keys, keep="last")
+    merged = old.merge(new, on=keys, suffixes=("_old", "_new"))
+    verdict = (merged["verdict_old"] == "match") & merged["verdict_new"].isin(["mismatch", "error"])
+    dropped = (merged["ssim_old"] - merged["ssim_new"]) > ssim_drop  # NaN compares False
+    merged = merged[verdict | dropped].assign(reason=(verdict[verdict | dropped]))
+    out = [
+        Regression(
+            job=str(r.job),
+            step=int(r.step),
+            index=int(r.index),
+            old_run_id=str(r.run_id_old),
+            new_run_id=str(r.run_id_new),
+            old_verdict=str(r.verdict_old),
+            new_verdict=str(r.verdict_new),
+            old_ssim=_opt(r.ssim_old),
+            new_ssim=_opt(r.ssim_new),
+            reason="verdict" if r.reason else "ssim_drop",
         )
-    html = render_template(
-        "history.html",
-        history_path=str(history_path),
-        jobs=jobs,
-        total_regressions=len(regressions),
-        ssim_drop=ssim_drop,
-    )
-    index = out_dir / "index.html"
-    atomic_write_text(index, html)
-    return index
+        for r in merged.itertuples(index=False)
+    ]
+    return sorted(out, key=lambda g: (g.job, g.step, g.index))
