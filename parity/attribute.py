@@ -32,6 +32,7 @@ from typing import Any
 
 from parity.settings import (
     CAUSES,
+    FLOW_MATCH_EULER,
     Cause,
     LoraApplier,
     LoraSettings,
@@ -45,7 +46,7 @@ from parity.settings import (
 CAUSE_FIELDS: dict[Cause, tuple[str, ...]] = {
     Cause.SNAPPING: ("width", "height"),
     Cause.CFG: ("pipeline_guidance",),
-    Cause.SCHEDULER: ("scheduler_shift", "dynamic_shift"),
+    Cause.SCHEDULER: ("scheduler_shift", "dynamic_shift", "scheduler_class", "scheduler_options"),
     Cause.STEPS: ("steps",),
     Cause.LIBRARY: ("sigmas",),
     Cause.SEED: ("seed", "generator"),
@@ -65,6 +66,7 @@ CAUSE_FIELDS: dict[Cause, tuple[str, ...]] = {
         "lora.applier",
         "lora.rounding_seed",
     ),
+    Cause.VAE_TILING: ("vae_tiling",),
     Cause.PROMPT: ("prompt", "negative_prompt"),
 }
 
@@ -390,18 +392,34 @@ def describe_difference(cause: Cause, reference: RenderSettings, preview: Render
         )
     if cause is Cause.LORA_NOT_APPLIED:
         return "the server's LoRA loader leaves modules of the LoRA file unapplied"
+    if cause is Cause.VAE_TILING:
+        return (
+            f"the preview's VAE decoded {_tiling(p)}, the server's {_tiling(r)} "
+            f"({p.width}x{p.height})"
+        )
     return "the prompts differ"
 
 
+def _tiling(s: RenderSettings) -> str:
+    return "in tiles" if s.vae_tiling else "whole"
+
+
 def scheduler_text(s: RenderSettings) -> str:
-    """``scheduler shift 3`` or ``dynamic shifting 0.5..1.15 over 256..4096 tokens``."""
+    """``scheduler shift 3``, ``dynamic shifting 0.5..1.15 over 256..4096 tokens``, with
+    the class when it is not FlowMatch Euler and every other setting of the config
+    (``shift_terminal 0.02``)."""
     d = s.dynamic_shift
     if d is None:
-        return f"scheduler shift {s.scheduler_shift:g}"
-    return (
-        f"dynamic shifting {d.base_shift:g}..{d.max_shift:g} over "
-        f"{d.base_image_seq_len}..{d.max_image_seq_len} tokens"
-    )
+        text = f"scheduler shift {s.scheduler_shift:g}"
+    else:
+        text = (
+            f"dynamic shifting {d.base_shift:g}..{d.max_shift:g} over "
+            f"{d.base_image_seq_len}..{d.max_image_seq_len} tokens"
+        )
+    if s.scheduler_class != FLOW_MATCH_EULER:
+        text = f"{s.scheduler_class} {text}"
+    extra = ", ".join(f"{key} {value}" for key, value in s.scheduler_options)
+    return f"{text} ({extra})" if extra else text
 
 
 def _numerics(s: RenderSettings) -> str:

@@ -8,9 +8,12 @@ can reproduce a preview, the reason is given instead.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from parity.attribute import Attribution, UnconfirmedCause, scheduler_text
 from parity.families import SERVER_MODELS, family_of_model
@@ -27,7 +30,87 @@ from parity.server import (
     request_number,
 )
 from parity.settings import Cause, RenderSettings, SchedulerConfig
-from parity.zimage.diffusers_era import DiffusersEra
+
+#: The folder of a run's corrected requests: ``<step>.json`` indexes, ``<step>/<k>.json``.
+CORRECTED_DIR = "corrected_requests"
+
+
+@dataclass(frozen=True)
+class PlacedPrompt:
+    """A prompt of a corrected request: its file (relative to ``corrected_requests/``)
+    and its position in the request's prompts."""
+
+    file: str
+    prompt: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "prompt": self.prompt}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> PlacedPrompt:
+        return cls(file=str(d["file"]), prompt=int(d["prompt"]))
+
+
+@dataclass(frozen=True)
+class CorrectedIndex:
+    """The record of ``corrected_requests/<step>.json``: per preview index, the prompt
+    that reproduces it (``placement``), or why none does (``cannot_reproduce``) and the
+    request holding its closest prompt (``closest``).
+
+    Written from :meth:`CorrectedRequests.index`; read back with :meth:`read` and
+    :meth:`read_all` (the report reads it so).
+    """
+
+    step: int
+    placement: Mapping[int, PlacedPrompt] = field(default_factory=dict)
+    cannot_reproduce: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    closest: Mapping[int, PlacedPrompt] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The index file's object (keys in this order; preview indices as strings)."""
+        return {
+            "step": self.step,
+            "placement": {str(i): p.to_json() for i, p in sorted(self.placement.items())},
+            "cannot_reproduce": {
+                str(i): list(reasons) for i, reasons in sorted(self.cannot_reproduce.items())
+            },
+            # Per preview no request reproduces: the request holding its closest prompt.
+            "closest": {str(i): p.to_json() for i, p in sorted(self.closest.items())},
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> CorrectedIndex:
+        return cls(
+            step=int(d["step"]),
+            placement={int(i): PlacedPrompt.from_json(p) for i, p in d["placement"].items()},
+            cannot_reproduce={
+                int(i): tuple(str(r) for r in reasons)
+                for i, reasons in d.get("cannot_reproduce", {}).items()
+            },
+            closest={int(i): PlacedPrompt.from_json(p) for i, p in d.get("closest", {}).items()},
+        )
+
+    @classmethod
+    def read(cls, run_dir: str | os.PathLike[str], step: int) -> CorrectedIndex:
+        """The index of ``step`` in run folder ``run_dir``.
+
+        Raises
+        ------
+        ValueError
+            The file is not such an index (the message names it).
+        """
+        path = Path(run_dir) / CORRECTED_DIR / f"{step}.json"
+        try:
+            return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise ValueError(f"{path}: not an index of corrected requests ({e})") from None
+
+    @classmethod
+    def read_all(cls, run_dir: str | os.PathLike[str]) -> dict[int, CorrectedIndex]:
+        """Every step's index in run folder ``run_dir`` (none: an empty dict)."""
+        folder = Path(run_dir) / CORRECTED_DIR
+        steps = sorted(int(p.stem) for p in folder.glob("*.json") if p.stem.isdigit())
+        return {step: cls.read(run_dir, step) for step in steps}
 
 
 @dataclass
@@ -57,21 +140,18 @@ class CorrectedRequests:
         """``{"<step>/<k>.json": request body}`` for every request."""
         return {self.file(k): r.to_json_dict() for k, r in enumerate(self.requests)}
 
-    def to_json_dict(self) -> dict:
+    def index(self) -> CorrectedIndex:
         """The index: where each preview is reproduced, or why it cannot be."""
-        return {
-            "step": self.step,
-            "placement": {
-                str(i): {"file": self.file(r), "prompt": p}
-                for i, (r, p) in sorted(self.placement.items())
-            },
-            "cannot_reproduce": {str(i): reasons for i, reasons in sorted(self.cannot.items())},
-            # Per preview no request reproduces: the request holding its closest prompt.
-            "closest": {
-                str(i): {"file": self.file(r), "prompt": p}
-                for i, (r, p) in sorted(self.closest.items())
-            },
-        }
+        return CorrectedIndex(
+            step=self.step,
+            placement={i: PlacedPrompt(self.file(r), p) for i, (r, p) in self.placement.items()},
+            cannot_reproduce={i: tuple(reasons) for i, reasons in self.cannot.items()},
+            closest={i: PlacedPrompt(self.file(r), p) for i, (r, p) in self.closest.items()},
+        )
+
+    def to_json_dict(self) -> dict:
+        """The index file's object (:meth:`CorrectedIndex.to_json`)."""
+        return self.index().to_json()
 
 
 def _num(x: float) -> float | int:
@@ -87,20 +167,19 @@ def blockers(
     lora_not_applied: bool = False,
     server_dtype: str | None = None,
     rounded_checkpoint: str | None = None,
-    server_era: DiffusersEra | None = None,
+    server_diffusers: str | None = None,
 ) -> list[str]:
     """Reasons the server cannot reproduce ``preview`` with any request.
 
     ``rounded_checkpoint``: the dtype the step's checkpoint was saved in when that is a
-    rounding of the training weights (``BF16``, ``F16``), else None. ``server_era``: the
-    server's diffusers release (None: the installed one, N updates for N steps and CFG
-    for g > 0).
+    rounding of the training weights (``BF16``, ``F16``), else None.
+    ``server_diffusers``: the server's diffusers release (``--server-diffusers``; None:
+    the installed one), which the model's family places (:attr:`Family.server_era`).
     """
     reasons = []
     server_model = SERVER_MODELS[model]
     family = family_of_model(model)
-    if not family.diffusers_eras:
-        server_era = None
+    server_era = family.server_era(server_diffusers)
     div = server_model.resolution_divisor
     if preview.width % div or preview.height % div:
         reasons.append(
@@ -149,6 +228,12 @@ def blockers(
         reasons.append(
             f"the preview came from a quantized model (transformer {q.qtype or 'full'}, text "
             f"encoder {q.qtype_te or 'full'}); the server never quantizes"
+        )
+    if preview.vae_tiling:
+        reasons.append(
+            f"the preview's VAE decoded its {preview.width}x{preview.height} image in tiles "
+            "(ai-toolkit's low_vram); the server decodes it whole and a request cannot "
+            "change it"
         )
     if rounded_checkpoint is not None:
         reasons.append(
@@ -209,7 +294,7 @@ def corrected_requests(
     lora_not_applied: bool = False,
     checkpoint_scheduler: SchedulerConfig | None = None,
     server_dtype: str | None = None,
-    server_era: DiffusersEra | None = None,
+    server_diffusers: str | None = None,
     lora_root: Path | None = None,
     lora_path: str | None = None,
 ) -> CorrectedRequests:
@@ -229,8 +314,7 @@ def corrected_requests(
     """
     attributions = attributions or {}
     unconfirmed = unconfirmed or {}
-    if not family_of_model(job.reference_model).diffusers_eras:
-        server_era = None
+    server_era = family_of_model(job.reference_model).server_era(server_diffusers)
     checkpoint = job.checkpoint_for_step(step)
     out = CorrectedRequests(step=step)
     groups: dict[tuple[bool, float | None], list[tuple[int, PromptItem]]] = {}
@@ -243,7 +327,7 @@ def corrected_requests(
             lora_not_applied=lora_not_applied and s.lora is not None,
             server_dtype=server_dtype,
             rounded_checkpoint=checkpoint.dtype if checkpoint and checkpoint.rounded else None,
-            server_era=server_era,
+            server_diffusers=server_diffusers,
         )
         closest = closest_without_precision(attributions.get(index))
         if reasons and closest is not None:

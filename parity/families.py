@@ -11,14 +11,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from parity.errors import JobError
+from parity.errors import JobError, ModelError
 from parity.family import Family, ServerModel
 from parity.flux.family import FLUX
+from parity.qwenimage.family import QWEN_IMAGE
 from parity.settings import SchedulerConfig
 from parity.zimage.family import ZIMAGE
 
 #: Every family, by name, in the order messages list them.
-FAMILIES: dict[str, Family] = {f.name: f for f in (ZIMAGE, FLUX)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (ZIMAGE, FLUX, QWEN_IMAGE)}
 
 #: Every reference server model id parity renders, with its family's facts.
 SERVER_MODELS: dict[str, ServerModel] = {
@@ -32,6 +33,20 @@ def family(name: str) -> Family:
         return FAMILIES[name]
     except KeyError:
         raise KeyError(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}") from None
+
+
+def check_server_diffusers(spec: str | None) -> str | None:
+    """``--server-diffusers`` as given, once every family with eras can place it.
+
+    Raises
+    ------
+    ParityError
+        A family whose pipeline changed between releases cannot place the release (not a
+        version or commit, an unknown commit, a release without its pipeline).
+    """
+    for f in FAMILIES.values():
+        f.server_era(spec)
+    return spec
 
 
 def family_of_model(model_id: str) -> Family:
@@ -89,6 +104,19 @@ def family_of_checkpoint(transformer: str) -> Family | None:
 
 
 def checkpoint_family(transformer: str) -> Family:
-    """:func:`family_of_checkpoint`, or Z-Image (parity's first family) when unknown: what
-    a caller that names no family gets."""
-    return family_of_checkpoint(transformer) or FAMILIES["zimage"]
+    """:func:`family_of_checkpoint`, for a caller that names no family.
+
+    Raises
+    ------
+    ModelError
+        No family knows the checkpoint (a hub id no server model loads, a folder without
+        a transformer config of a known class): the caller must name the job's family.
+    """
+    found = family_of_checkpoint(transformer)
+    if found is None:
+        known = ", ".join(f"{f.label} ({f.transformer_class})" for f in FAMILIES.values())
+        raise ModelError(
+            f"{transformer}: no model family parity knows holds this checkpoint (known: "
+            f"{known}); open it for a job, whose config names its family"
+        )
+    return found

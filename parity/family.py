@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from parity.errors import WrongCheckpointError
 from parity.settings import SchedulerConfig
 
 
@@ -67,6 +68,68 @@ class Era:
 
 
 @dataclass(frozen=True)
+class DiffusersEra:
+    """How the diffusers release a server runs treats a family's steps and guidance.
+
+    A family whose pipeline changed between releases parses ``--server-diffusers``
+    into one of these (:attr:`Family.server_era`); Z-Image's releases are in
+    :mod:`parity.zimage.diffusers_era`.
+
+    Attributes
+    ----------
+    label:
+        The release or commit as given, with its version (for reports).
+    legacy_sigmas:
+        True when N steps make N-1 updates (before 0.39 / commit 32ecbe3).
+    cfg_threshold:
+        CFG runs when the guidance it receives is above this: 1.0 before 0.37 (commit
+        97c2c6e), else 0.0.
+    note:
+        An ambiguity of the version, when there is one.
+    """
+
+    label: str
+    legacy_sigmas: bool
+    cfg_threshold: float
+    note: str = ""
+
+    @property
+    def cfg_rule(self) -> str:
+        return f"CFG runs for g > {self.cfg_threshold:g}"
+
+    @property
+    def steps_rule(self) -> str:
+        return "N steps make N-1 updates" if self.legacy_sigmas else "N steps make N updates"
+
+    def describe(self) -> str:
+        text = f"diffusers {self.label}: {self.steps_rule}, {self.cfg_rule}"
+        return f"{text} ({self.note})" if self.note else text
+
+    def pipeline_guidance(self, guidance_scale: float) -> float:
+        """The guidance that makes the installed diffusers (CFG ``pos + g (pos - neg)``
+        for ``g > 0``) do what this release does with ``guidance_scale``."""
+        return guidance_scale if guidance_scale > self.cfg_threshold else 0.0
+
+    def request_guidance(self, pipeline_guidance: float) -> float | None:
+        """The guidance to send so that this release does what the installed diffusers
+        does with ``pipeline_guidance``; None when no value does (CFG weaker than the
+        threshold cannot run)."""
+        if pipeline_guidance <= 0.0:
+            return 0.0
+        if pipeline_guidance > self.cfg_threshold:
+            return pipeline_guidance
+        return None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "label": self.label,
+            "legacy_sigmas": self.legacy_sigmas,
+            "cfg_threshold": self.cfg_threshold,
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
 class ServerModel:
     """One model id of the reference server: its defaults and the checkpoints it loads.
 
@@ -88,6 +151,9 @@ class ServerModel:
         keeps the checkpoint's own.
     default_network_multiplier:
         The LoRA scale when the request gives none.
+    fuses_lora:
+        The LoRA is fused into the weights at load (``fuse_lora``: ``W + s * BA`` rounded
+        to the weight dtype once), not run beside them as a PEFT adapter.
     """
 
     model_id: str
@@ -99,6 +165,7 @@ class ServerModel:
     hub_id: str
     replaced_scheduler: SchedulerConfig | None = None
     default_network_multiplier: float = 1.0
+    fuses_lora: bool = False
 
     @property
     def replaces_scheduler(self) -> bool:
@@ -125,9 +192,13 @@ class PipelineAdapter(Protocol):
     def encode(self, pipe: Any, text: str, device: Any) -> Any:
         """The prompt embeddings the pipeline call takes for ``text``."""
 
-    def embedding_arguments(self, positive: Any, negative: Any | None) -> dict[str, Any]:
+    def call_arguments(
+        self, positive: Any, negative: Any | None, guidance: float
+    ) -> dict[str, Any]:
         """Keyword arguments of the pipeline call for the embeddings of :meth:`encode`
-        (``negative`` None: no negative prompt)."""
+        (``negative`` None: no negative prompt) and the guidance (the settings'
+        ``pipeline_guidance``): which argument it is (``guidance_scale``,
+        ``true_cfg_scale``...) is the family's."""
 
 
 @dataclass(frozen=True)
@@ -164,9 +235,11 @@ class Family:
         What the server's diffusers samples with when a checkpoint has no scheduler.
     preview_scheduler:
         The scheduler ai-toolkit samples previews with, whatever the checkpoint ships.
-    diffusers_eras:
-        True when the server's diffusers release changes how this family's pipeline
-        treats steps and guidance (``--server-diffusers``, :mod:`parity.zimage.diffusers_era`).
+    server_era:
+        ``--server-diffusers`` value (None: the installed release) -> the
+        :class:`DiffusersEra` that release means for this family's pipeline, or None when
+        the release does not change how it treats steps and guidance. Raises
+        :class:`parity.errors.ParityError` for a release it cannot place.
     diffusers_note:
         For a family without eras: why the release does not matter, for reports.
     lora_key_format:
@@ -182,6 +255,14 @@ class Family:
     unreproduced_options:
         ``model section -> problems``: preview options of ai-toolkit parity does not
         render; a job with any is refused.
+    preview_vae_tiling:
+        ``model section -> bool``: whether ai-toolkit switched the VAE's tiled decode on
+        for the previews (Qwen-Image: ``low_vram``).
+    vae_tile_size:
+        The VAE's tile, px: a tiled decode acts only on an image wider or taller than
+        this (diffusers' ``tile_sample_min_width`` / ``_height``); None: never tiles.
+    wrong_checkpoint_error:
+        The error type of a checkpoint that is not this family's.
     pipeline:
         Loading and calling its diffusers pipeline.
     """
@@ -206,6 +287,42 @@ class Family:
     pipeline: PipelineAdapter
     arch_flag: str | None = None
     hub_schedulers: Mapping[str, SchedulerConfig] = field(default_factory=dict)
-    diffusers_eras: bool = False
+    server_era: Callable[[str | None], DiffusersEra | None] = lambda spec: None
     diffusers_note: str = ""
     unreproduced_options: Callable[[Mapping[str, Any]], list[str]] = lambda model: []
+    preview_vae_tiling: Callable[[Mapping[str, Any]], bool] = lambda model: False
+    vae_tile_size: int | None = None
+    wrong_checkpoint_error: type[Exception] = WrongCheckpointError
+
+    def tiling_acts(self, width: int, height: int) -> bool:
+        """Whether a tiled decode of a ``width`` x ``height`` px image differs from a whole
+        one: only above the VAE's tile."""
+        tile = self.vae_tile_size
+        return tile is not None and (width > tile or height > tile)
+
+    def server_release_label(self, spec: str | None) -> str:
+        """The server's diffusers release as a report names it: the era's label, or the
+        release given (the installed one by default) for a family without eras."""
+        era = self.server_era(spec)
+        if era is not None:
+            return era.label
+        if spec:
+            return str(spec).strip()
+        from parity.stack import installed_version
+
+        return f"{installed_version('diffusers') or 'unknown'} (installed)"
+
+    def describe_server_release(self, spec: str | None) -> str:
+        """One line: what the server's diffusers release does with this family's pipeline."""
+        era = self.server_era(spec)
+        if era is not None:
+            return era.describe()
+        return f"diffusers {self.server_release_label(spec)}: {self.diffusers_note}"
+
+    def server_release_json(self, spec: str | None) -> dict[str, object]:
+        """The server's diffusers release for run.json: the era's record, or its label and
+        why the release does not matter for this family."""
+        era = self.server_era(spec)
+        if era is not None:
+            return era.to_json()
+        return {"label": self.server_release_label(spec), "note": self.diffusers_note}

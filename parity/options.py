@@ -373,10 +373,10 @@ def run_options(values: Mapping[str, Any], **fixed: Any) -> RunOptions:
         A malformed ``steps`` or ``server_diffusers``.
     """
     from parity.compare import Thresholds
+    from parity.families import check_server_diffusers
     from parity.plan import parse_steps
     from parity.plan.sides import normalize_dtype
     from parity.run import RunOptions
-    from parity.zimage.diffusers_era import diffusers_era
 
     fields: dict[str, Any] = {
         "steps": parse_steps(values["steps"]) if values.get("steps") else "all",
@@ -389,9 +389,7 @@ def run_options(values: Mapping[str, Any], **fixed: Any) -> RunOptions:
         "confirm_margin": values["confirm_margin"],
         "reference_dtype": normalize_dtype(values["dtype"]) if values.get("dtype") else None,
         "allow_outside_paths": bool(values.get("allow_outside_paths")),
-        "server_era": (
-            diffusers_era(values["server_diffusers"]) if values.get("server_diffusers") else None
-        ),
+        "server_diffusers": check_server_diffusers(values.get("server_diffusers") or None),
         "match": values.get("match") or "index",
         "lora_root": Path(values["lora_root"]) if values.get("lora_root") else None,
     }

@@ -26,12 +26,13 @@ class Cause(StrEnum):
 
     SNAPPING = "snapping"  # width, height (Z-Image: floor to 16 in ai-toolkit, 32 on the server)
     CFG = "cfg"  # the guidance diffusers receives (Z-Image: CFG; FLUX.1: the guidance embedding)
-    SCHEDULER = "scheduler"  # FlowMatch shift, or its dynamic shifting
+    SCHEDULER = "scheduler"  # the scheduler's class or any setting of its config
     STEPS = "steps"
     SEED = "seed"
     LORA_SCALE = "lora_scale"  # LoRA multiplier, or a LoRA on one side only
     LORA_NOT_APPLIED = "lora_not_applied"  # keys the server's loader does not take
     PRECISION = "precision"  # dtype, quantization, merged LoRA, training adapter
+    VAE_TILING = "vae_tiling"  # the VAE decoded in tiles on one side (ai-toolkit's low_vram)
     PROMPT = "prompt"  # text or negative text
     LIBRARY = "library"  # diffusers era: N-1 vs N updates for N steps
 
@@ -131,12 +132,13 @@ class Quantization:
 
 @dataclass(frozen=True)
 class DynamicShift:
-    """FlowMatch dynamic shifting (diffusers ``use_dynamic_shifting``), as FLUX.1 samples.
+    """FlowMatch dynamic shifting (diffusers ``use_dynamic_shifting``).
 
     The shift is not fixed: ``mu`` is interpolated linearly in the packed image's token
     count ``(height / 16) * (width / 16)`` from ``base_shift`` at ``base_image_seq_len``
     tokens to ``max_shift`` at ``max_image_seq_len``, and each sigma ``t`` becomes
-    ``exp(mu) / (exp(mu) + (1 / t - 1))``.
+    ``exp(mu) / (exp(mu) + (1 / t - 1))`` (the ``exponential`` time shift; other time
+    shifts and a ``shift_terminal`` are :attr:`SchedulerConfig.options`).
     """
 
     base_shift: float = 0.5
@@ -145,28 +147,76 @@ class DynamicShift:
     max_image_seq_len: int = 4096
 
 
+#: The scheduler class every family parity knows samples with.
+FLOW_MATCH_EULER = "FlowMatchEulerDiscreteScheduler"
+
+#: Keys of a scheduler config that are not settings of the scheduler.
+_BOOKKEEPING_KEYS = ("_class_name", "_diffusers_version", "_name_or_path")
+#: Keys :class:`SchedulerConfig` holds as fields of their own.
+_DYNAMIC_KEYS = ("base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len")
+_FIELD_KEYS = ("shift", "use_dynamic_shifting", *_DYNAMIC_KEYS)
+
+#: The constructor defaults of each scheduler class (diffusers 0.42.1), for the keys that
+#: are not fields of :class:`SchedulerConfig`: a config key at its default changes nothing,
+#: so it is not kept, and two configs that differ only in spelling out defaults are equal.
+SCHEDULER_DEFAULTS: dict[str, dict[str, Any]] = {
+    FLOW_MATCH_EULER: {
+        "num_train_timesteps": 1000,
+        "invert_sigmas": False,
+        "shift_terminal": None,
+        "use_karras_sigmas": False,
+        "use_exponential_sigmas": False,
+        "use_beta_sigmas": False,
+        "time_shift_type": "exponential",
+        "stochastic_sampling": False,
+    },
+}
+
+
+def _frozen(value: Any) -> Any:
+    """A JSON value made hashable (lists become tuples)."""
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """The FlowMatch scheduler a checkpoint ships (``scheduler/scheduler_config.json``).
+    """A scheduler as a checkpoint ships it (``scheduler/scheduler_config.json``) or a
+    side samples with: its class and every setting of its config.
 
-    ``shift`` is None when the config has none; ``dynamic_shift`` is None when the config
-    does not use dynamic shifting.
+    Attributes
+    ----------
+    class_name:
+        The diffusers scheduler class.
+    shift:
+        FlowMatch ``shift``; None when the config has none.
+    dynamic_shift:
+        The dynamic shifting, or None when the config does not use it.
+    options:
+        Every other key whose value is not the class's default
+        (:data:`SCHEDULER_DEFAULTS`), as sorted ``(key, value)`` pairs: Qwen-Image's
+        ``shift_terminal``, a time-shift type, Karras sigmas... Nothing of a config is
+        dropped unless it equals the default.
     """
 
     shift: float | None = None
     dynamic_shift: DynamicShift | None = None
+    class_name: str = FLOW_MATCH_EULER
+    options: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
     def from_config(cls, config: Any) -> SchedulerConfig:
-        """The shift and dynamic shifting of a scheduler config (the parsed
-        ``scheduler_config.json``, or a loaded scheduler's ``config``); absent dynamic
-        shifting numbers take diffusers' defaults.
+        """The scheduler a config describes (the parsed ``scheduler_config.json``, or a
+        loaded scheduler's ``config``); absent dynamic shifting numbers take diffusers'
+        defaults, every other key is kept unless it is at the class's default.
 
         Raises
         ------
         ValueError, TypeError
             A value that is not a number.
         """
+        class_name = str(config.get("_class_name") or FLOW_MATCH_EULER)
         shift = config.get("shift")
         dynamic = None
         if config.get("use_dynamic_shifting"):
@@ -180,8 +230,35 @@ class SchedulerConfig:
                 max_image_seq_len=int(config.get("max_image_seq_len", defaults.max_image_seq_len)),
             )
         return cls(
-            shift=float(shift) if isinstance(shift, int | float) else None, dynamic_shift=dynamic
+            shift=float(shift) if isinstance(shift, int | float) else None,
+            dynamic_shift=dynamic,
+            class_name=class_name,
+            options=scheduler_options(class_name, config),
         )
+
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments that build this scheduler with its diffusers class."""
+        kwargs: dict[str, Any] = dict(self.options)
+        if self.shift is not None:
+            kwargs["shift"] = self.shift
+        kwargs["use_dynamic_shifting"] = self.dynamic_shift is not None
+        if self.dynamic_shift is not None:
+            kwargs.update(dataclasses.asdict(self.dynamic_shift))
+        return kwargs
+
+
+def scheduler_options(class_name: str, config: Any) -> tuple[tuple[str, Any], ...]:
+    """The keys of a scheduler ``config`` that :class:`SchedulerConfig` keeps as
+    ``options``: every setting but its own fields, unless at ``class_name``'s default."""
+    defaults = SCHEDULER_DEFAULTS.get(class_name, {})
+    kept = {}
+    for key, value in config.items():
+        if key in _BOOKKEEPING_KEYS or key in _FIELD_KEYS:
+            continue
+        if key in defaults and value == defaults[key]:
+            continue
+        kept[str(key)] = _frozen(value)
+    return tuple(sorted(kept.items()))
 
 
 @dataclass(frozen=True)
@@ -195,13 +272,12 @@ class RenderSettings:
     width, height:
         Pixel size handed to the pipeline (already snapped by the side's rule).
     family:
-        The model family (``"zimage"``, ``"flux"``; :mod:`parity.families`): which diffusers
-        pipeline renders and what its guidance means.
+        The model family's name (:mod:`parity.families`): which diffusers pipeline renders
+        and what its guidance means.
     pipeline_guidance:
-        ``guidance_scale`` given to the family's installed diffusers pipeline. Z-Image
-        (``ZImagePipeline``): CFG ``pos + g * (pos - neg)``, run when ``g > 0``. FLUX.1
-        (``FluxPipeline``): the value of the guidance embedding; no CFG, so the negative
-        prompt is not used.
+        The guidance given to the family's installed diffusers pipeline; the family's
+        pipeline adapter says which argument it is and what it means (CFG's scale, a
+        guidance embedding's value, true CFG's scale).
     steps:
         ``num_inference_steps``.
     sigmas:
@@ -211,7 +287,11 @@ class RenderSettings:
     scheduler_shift:
         ``shift`` of the FlowMatchEulerDiscreteScheduler (unused with dynamic shifting).
     dynamic_shift:
-        The scheduler's dynamic shifting (FLUX.1), or None for the fixed ``shift``.
+        The scheduler's dynamic shifting, or None for the fixed ``shift``.
+    scheduler_class, scheduler_options:
+        The diffusers scheduler class, and every other setting of its config that is not
+        at the class's default (:class:`SchedulerConfig`), as sorted ``(key, value)``
+        pairs.
     seed, generator:
         Seed and how it was applied: ``"cpu"`` a fresh ``torch.Generator("cpu")`` (the
         server), ``"global"`` ``torch.manual_seed`` (ai-toolkit). Both draw the same
@@ -229,6 +309,10 @@ class RenderSettings:
         float32. Only meaningful below float32.
     adapter:
         ai-toolkit's training adapter (preview side of Turbo jobs), or None.
+    vae_tiling:
+        The VAE decodes in overlapping tiles (diffusers ``vae.enable_tiling()``), as
+        ai-toolkit's ``low_vram`` makes some families do; the server never tiles. Tiling
+        only acts on images larger than the VAE's tile.
     """
 
     prompt: str
@@ -238,8 +322,11 @@ class RenderSettings:
     pipeline_guidance: float
     steps: int
     seed: int
+    family: str
     scheduler_shift: float = 3.0
     dynamic_shift: DynamicShift | None = None
+    scheduler_class: str = FLOW_MATCH_EULER
+    scheduler_options: tuple[tuple[str, Any], ...] = ()
     sigmas: tuple[float, ...] | None = None
     generator: GeneratorKind = "cpu"
     lora: LoraSettings | None = None
@@ -247,15 +334,18 @@ class RenderSettings:
     quantization: Quantization = field(default_factory=Quantization)
     text_encoder_cast: bool = False
     adapter: TrainingAdapter | None = None
-    family: str = "zimage"
+    vae_tiling: bool = False
 
     @property
-    def schedule(self) -> tuple[float | None, DynamicShift | None]:
-        """What the scheduler does with the sigmas: the fixed shift, or the dynamic
-        shifting (whose ``shift`` is unused)."""
-        if self.dynamic_shift is not None:
-            return (None, self.dynamic_shift)
-        return (self.scheduler_shift, None)
+    def schedule(self) -> SchedulerConfig:
+        """The scheduler this render samples with; two renders whose schedules are equal
+        step through the same sigmas (with dynamic shifting, ``shift`` is unused)."""
+        return SchedulerConfig(
+            shift=None if self.dynamic_shift is not None else self.scheduler_shift,
+            dynamic_shift=self.dynamic_shift,
+            class_name=self.scheduler_class,
+            options=self.scheduler_options,
+        )
 
     def replace(self, **changes: Any) -> RenderSettings:
         """Return a copy with ``changes`` applied (a counterfactual)."""
@@ -271,6 +361,8 @@ class RenderSettings:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RenderSettings:
         d = dict(d)
+        # Records written before settings named their family were all Z-Image renders.
+        d.setdefault("family", "zimage")
         if d.get("lora") is not None:
             d["lora"] = LoraSettings(**d["lora"])
         d["quantization"] = Quantization(**(d.get("quantization") or {}))
@@ -280,6 +372,9 @@ class RenderSettings:
             d["dynamic_shift"] = DynamicShift(**d["dynamic_shift"])
         if d.get("sigmas") is not None:
             d["sigmas"] = tuple(float(s) for s in d["sigmas"])
+        d["scheduler_options"] = tuple(
+            (str(k), _frozen(v)) for k, v in d.get("scheduler_options") or ()
+        )
         return cls(**d)
 
 

@@ -47,6 +47,7 @@ def base_settings(**changes) -> RenderSettings:
         pipeline_guidance=2.0,
         steps=4,
         seed=11,
+        family="zimage",
     )
     return s.replace(**changes)
 

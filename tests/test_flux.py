@@ -24,6 +24,7 @@ from helpers import corrected_index
 
 from parity.cli import main
 from parity.compare import Thresholds, compare, inspect_codec, load_rgb
+from parity.errors import ModelError
 from parity.families import family_of_model
 from parity.job import read_job
 from parity.plan.sides import as_configured_request, pair_for
@@ -354,7 +355,8 @@ def test_every_front_door_opens_the_engine_in_the_jobs_family(tmp_path: Path):
     assert opened.job.family == "flux"
     assert open_engine(opened.job, opened.source, device="cpu").family.name == "flux"
     hub = ModelSource("someone/flux-finetune", "someone/flux-finetune", None, "hub")
-    assert RenderEngine(hub, device="cpu").family.name == "zimage"  # the name's guess
+    with pytest.raises(ModelError, match="no model family parity knows"):
+        RenderEngine(hub, device="cpu")  # the checkpoint alone names no family
     assert open_engine(opened.job, hub, device="cpu").family.name == "flux"
     worker = FleetWorker(WorkerSpec("w", "cpu"))
     assert worker.engine(opened.job, hub).family.name == "flux"

@@ -1,5 +1,6 @@
 """The package reads as the data flow: each stage imports only itself and the stages
-before it, and the model families' facts import no stage at all."""
+before it, the model families' facts import no stage at all, and no stage names a
+family: the stages ask the registry (:mod:`parity.families`)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,6 @@ RANKS: dict[str, int] = {
     "parity.family": 0,
     "parity.families": 0,
     "parity.server": 0,
-    "parity.zimage": 0,
-    "parity.flux": 0,
     "parity.job": 1,
     "parity.plan": 2,
     "parity.render": 3,
@@ -41,8 +40,22 @@ RANKS: dict[str, int] = {
     "parity.testing": 12,
 }
 
-#: The model families' folders: facts only, each its own.
-FAMILIES = ("parity.zimage", "parity.flux")
+
+
+def _family_folders() -> dict[str, str]:
+    """Each registered family's folder (the package of its pipeline adapter) by name."""
+    from parity.families import FAMILIES
+
+    return {f.pipeline.__name__.rpartition(".")[0]: name for name, f in FAMILIES.items()}
+
+
+#: The model families' folders, from the registry: facts only, each its own, rank 0.
+FAMILIES: dict[str, str] = _family_folders()
+RANKS.update(dict.fromkeys(FAMILIES, 0))
+
+#: Modules that are neither stages nor facts: test support, which builds each family's
+#: tiny checkpoints.
+NOT_STAGES = ("parity.testing",)
 
 #: What a family's facts may use besides their own folder: nothing of parity but these.
 FAMILY_MAY_IMPORT = (
@@ -103,6 +116,79 @@ def _violations() -> list[str]:
             elif RANKS[other] > RANKS[stage]:
                 out.append(f"{where}: {stage} imports the later stage {target}")
     return out
+
+
+def _family_names() -> set[str]:
+    """The words that name a family in code: family names and server model ids."""
+    from parity.families import FAMILIES, SERVER_MODELS
+
+    return set(FAMILIES) | set(SERVER_MODELS)
+
+
+def family_naming(source: str, where: str) -> list[str]:
+    """Where a stage module's ``source`` names a family: an import of a family folder, or
+    a string that is a family's name or server model id (``family.name == "zimage"``,
+    ``FAMILIES["flux"]``). Prose in docstrings and messages is longer than one word and
+    is not counted."""
+    tree = ast.parse(source)
+    names = _family_names()
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        else:
+            targets = []
+        for target in targets:
+            if any(target == f or target.startswith(f + ".") for f in FAMILIES):
+                out.append(f"{where}:{node.lineno}: imports the family folder {target}")
+                break
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if node.value in names:
+                out.append(f"{where}:{node.lineno}: names the family {node.value!r}")
+    return out
+
+
+def _stage_modules() -> list[Path]:
+    """Every module of a stage (rank 1 and above), front doors included."""
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = _module_name(path)
+        if RANKS[_stage(name)] >= 1 and not name.startswith(NOT_STAGES):
+            out.append(path)
+    return out
+
+
+def test_no_stage_names_a_family():
+    found = []
+    for path in _stage_modules():
+        where = str(path.relative_to(PACKAGE.parent))
+        found += family_naming(path.read_text(encoding="utf-8"), where)
+    assert found == []
+
+
+def test_a_stage_that_names_a_family_fails_the_layout():
+    """The check above would catch the ways a stage used to lean on one family."""
+    folder = next(iter(FAMILIES))
+    name = FAMILIES[folder]
+    leaks = {
+        "import": f"from {folder}.aitk import preview_qtypes\n",
+        "lazy import": f"def f():\n    import {folder}.server\n",
+        "branch": f"def f(family):\n    return family.name == {name!r}\n",
+        "lookup": f"from parity.families import FAMILIES\nx = FAMILIES[{name!r}]\n",
+    }
+    for what, source in leaks.items():
+        assert family_naming(source, "stage.py"), what
+    assert family_naming('"""Renders a Z-Image or FLUX.1 checkpoint."""\n', "stage.py") == []
+
+
+def test_every_registered_family_is_a_folder_of_facts():
+    from parity.families import FAMILIES as REGISTRY
+
+    assert sorted(FAMILIES.values()) == sorted(REGISTRY)
+    for folder in FAMILIES:
+        assert (PACKAGE.parent / folder.replace(".", "/") / "family.py").is_file(), folder
 
 
 def test_no_stage_imports_a_later_one():

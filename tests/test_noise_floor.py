@@ -89,8 +89,8 @@ def test_floor_round_trips_through_results_json_and_csv(tmp_path: Path) -> None:
     write_results(tmp_path, rows)
     back = read_results(tmp_path)
     assert back[0].noise_floor == floor and isinstance(back[0].noise_floor, NoiseFloor)
-    assert back[0].below_noise_floor == [unconfirmed]
-    assert back[1].noise_floor is None and back[1].below_noise_floor == []
+    assert back[0].below_noise_floor == (unconfirmed,)
+    assert back[1].noise_floor is None and back[1].below_noise_floor == ()
     assert NoiseFloor.from_json(json.loads(json.dumps(floor.to_json()))) == floor
     lossless = _floor(encoded_max_abs_diff=None, encoded_mean_abs_diff=None)
     assert NoiseFloor.from_json(lossless.to_json()) == lossless
@@ -195,7 +195,7 @@ def test_alternate_path_moves_bf16_renders_and_leaves_the_default_path_alone() -
     engine = shared_engine(TINY_BASE)
     settings = RenderSettings(
         prompt="a red cube", negative_prompt="", width=64, height=64,
-        pipeline_guidance=2.0, steps=3, seed=5, dtype="bfloat16",
+        pipeline_guidance=2.0, steps=3, seed=5, family="zimage", dtype="bfloat16",
     )  # fmt: skip
     before = np.asarray(engine.render(settings).image)
     alternate = np.asarray(engine.render(settings, alternate=True).image)
@@ -214,7 +214,7 @@ def test_alternate_path_moves_bf16_renders_and_leaves_the_default_path_alone() -
 
 
 def _cf(name: str, confirmed: bool, match: bool = True) -> Counterfactual:
-    settings = RenderSettings("p", "", 8, 8, 0.0, 1, 1)
+    settings = RenderSettings("p", "", 8, 8, 0.0, 1, 1, "zimage")
     return Counterfactual(name, (), settings, 0.99, 40.0, None, match, confirmed=confirmed)
 
 
@@ -235,7 +235,7 @@ def test_unconfirmed_causes_compare_each_leave_one_out_with_the_all_switched_ren
         renders=4,
     )
     images = {ALL: everything, "cfg": large, "seed": large, "precision": small}
-    reference = RenderSettings("p", "", 8, 8, 4.0, 1, 1)
+    reference = RenderSettings("p", "", 8, 8, 4.0, 1, 1, "zimage")
     preview = reference.replace(pipeline_guidance=3.0, dtype="bfloat16", text_encoder_cast=True)
     floor = _floor(max_abs_diff=2, mean_abs_diff=0.5)
     found = {u.cause: u for u in unconfirmed_causes(result, images, reference, preview, floor)}
@@ -287,7 +287,7 @@ def test_a_cause_within_the_floor_stays_a_cause(bf16_reference_run) -> None:
     effect below the floor, never missing."""
     for row in bf16_reference_run:
         assert row.verdict is Verdict.MISMATCH and row.explained
-        assert row.causes == [Cause.CFG, Cause.PRECISION] == sorted(row.candidate_causes)
+        assert list(row.causes) == [Cause.CFG, Cause.PRECISION] == sorted(row.candidate_causes)
         confirmed = {c.name for c in row.counterfactuals if c.leaves_out_a_cause and c.confirmed}
         unconfirmed = {str(u.cause) for u in row.below_noise_floor}
         assert "cfg" in confirmed

@@ -391,7 +391,7 @@ def test_library_and_steps_switch_independently():
     from parity.attribute import switch
     from parity.settings import Cause, RenderSettings, legacy_sigmas
 
-    reference = RenderSettings("a", "", 64, 64, 0.0, steps=8, seed=1)  # N updates
+    reference = RenderSettings("a", "", 64, 64, 0.0, steps=8, seed=1, family="zimage")  # N updates
     preview = reference.replace(steps=6, sigmas=legacy_sigmas(6))  # 5 updates for 6 steps
     steps_only = switch(reference, preview, [Cause.STEPS])
     assert (steps_only.steps, steps_only.sigmas) == (6, None)

@@ -85,7 +85,11 @@ def encode(pipe: Any, text: str, device: Any) -> tuple[Any, Any]:
     return embeds, pooled
 
 
-def embedding_arguments(positive: tuple[Any, Any], negative: Any | None) -> dict[str, Any]:
-    """``prompt_embeds`` and ``pooled_prompt_embeds``; no negative (no CFG runs)."""
+def call_arguments(
+    positive: tuple[Any, Any], negative: Any | None, guidance: float
+) -> dict[str, Any]:
+    """``prompt_embeds``, ``pooled_prompt_embeds`` and ``guidance_scale``: the value of the
+    transformer's guidance embedding (FLUX.1-dev is guidance-distilled). No negative: true
+    CFG (``true_cfg_scale`` > 1) is never run by either side."""
     embeds, pooled = positive
-    return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+    return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "guidance_scale": guidance}

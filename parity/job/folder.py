@@ -231,6 +231,9 @@ class Job:
     #: Every checkpoint file by name, with its step: also the final ``<name>.safetensors``
     #: where a step file of the same step is the one in ``checkpoints``.
     checkpoint_files: Mapping[str, int] = field(default_factory=dict)
+    #: ai-toolkit switched the VAE's tiled decode on for the previews (the family's rule,
+    #: :attr:`parity.family.Family.preview_vae_tiling`).
+    vae_tiling: bool = False
 
     @property
     def steps(self) -> list[int]:
@@ -765,6 +768,7 @@ def read_job(
     train_dtype = str(train.get("dtype", "bf16")) if isinstance(train, dict) else "bf16"
 
     qtype, qtype_te = family.preview_qtypes(model)
+    vae_tiling = family.preview_vae_tiling(model)
     quantization = Quantization(qtype=qtype, qtype_te=qtype_te)
 
     try:
@@ -819,4 +823,5 @@ def read_job(
         adapter_path=adapter_path,
         adapter_problem=adapter_problem,
         checkpoint_files=files,
+        vae_tiling=vae_tiling,
     )

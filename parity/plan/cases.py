@@ -24,7 +24,6 @@ from parity.job import IMAGE_EXTS, Job, Preview, SampleSpec, outside_path_error
 from parity.plan.requests import PromptRef, RequestPlan, UserRequest
 from parity.plan.sides import SidePair, as_configured_request, era_of, pair_for
 from parity.settings import Dtype, SchedulerConfig
-from parity.zimage.diffusers_era import DiffusersEra
 
 #: ``--steps`` values: every step with previews, the last one, or explicit steps.
 Steps = str | tuple[int, ...]
@@ -176,7 +175,7 @@ def plan_cases(
     allow_outside_paths: bool = False,
     check_previews: bool = True,
     request_plan: RequestPlan | None = None,
-    server_era: DiffusersEra | None = None,
+    server_diffusers: str | None = None,
 ) -> list[Case]:
     """One Case per (step, index) that has a preview, with per-preview problems set.
 
@@ -184,7 +183,7 @@ def plan_cases(
     is refused unless ``allow_outside_paths``. ``check_previews=False`` skips the checks
     of the preview files themselves (``parity preview`` renders without reading them).
     The reference side of a step that ``request_plan`` covers comes from the user's
-    request prompts it assigns; ``server_era`` is the server's diffusers release (None:
+    request prompts it assigns; ``server_diffusers`` is the server's diffusers release (None:
     the installed one).
     """
     by_key: dict[tuple[int, int], list[Preview]] = {}
@@ -248,7 +247,7 @@ def plan_cases(
                     checkpoint_scheduler=checkpoint_scheduler,
                     reference_dtype=reference_dtype,
                     lora_paths=[str(user.lora_path)],
-                    server_era=server_era,
+                    server_diffusers=server_diffusers,
                 )
                 served = request_plan.served_for(ref)
                 cases.append(Case(step, index, preview, sample, pair, request=ref, served=served))
@@ -262,7 +261,7 @@ def plan_cases(
                 device=device,
                 checkpoint_scheduler=checkpoint_scheduler,
                 reference_dtype=reference_dtype,
-                server_era=server_era,
+                server_diffusers=server_diffusers,
             )
             cases.append(Case(step, index, preview, sample, pair))
     return cases

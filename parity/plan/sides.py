@@ -40,7 +40,6 @@ from parity.settings import (
     TrainingAdapter,
     legacy_sigmas,
 )
-from parity.zimage.diffusers_era import DiffusersEra
 
 _DTYPE_NAMES: dict[str, Dtype] = {
     "fp32": "float32",
@@ -94,11 +93,12 @@ def preview_settings(
         )
     dtype = normalize_dtype(job.train_dtype)
     adapter = TrainingAdapter(str(job.adapter_path)) if job.adapter_path is not None else None
+    width, height = snap(sample.width, era.size_multiple), snap(sample.height, era.size_multiple)
     return RenderSettings(
         prompt=sample.prompt,
         negative_prompt=sample.negative_prompt,
-        width=snap(sample.width, era.size_multiple),
-        height=snap(sample.height, era.size_multiple),
+        width=width,
+        height=height,
         pipeline_guidance=era.pipeline_guidance(sample.guidance_scale),
         steps=sample.steps,
         sigmas=legacy_sigmas(sample.steps) if era.legacy_sigmas else None,
@@ -113,6 +113,8 @@ def preview_settings(
         # loading kept in float32; a no-op in float32.
         text_encoder_cast=dtype != "float32",
         adapter=adapter,
+        # Tiling changes pixels only where the image is larger than the VAE's tile.
+        vae_tiling=job.vae_tiling and rules.tiling_acts(width, height),
         family=rules.name,
     )
 
@@ -125,26 +127,28 @@ def reference_settings(
     device: str = "cpu",
     checkpoint_scheduler: SchedulerConfig | None = None,
     dtype: Dtype | None = None,
-    era: DiffusersEra | None = None,
+    server_diffusers: str | None = None,
 ) -> tuple[RenderSettings, ServerPrompt]:
     """Settings the server renders prompt ``index`` of ``request`` with.
 
     ``lora_paths`` are the request's LoRA files resolved to local paths (the server
     applies the first). ``checkpoint_scheduler`` is the checkpoint's own scheduler, used
-    by the models that keep it (``zimage_turbo``, ``flux``). ``era`` is the diffusers
-    release the server runs (None: the installed one, whose CFG runs for g > 0 and whose
-    N steps make N updates); the settings then make the installed diffusers behave like
-    it. Only families whose pipeline changed between releases have eras; for the others
-    ``era`` is ignored.
+    by the models that keep it. ``server_diffusers`` is the diffusers release the server
+    runs (``--server-diffusers``; None: the installed one); the model's family says what
+    it means for its pipeline (:attr:`parity.family.Family.server_era`), and the settings
+    then make the installed diffusers behave like it.
     """
     model = SERVER_MODELS[request.model]
     rules = family_of_model(request.model)
-    if not rules.diffusers_eras:
-        era = None
+    era = rules.server_era(server_diffusers)
     prompt = server_prompts(request)[index]
     # A checkpoint without a scheduler config: what the server's diffusers falls back on.
     scheduler = model.scheduler(checkpoint_scheduler) or rules.default_scheduler
-    lora = LoraSettings(path=lora_paths[0], scale=prompt.lora_scale) if lora_paths else None
+    lora = (
+        LoraSettings(path=lora_paths[0], scale=prompt.lora_scale, merged=model.fuses_lora)
+        if lora_paths
+        else None
+    )
     settings = RenderSettings(
         prompt=prompt.prompt,
         negative_prompt=prompt.negative_prompt,
@@ -168,12 +172,15 @@ def reference_settings(
 
 
 def schedule_fields(scheduler: SchedulerConfig, fallback: SchedulerConfig) -> dict:
-    """The scheduler fields of RenderSettings for ``scheduler``; a config without
-    ``shift`` takes the fallback's (the family's default scheduler's)."""
+    """The scheduler fields of RenderSettings for ``scheduler``, every key of its config
+    kept; a config without ``shift`` takes the fallback's (the family's default
+    scheduler's)."""
     shift = scheduler.shift if scheduler.shift is not None else fallback.shift
     return {
         "scheduler_shift": shift if shift is not None else RenderSettings.scheduler_shift,
         "dynamic_shift": scheduler.dynamic_shift,
+        "scheduler_class": scheduler.class_name,
+        "scheduler_options": scheduler.options,
     }
 
 
@@ -259,6 +266,7 @@ def differences(preview: RenderSettings, reference: RenderSettings) -> tuple[Cau
         or preview.text_encoder_cast != reference.text_encoder_cast
         or preview.adapter != reference.adapter
         or lora_arithmetic_differs,
+        Cause.VAE_TILING: preview.vae_tiling != reference.vae_tiling,
         Cause.PROMPT: preview.prompt != reference.prompt
         or (cfg_active and preview.negative_prompt != reference.negative_prompt),
     }
@@ -276,7 +284,7 @@ def pair_for(
     checkpoint_scheduler: SchedulerConfig | None = None,
     reference_dtype: Dtype | None = None,
     lora_paths: list[str] | None = None,
-    server_era: DiffusersEra | None = None,
+    server_diffusers: str | None = None,
 ) -> SidePair:
     """Both sides of ``sample``'s preview, the reference from prompt ``request_index`` of
     ``request``. ``lora_paths``: the request's LoRA files resolved (default: the
@@ -291,6 +299,6 @@ def pair_for(
         device=device,
         checkpoint_scheduler=checkpoint_scheduler,
         dtype=reference_dtype,
-        era=server_era,
+        server_diffusers=server_diffusers,
     )
     return SidePair(preview, reference, server_prompt, differences(preview, reference))

@@ -194,7 +194,8 @@ class RenderEngine:
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: CUDA when available.
     family:
         The base model's family (a name or a :class:`parity.family.Family`); default: the
-        family of the checkpoint's transformer class or hub id, Z-Image when unknown.
+        family of the checkpoint's transformer class or hub id
+        (:func:`parity.families.checkpoint_family`).
     """
 
     def __init__(
@@ -535,23 +536,26 @@ class RenderEngine:
     def _call_pipeline(
         self, variant: _Variant, s: RenderSettings, *, alternate: bool = False
     ) -> Image.Image:
+        import diffusers
         import numpy as np
         import torch
-        from diffusers import FlowMatchEulerDiscreteScheduler
 
         pipe = variant.pipe
-        dynamic = s.dynamic_shift
-        pipe.scheduler = FlowMatchEulerDiscreteScheduler(
-            num_train_timesteps=1000,
-            shift=s.scheduler_shift,
-            use_dynamic_shifting=dynamic is not None,
-            **(dataclasses.asdict(dynamic) if dynamic is not None else {}),
+        scheduler = SchedulerConfig(
+            s.scheduler_shift, s.dynamic_shift, s.scheduler_class, s.scheduler_options
         )
-        embeddings = self.family.pipeline.embedding_arguments(
+        pipe.scheduler = getattr(diffusers, scheduler.class_name)(**scheduler.kwargs())
+        if s.vae_tiling:
+            pipe.vae.enable_tiling()
+        else:
+            pipe.vae.disable_tiling()
+        adapter = self.family.pipeline
+        arguments = adapter.call_arguments(
             self.encode(s.prompt, variant, alternate=alternate),
             self.encode(s.negative_prompt, variant, alternate=alternate)
             if self.family.negative_prompt_used(s.pipeline_guidance)
             else None,
+            s.pipeline_guidance,
         )
         # ai-toolkit seeds the global CPU generator, the server a fresh CPU generator: both
         # draw the same numbers, so a fresh generator serves both without global state.
@@ -563,11 +567,10 @@ class RenderEngine:
             try:
                 with torch.no_grad():
                     out = pipe(
-                        **embeddings,
+                        **arguments,
                         height=s.height,
                         width=s.width,
                         num_inference_steps=s.steps,
-                        guidance_scale=s.pipeline_guidance,
                         generator=generator,
                         output_type="np",
                         **kwargs,

@@ -168,7 +168,8 @@ def resolve_reference_model(model_id: str, model_map: ModelMap) -> ModelSource:
 def validate_checkpoint(source: ModelSource, family: Family | None = None) -> None:
     """Check the local folders of ``source`` hold what ``family``'s pipeline needs.
 
-    ``family`` None: the family of the transformer's config (Z-Image when unknown). Hub
+    ``family`` None: the family of the transformer's config
+    (:func:`parity.families.checkpoint_family`). Hub
     ids are not checked (that would need the network).
 
     Raises
@@ -177,12 +178,17 @@ def validate_checkpoint(source: ModelSource, family: Family | None = None) -> No
         A needed file or folder is missing; the message names the folder and the part.
     WrongCheckpointError
         The transformer config is unreadable or of another family's class
-        (:class:`NotZImageCheckpointError` for a Z-Image job).
+        (the family's ``wrong_checkpoint_error``).
     """
+    config_path = Path(source.transformer, "transformer", "config.json")
+    if family is None and _is_local(source.transformer) and not config_path.is_file():
+        raise ModelNotFoundError(
+            f"{source.transformer}: missing transformer/config.json (not a diffusers "
+            "checkpoint folder)"
+        )
     family = family or checkpoint_family(source.transformer)
-    error = NotZImageCheckpointError if family.name == "zimage" else WrongCheckpointError
+    error = family.wrong_checkpoint_error
     if _is_local(source.transformer):
-        config_path = Path(source.transformer, "transformer", "config.json")
         if not config_path.is_file():
             raise ModelNotFoundError(
                 f"{source.transformer}: missing transformer/config.json (not a diffusers "
@@ -240,7 +246,8 @@ def load_pipeline(
     device: torch.device | str = "cpu",
 ) -> Any:
     """Build ``family``'s diffusers pipeline from ``source`` (None: the family of its
-    transformer, Z-Image when unknown); see the family's ``pipeline.load``.
+    transformer: :func:`parity.families.checkpoint_family`); see the family's
+    ``pipeline.load``.
 
     ``dtype``: a torch dtype or its name (``"float32"``, ``"bfloat16"``, ``"float16"``).
     """

@@ -16,7 +16,6 @@ from parity.job import Job
 from parity.plan import Case
 from parity.plan.sides import era_of
 from parity.results import ResultRow
-from parity.zimage.diffusers_era import DiffusersEra
 
 
 def explain_lines(
@@ -25,7 +24,7 @@ def explain_lines(
     row: ResultRow,
     *,
     out_dir: Path,
-    server_era: DiffusersEra,
+    server_diffusers: str | None,
     lora_root: Path,
     corrected: CorrectedRequests | None = None,
     lossless_ssim: float | None = None,
@@ -40,8 +39,8 @@ def explain_lines(
         included; their images and the row's are relative to ``out_dir``).
     out_dir
         The folder the preview's renders were written to.
-    server_era
-        The diffusers release the server runs.
+    server_diffusers
+        The diffusers release the server runs (``--server-diffusers``; None: installed).
     lora_root
         The server's workflows folder, for the command that renders the corrected request.
     corrected
@@ -51,7 +50,7 @@ def explain_lines(
     """
     return [
         *_verdict_lines(job, case, row),
-        *_settings_lines(job, case, server_era),
+        *_settings_lines(job, case, server_diffusers),
         *_score_lines(row, lossless_ssim),
         *_served_lines(row),
         *_counterfactual_lines(row, out_dir),
@@ -70,17 +69,12 @@ def _verdict_lines(job: Job, case: Case, row: ResultRow) -> list[str]:
     return lines
 
 
-def _settings_lines(job: Job, case: Case, server_era: DiffusersEra) -> list[str]:
+def _settings_lines(job: Job, case: Case, server_diffusers: str | None) -> list[str]:
     """Both sides' settings side by side, those that differ marked."""
     if case.pair is None:
         return []
     era = era_of(job, job.checkpoint_for_step(case.step))
-    rules = family(job.family)
-    server = (
-        server_era.describe()
-        if rules.diffusers_eras
-        else f"diffusers {server_era.label}: {rules.diffusers_note}"
-    )
+    server = family(job.family).describe_server_release(server_diffusers)
     lines = [
         f"ai-toolkit {job.aitk_version or 'unknown'}: {era.label}",
         f"server: {server}",

@@ -17,10 +17,9 @@ from parity.errors import ParityError
 from parity.job import Job
 from parity.plan import Case, RequestPlan, UserRequest, default_lora_root, plan_cases
 from parity.results import ResultRow, exit_code
-from parity.run.job_run import write_corrected_requests
+from parity.run.job_run import note_uncorrected, write_corrected_requests
 from parity.run.options import RunOptions
 from parity.run.runner import Runner
-from parity.zimage.diffusers_era import DiffusersEra, diffusers_era
 
 if TYPE_CHECKING:
     from parity.render.engine import RenderEngine
@@ -38,8 +37,8 @@ class Explanation:
         Its result row, every counterfactual included.
     out_dir:
         The folder its renders were written to (row paths are relative to it).
-    server_era:
-        The diffusers release the server runs (``--server-diffusers``, else installed).
+    server_diffusers:
+        The diffusers release the server runs (``--server-diffusers``; None: installed).
     lora_root:
         Where the corrected request's LoRA path starts (the server's workflows folder).
     corrected:
@@ -52,7 +51,7 @@ class Explanation:
     case: Case
     row: ResultRow
     out_dir: Path
-    server_era: DiffusersEra
+    server_diffusers: str | None
     lora_root: Path
     corrected: CorrectedRequests | None = None
     lossless_ssim: float | None = None
@@ -91,32 +90,36 @@ def explain_preview(
         reference_dtype=options.reference_dtype,
         allow_outside_paths=options.allow_outside_paths,
         request_plan=request_plan,
-        server_era=options.server_era,
+        server_diffusers=options.server_diffusers,
     )
     case = next((c for c in cases if c.index == index), None)
     if case is None:
         raise ParityError(f"{job.root}: no preview for step {step} index {index}")
     for user in requests:  # a LoRA problem is found before the model loads
         engine.lora(str(user.lora_path))
-    row = Runner(job, engine, out_dir, options).evaluate(case)
+    runner = Runner(job, engine, out_dir, options)
+    row = runner.evaluate(case)
     lora_root = options.lora_root or default_lora_root(job)
     corrected = None
     if case.pair is not None:
-        corrected = write_corrected_requests(
+        by_step = write_corrected_requests(
             job,
             [case],
             [row],
             out_dir,
             engine.checkpoint_scheduler,
-            server_era=options.server_era,
+            server_diffusers=options.server_diffusers,
             lora_root=lora_root,
             lora_paths={u.step: u.request.loras[0].path for u in requests},
-        )[step]
+        )
+        corrected = by_step[step]
+        [row] = note_uncorrected([row], by_step)
+        runner.write_finished([row])
     return Explanation(
         case=case,
         row=row,
         out_dir=out_dir,
-        server_era=options.server_era or diffusers_era(None),
+        server_diffusers=options.server_diffusers,
         lora_root=lora_root,
         corrected=corrected,
         lossless_ssim=_lossless_ssim(out_dir, row) if row.jpeg_floor else None,

@@ -15,7 +15,6 @@ from parity.plan import (
 )
 from parity.results import ResultRow, exit_code, served_drift, verdict_counts
 from parity.settings import DEFAULT_CONFIRM_MARGIN, Dtype
-from parity.zimage.diffusers_era import DiffusersEra
 
 if TYPE_CHECKING:
     from parity.compare import Thresholds
@@ -44,8 +43,10 @@ class RunOptions:
         Show a progress bar (None: only on a terminal outside CI).
     allow_outside_paths:
         Accept previews and checkpoints that resolve outside the job folder.
-    server_era:
-        The diffusers release the server runs (None: the installed one).
+    server_diffusers:
+        The diffusers release the server runs, a version or a commit
+        (``--server-diffusers``; None: the installed one); each job's family says what it
+        means (:attr:`parity.family.Family.server_era`).
     match:
         How user requests' prompts meet previews (:func:`parity.plan.plan_requests`).
     lora_root:
@@ -61,7 +62,7 @@ class RunOptions:
     latent_metric: bool = True
     progress: bool | None = None
     allow_outside_paths: bool = False
-    server_era: DiffusersEra | None = None
+    server_diffusers: str | None = None
     match: Match = "index"
     lora_root: Path | None = None
 

@@ -19,10 +19,11 @@ pass (:func:`parity.settings.legacy_sigmas` for N-1 eras) and the guidance to gi
 
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import dataclass
 
 from parity.errors import ParityError
+from parity.family import DiffusersEra
 
 #: The first release with ZImagePipeline.
 FIRST_RELEASE = (0, 36, 0)
@@ -30,64 +31,6 @@ FIRST_RELEASE = (0, 36, 0)
 CFG_ABOVE_ZERO_RELEASE = (0, 37, 0)
 #: The first release whose N steps make N updates (commit 32ecbe3).
 N_UPDATES_RELEASE = (0, 39, 0)
-
-
-@dataclass(frozen=True)
-class DiffusersEra:
-    """How one diffusers release's ZImagePipeline treats steps and guidance.
-
-    Attributes
-    ----------
-    label:
-        The release or commit as given, with its version (for reports).
-    legacy_sigmas:
-        True when N steps make N-1 updates (before 0.39 / commit 32ecbe3).
-    cfg_threshold:
-        CFG runs when the guidance it receives is above this: 1.0 before 0.37 (commit
-        97c2c6e), else 0.0.
-    note:
-        An ambiguity of the version, when there is one.
-    """
-
-    label: str
-    legacy_sigmas: bool
-    cfg_threshold: float
-    note: str = ""
-
-    @property
-    def cfg_rule(self) -> str:
-        return f"CFG runs for g > {self.cfg_threshold:g}"
-
-    @property
-    def steps_rule(self) -> str:
-        return "N steps make N-1 updates" if self.legacy_sigmas else "N steps make N updates"
-
-    def describe(self) -> str:
-        text = f"diffusers {self.label}: {self.steps_rule}, {self.cfg_rule}"
-        return f"{text} ({self.note})" if self.note else text
-
-    def pipeline_guidance(self, guidance_scale: float) -> float:
-        """The guidance that makes the installed diffusers (CFG ``pos + g (pos - neg)``
-        for ``g > 0``) do what this release does with ``guidance_scale``."""
-        return guidance_scale if guidance_scale > self.cfg_threshold else 0.0
-
-    def request_guidance(self, pipeline_guidance: float) -> float | None:
-        """The guidance to send so that this release does what the installed diffusers
-        does with ``pipeline_guidance``; None when no value does (CFG weaker than the
-        threshold cannot run)."""
-        if pipeline_guidance <= 0.0:
-            return 0.0
-        if pipeline_guidance > self.cfg_threshold:
-            return pipeline_guidance
-        return None
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "label": self.label,
-            "legacy_sigmas": self.legacy_sigmas,
-            "cfg_threshold": self.cfg_threshold,
-            "note": self.note,
-        }
 
 
 #: Commits whose pipeline behaviour was read from the diffusers history: (abbreviated
@@ -142,6 +85,7 @@ def era_of_version(version: str) -> DiffusersEra:
     return DiffusersEra(label, v < N_UPDATES_RELEASE, threshold, note)
 
 
+@functools.cache
 def diffusers_era(spec: str | None = None) -> DiffusersEra:
     """The era named by ``--server-diffusers`` (a version or a commit); None: installed.
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from parity.errors import NotZImageCheckpointError
 from parity.family import Family
 from parity.settings import SchedulerConfig
 from parity.zimage import aitk, pipeline, server
 from parity.zimage.checkpoints import KNOWN_HUB_SCHEDULER_SHIFTS, TRANSFORMER_CLASS
+from parity.zimage.diffusers_era import diffusers_era
 
 #: ai-toolkit's quantization keeps these transformer modules in full precision (fnmatch
 #: on module names): 31 of the 37 linears of a 2-layer transformer are quantized.
@@ -50,7 +52,8 @@ ZIMAGE = Family(
     },
     default_scheduler=server.REPLACED_SCHEDULER,
     preview_scheduler=SchedulerConfig(shift=aitk.SCHEDULER_SHIFT),
-    diffusers_eras=True,
+    # ZImagePipeline changed its CFG threshold and its step count between releases.
+    server_era=diffusers_era,
     lora_key_format="'diffusion_model.<module>.lora_A.weight' / '.lora_B.weight'",
     reference_model=reference_model,
     preview_era=aitk.era_for_version,
@@ -58,4 +61,5 @@ ZIMAGE = Family(
     # The installed ZImagePipeline runs CFG, and so uses the negative, for g > 0.
     negative_prompt_used=lambda guidance: guidance > 0,
     pipeline=pipeline,  # type: ignore[arg-type]  # a module implementing the protocol
+    wrong_checkpoint_error=NotZImageCheckpointError,
 )

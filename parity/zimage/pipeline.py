@@ -127,6 +127,11 @@ def encode(pipe: Any, text: str, device: Any) -> Any:
     return embeds
 
 
-def embedding_arguments(positive: Any, negative: Any | None) -> dict[str, Any]:
-    """``prompt_embeds`` and, when CFG runs, ``negative_prompt_embeds``."""
-    return {"prompt_embeds": positive, "negative_prompt_embeds": negative}
+def call_arguments(positive: Any, negative: Any | None, guidance: float) -> dict[str, Any]:
+    """``prompt_embeds``, ``guidance_scale`` (CFG ``pos + g (pos - neg)``, run for ``g > 0``)
+    and, when CFG runs, ``negative_prompt_embeds``."""
+    return {
+        "prompt_embeds": positive,
+        "negative_prompt_embeds": negative,
+        "guidance_scale": guidance,
+    }

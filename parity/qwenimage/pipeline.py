@@ -1,0 +1,86 @@
+"""Qwen-Image's diffusers pipeline (``QwenImagePipeline``): how parity loads, feeds and
+calls it.
+
+The family's :class:`parity.family.PipelineAdapter`. Both sides encode a prompt with the
+pipeline's own ``encode_prompt`` (Qwen2.5-VL's hidden states under the chat template,
+its system prefix dropped) and run true CFG: the guidance is ``true_cfg_scale``, and the
+negative prompt's embeddings are passed with it. ``QwenImagePipeline`` runs CFG only for
+``true_cfg_scale > 1`` with a negative given, so a guidance of 1 or less renders the
+prompt alone on both sides.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import QwenImagePipeline
+
+logger = logging.getLogger(__name__)
+
+
+def load(
+    transformer_ref: str,
+    components: str,
+    scheduler_ref: str | None,
+    *,
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+) -> QwenImagePipeline:
+    """Build a diffusers ``QwenImagePipeline``, progress bar disabled.
+
+    A single checkpoint is loaded with ``QwenImagePipeline.from_pretrained`` (as the
+    server loads ``Qwen/Qwen-Image``); a split one takes the
+    ``QwenImageTransformer2DModel`` from ``transformer_ref`` and every other part from
+    ``components``. The scheduler comes from ``scheduler_ref`` when it is another folder;
+    renders replace it with the one their settings describe anyway. The parameters are
+    those of :meth:`parity.family.PipelineAdapter.load` (``dtype``: a torch dtype).
+    """
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
+
+    parts: dict[str, Any] = {}
+    if transformer_ref != components:
+        parts["transformer"] = QwenImageTransformer2DModel.from_pretrained(
+            transformer_ref, subfolder="transformer", dtype=dtype
+        )
+    if scheduler_ref is not None and scheduler_ref != components:
+        parts["scheduler"] = FlowMatchEulerDiscreteScheduler.from_pretrained(
+            scheduler_ref, subfolder="scheduler"
+        )
+    pipe = QwenImagePipeline.from_pretrained(components, dtype=dtype, **parts)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def encode(pipe: Any, text: str, device: Any) -> tuple[Any, Any]:
+    """``(prompt_embeds, prompt_embeds_mask)`` of ``text``, as ``encode_prompt`` returns
+    them (the mask may be None where every token is valid)."""
+    import torch
+
+    with torch.no_grad():
+        embeds, mask = pipe.encode_prompt(prompt=text, device=device, num_images_per_prompt=1)
+    return embeds, mask
+
+
+def call_arguments(
+    positive: tuple[Any, Any], negative: tuple[Any, Any] | None, guidance: float
+) -> dict[str, Any]:
+    """``prompt_embeds`` and its mask, ``true_cfg_scale`` and, when CFG runs, the
+    negative's embeddings and mask (``guidance_scale`` is for guidance-distilled
+    checkpoints, which Qwen-Image is not)."""
+    embeds, mask = positive
+    arguments: dict[str, Any] = {
+        "prompt_embeds": embeds,
+        "prompt_embeds_mask": mask,
+        "true_cfg_scale": guidance,
+    }
+    if negative is not None:
+        arguments["negative_prompt_embeds"], arguments["negative_prompt_embeds_mask"] = negative
+    return arguments
