@@ -1,6 +1,7 @@
 """``python -m bench [options]``: the benchmarks' options, and which one runs.
 
-Without ``--full-size`` or ``--fleet`` it is the CPU benchmark (:mod:`bench.cpu`);
+Without ``--full-size``, ``--fleet`` or ``--dashboard`` it is the CPU benchmark
+(:mod:`bench.cpu`);
 ``--variant`` (internal) runs one of its variants in this process and prints its
 measurements as one JSON line.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 import bench
 from bench.common import ALL_VARIANTS
 from bench.cpu import cpu_benchmark, run_variant
+from bench.dashboard import dashboard_benchmark
 from bench.fleet import fleet_benchmark
 from bench.full_size import full_size_benchmark
 
@@ -46,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--fleet",
         action="store_true",
         help="jobs per hour of 'parity run JOB... --workers N' with 1 and 2 workers (CPU)",
+    )
+    p.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="time and page sizes of 'parity report' over a generated history of 500 jobs x "
+        "60 nightly runs (--quick: 20 x 5)",
     )
     p.add_argument(
         "--threads",
@@ -80,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         return full_size_benchmark(args)
     if args.fleet:
         return fleet_benchmark(args)
+    if args.dashboard:
+        return dashboard_benchmark(args)
     if args.scale != "full":
         raise SystemExit("bench: --scale only applies with --full-size")
     return cpu_benchmark(args)

@@ -21,6 +21,7 @@ run folders can be moved or uploaded together.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import html
 import logging
@@ -245,33 +246,46 @@ def _figures(job: str, runs: list[dict[str, Any]], causes: list[str]) -> list[di
         ]
         for r in runs
     ]
+    # One trace of each chart carries the run's facts (hover shows every trace of the run
+    # hovered, in one label); the others only their value.
     run_lines = (
         "<b>%{customdata[0]}</b><br>%{customdata[1]} UTC<br>%{customdata[2]}<br>"
-        "parity %{customdata[3]}"
+        "parity %{customdata[3]}<br>"
     )
     base_layout: dict[str, Any] = {
         "margin": {"l": 56, "r": 16, "t": 40, "b": 48},
         "height": 320,
-        "hovermode": "closest",
+        "hovermode": "x unified",
         "xaxis": {"title": {"text": "run (UTC)"}, "type": "category", "automargin": True},
         "legend": {"orientation": "h", "y": -0.25},
     }
+
+    def trace(kind: str, name: str, y: list[Any], first: bool, value: str, **style: Any):
+        out = {"type": kind, "name": _hover_text(name), "x": x, "y": y, **style}
+        line = f"{_hover_text(name)}: {value}"
+        if first:
+            out["customdata"] = custom
+            line = run_lines + line
+        out["hovertemplate"] = line + "<extra></extra>"
+        return out
+
     ssim = {
         "data": [
-            {
-                "type": "scatter",
-                "mode": "lines+markers",
-                "name": name,
-                "x": x,
-                "y": [r[key] for r in runs],
-                "customdata": custom,
-                "marker": {"symbol": symbol, "size": 8, "color": color},
-                "line": {"color": color},
-                "hovertemplate": f"{name} %{{y:.4f}}<br>{run_lines}<extra></extra>",
-            }
-            for name, key, symbol, color in (
-                ("mean SSIM", "ssim_mean", "circle", "#2d5bd1"),
-                ("min SSIM", "ssim_min", "triangle-down", "#b4431f"),
+            trace(
+                "scatter",
+                name,
+                [r[key] for r in runs],
+                k == 0,
+                "%{y:.4f}",
+                mode="lines+markers",
+                marker={"symbol": symbol, "size": 8, "color": color},
+                line={"color": color},
+            )  # fmt: skip
+            for k, (name, key, symbol, color) in enumerate(
+                (
+                    ("mean SSIM", "ssim_mean", "circle", "#2d5bd1"),
+                    ("min SSIM", "ssim_min", "triangle-down", "#b4431f"),
+                )
             )
         ],
         "layout": {
@@ -280,24 +294,26 @@ def _figures(job: str, runs: list[dict[str, Any]], causes: list[str]) -> list[di
             "yaxis": {"title": {"text": "SSIM"}},
         },
     }
-    bars = []
-    for i, cause in enumerate([*causes, "error"]):
-        values = [r["n_error"] if cause == "error" else r["causes"].get(cause, 0) for r in runs]
-        label = "errors" if cause == "error" else cause
+    bars = [
+        trace(
+            "bar",
+            "errors",
+            [r["n_error"] for r in runs],
+            True,
+            "%{y}",
+            marker={"color": _ERROR_COLOR},
+        )  # fmt: skip
+    ]
+    for i, cause in enumerate(causes):
         bars.append(
-            {
-                "type": "bar",
-                "name": _hover_text(label),
-                "x": x,
-                "y": values,
-                "customdata": custom,
-                "marker": {
-                    "color": _ERROR_COLOR
-                    if cause == "error"
-                    else _CAUSE_COLORS[i % len(_CAUSE_COLORS)]
-                },
-                "hovertemplate": f"{_hover_text(label)}: %{{y}}<br>{run_lines}<extra></extra>",
-            }
+            trace(
+                "bar",
+                cause,
+                [r["causes"].get(cause, 0) for r in runs],
+                False,
+                "%{y}",
+                marker={"color": _CAUSE_COLORS[i % len(_CAUSE_COLORS)]},
+            )  # fmt: skip
         )
     by_cause = {
         "data": bars,
@@ -314,9 +330,11 @@ def _figures(job: str, runs: list[dict[str, Any]], causes: list[str]) -> list[di
 _CLICK_SCRIPT = """
 var gd = document.getElementById('{plot_id}');
 gd.on('plotly_click', function (ev) {
-  var p = ev && ev.points && ev.points[0];
-  var href = p && p.customdata && p.customdata[4];
-  if (href) window.location.href = href;
+  var points = (ev && ev.points) || [];
+  for (var i = 0; i < points.length; i++) {
+    var data = points[i].customdata || (points[i].data.customdata || [])[points[i].pointIndex];
+    if (data && data[4]) { window.location.href = data[4]; return; }
+  }
 });
 window.parityChartReady && window.parityChartReady();
 """
@@ -337,6 +355,24 @@ def _chart_html(figure: dict[str, Any], div_id: str) -> str:
     )
 
 
+@functools.cache
+def _templates() -> tuple[Any, Any]:
+    """parity's template environment and stylesheet, made once (a build renders hundreds
+    of pages; :func:`parity.report.render_template` compiles its template every call)."""
+    from markupsafe import Markup
+
+    from parity.report.html import _environment
+
+    env = _environment()
+    css = Markup(env.loader.get_source(env, "style.css")[0])
+    return env, css
+
+
+def _render(name: str, **context: Any) -> str:
+    env, css = _templates()
+    return env.get_template(name).render(css=css, **context)
+
+
 def _write_plotly_js(out_dir: Path) -> Path:
     import plotly
     from plotly.offline import get_plotlyjs
@@ -345,7 +381,7 @@ def _write_plotly_js(out_dir: Path) -> Path:
     text = get_plotlyjs()
     if not (path.is_file() and path.stat().st_size == len(text.encode("utf-8"))):
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, text)
+        atomic_write_text(path, text, durable=False)
     return path
 
 
@@ -411,8 +447,6 @@ def build_dashboard(
     Dashboard
         The pages written and what they count.
     """
-    from parity.report import render_template
-
     history_path = Path(history_path)
     out_dir = Path(out_dir)
     jobs_dir = out_dir / JOBS_DIR
@@ -498,7 +532,7 @@ def build_dashboard(
         page = jobs_dir / f"{slug}.html"
         atomic_write_text(
             page,
-            render_template(
+            _render(
                 "dashboard_job.html",
                 job=job,
                 family=family,
@@ -511,6 +545,7 @@ def build_dashboard(
                 ssim_drop=ssim_drop,
                 version=_version,
             ),
+            durable=False,  # derived pages: a crash costs a rebuild, not data
         )
         pages.append(page)
         last_dir = str(jruns["run_dir"].iloc[-1])
@@ -537,7 +572,7 @@ def build_dashboard(
     index = out_dir / "index.html"
     atomic_write_text(
         index,
-        render_template(
+        _render(
             "dashboard.html",
             history_name=history_path.name,
             jobs=overview,
