@@ -159,3 +159,78 @@ def test_tiled_decode_acts_above_256_pixels(pipe) -> None:
         pipe.vae.disable_tiling()
     assert tiled.shape == plain.shape == (320, 288, 3)
     assert float(np.abs(tiled - plain).max()) > 10.0
+
+
+FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "aitk_qwen"
+
+#: Configs record the library version that wrote them; a newer transformers or diffusers
+#: changes only that stamp, so it is left out of the comparison.
+_VERSION_KEYS = ("transformers_version", "_diffusers_version")
+
+#: Weights come from float arithmetic (initialisation bounds, kernel smoothing): a
+#: rebuild on a CPU with other kernels may differ from the committed bytes by float noise.
+WEIGHT_NOISE = 1e-6
+
+
+def _config_digest(path: Path) -> str:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for key in _VERSION_KEYS:
+        data.pop(key, None)
+    return json.dumps(data, sort_keys=True)
+
+
+def test_rebuild_gives_the_committed_base_of_the_real_job(built: Path) -> None:
+    """The fixture's tiny_qwen/ is this builder's output: configs and tokenizer equal,
+    weights within float noise (exact on the machine that made them)."""
+    from safetensors.torch import load_file
+
+    committed = FIXTURE / "tiny_qwen"
+    ours, theirs = _file_hashes(built), _file_hashes(committed)
+    assert ours.keys() == theirs.keys()
+    for part in ours:
+        if part.endswith(".json") and "tokenizer/" not in part:
+            assert _config_digest(built / part) == _config_digest(committed / part), part
+        elif part.endswith(".safetensors"):
+            a, b = load_file(built / part), load_file(committed / part)
+            assert a.keys() == b.keys(), part
+            for key in a:
+                limit = WEIGHT_NOISE * float(b[key].abs().max())
+                assert float((a[key].double() - b[key].double()).abs().max()) <= limit, key
+        else:
+            assert ours[part] == theirs[part], part
+
+
+def test_real_step0_previews_are_plain_qwenimage_renders() -> None:
+    """ai-toolkit's step-0 previews (LoRA B = 0) are QwenImagePipeline renders of the base
+    with the texts and the arguments its call log recorded, within 1/255."""
+    import torch
+    import yaml
+    from diffusers import QwenImagePipeline
+    from PIL import Image
+
+    job = FIXTURE / "output" / "aitk_qwen"
+    process = yaml.safe_load((job / "config.yaml").read_text())["config"]["process"][0]
+    items = process["sample"]["samples"]
+    calls = [json.loads(line) for line in (FIXTURE / "calls.jsonl").open()][: len(items)]
+    pipe = QwenImagePipeline.from_pretrained(FIXTURE / "tiny_qwen")
+    pipe.set_progress_bar_config(disable=True)
+    for item, call in zip(items, calls, strict=True):
+        text, *flags = item["prompt"].split("--")
+        prompt = text.strip().replace("[trigger]", process["trigger_word"])
+        neg = item.get("neg", process["sample"]["neg"])
+        for flag in flags:
+            if flag.startswith("n "):
+                neg = flag[2:].strip()
+        image = pipe(
+            prompt,
+            negative_prompt=neg,
+            true_cfg_scale=call["true_cfg_scale"],
+            width=call["width"],
+            height=call["height"],
+            num_inference_steps=call["num_inference_steps"],
+            generator=torch.Generator("cpu").manual_seed(call["generator"]["initial_seed"]),
+        ).images[0]
+        ours = np.asarray(image, dtype=np.int16)
+        theirs = np.asarray(Image.open(FIXTURE / call["image"]["file"]), dtype=np.int16)
+        assert ours.shape == theirs.shape, call["preview"]
+        assert int(np.abs(ours - theirs).max()) <= 1, call["preview"]
