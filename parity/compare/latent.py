@@ -75,10 +75,17 @@ def make_vae_encoder(vae: Any, *, normalize: bool = True) -> Callable[[Any], Any
     vae : diffusers.AutoencoderKL
         The pipeline's VAE (any object with ``encode(x).latent_dist.mean``).
     normalize : bool, default True
-        Map the posterior mean into the denoiser's latent space,
-        ``(mean - shift_factor) * scaling_factor``, using the VAE config (missing factors
-        count as 0 and 1). This centres the latents, which makes cosine distances between
-        them more discriminating. False returns the raw posterior mean.
+        Map the posterior mean into the denoiser's latent space, using the VAE config:
+        per channel ``(mean - latents_mean) / latents_std`` where the config has those
+        (video VAEs such as Qwen-Image's), else ``(mean - shift_factor) *
+        scaling_factor`` (missing factors count as 0 and 1). This centres the latents,
+        which makes cosine distances between them more discriminating. False returns the
+        raw posterior mean.
+
+    Notes
+    -----
+    A VAE whose first convolution is 3-D (a video VAE) takes and returns a frame axis:
+    the image is encoded as a one-frame clip.
 
     Returns
     -------
@@ -92,12 +99,23 @@ def make_vae_encoder(vae: Any, *, normalize: bool = True) -> Callable[[Any], Any
     config = getattr(vae, "config", None)
     shift = float(getattr(config, "shift_factor", None) or 0.0)
     scale = float(getattr(config, "scaling_factor", None) or 1.0)
+    channel_mean = getattr(config, "latents_mean", None)
+    channel_std = getattr(config, "latents_std", None)
+    conv_in = getattr(getattr(vae, "encoder", None), "conv_in", None)
+    video = getattr(getattr(conv_in, "weight", None), "dim", lambda: 4)() == 5
 
     def encode(x: Any) -> Any:
         with torch.no_grad():
             x = x.to(device=vae.device, dtype=vae.dtype)
+            if video:
+                x = x.unsqueeze(2)  # (1, 3, 1, H, W): one frame
             mean = vae.encode(x).latent_dist.mean
-            if normalize:
+            if normalize and channel_mean is not None and channel_std is not None:
+                view = (1, -1) + (1,) * (mean.dim() - 2)
+                mu = torch.tensor(channel_mean, dtype=mean.dtype, device=mean.device)
+                sigma = torch.tensor(channel_std, dtype=mean.dtype, device=mean.device)
+                mean = (mean - mu.view(view)) / sigma.view(view)
+            elif normalize:
                 mean = (mean - shift) * scale
             return mean.to("cpu", torch.float32)
 

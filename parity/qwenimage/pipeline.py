@@ -60,12 +60,18 @@ def load(
 
 
 def encode(pipe: Any, text: str, device: Any) -> tuple[Any, Any]:
-    """``(prompt_embeds, prompt_embeds_mask)`` of ``text``, as ``encode_prompt`` returns
-    them (the mask may be None where every token is valid)."""
+    """``(prompt_embeds, prompt_embeds_mask)`` of ``text``.
+
+    ``encode_prompt`` gives no mask where every token is valid (always, for one prompt);
+    an all-ones mask stands for it then, as ai-toolkit and the server both build one, and
+    the pipeline drops it again before the transformer.
+    """
     import torch
 
     with torch.no_grad():
         embeds, mask = pipe.encode_prompt(prompt=text, device=device, num_images_per_prompt=1)
+    if mask is None:
+        mask = torch.ones(embeds.shape[:2], dtype=torch.int64, device=embeds.device)
     return embeds, mask
 
 
