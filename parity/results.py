@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -155,16 +155,17 @@ class RoundingResult:
         return cls(**{f.name: d[f.name] for f in fields(cls)})
 
 
-@dataclass
+@dataclass(frozen=True)
 class ResultRow:
-    """One preview's outcome.
+    """One preview's outcome: a frozen record; a later stage makes a new one
+    (:func:`dataclasses.replace`, :meth:`noted`) instead of editing it.
 
     Metric fields are None when they could not be computed (``error`` rows, LPIPS without
-    local weights). ``causes`` is the sorted list of the causes of an attributed mismatch:
+    local weights). ``causes`` are the sorted causes of an attributed mismatch:
     every candidate (static difference), the ones its leave-one-out render confirms and
     the ones it cannot, which ``below_noise_floor`` lists again with their effect (a
     difference is never dropped); ``explained`` is True when the all-causes-switched
-    render reproduces the preview.
+    render reproduces the preview. Sequences are tuples (lists given are made tuples).
     """
 
     job: str
@@ -182,15 +183,15 @@ class ResultRow:
     latent_distance: float | None = None
     lpips: float | None = None
     verdict: Verdict = Verdict.ERROR
-    causes: list[Cause] = field(default_factory=list)
+    causes: tuple[Cause, ...] = ()
     explained: bool = False
     #: What else a reader should know about this row, one fact a note (results.csv's
     #: ``detail`` column joins them with "; ").
-    notes: list[str] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
     # Extra detail kept in results.json only.
     counterfactual_renders: int = 0
-    candidate_causes: list[Cause] = field(default_factory=list)
-    counterfactuals: list[Counterfactual] = field(default_factory=list)
+    candidate_causes: tuple[Cause, ...] = ()
+    counterfactuals: tuple[Counterfactual, ...] = ()
     jpeg_floor: dict[str, float] | None = None
     resized_for_comparison: bool = False
     prompt: str = ""
@@ -211,11 +212,21 @@ class ResultRow:
     #: render through the alternate kernel path; None where none was needed.
     noise_floor: NoiseFloor | None = None
     #: Causes the leave-one-out evidence does not confirm, with their effect and a note.
-    below_noise_floor: list[UnconfirmedCause] = field(default_factory=list)
+    below_noise_floor: tuple[UnconfirmedCause, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in _SEQUENCES:
+            value = getattr(self, name)
+            if not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
 
     @property
     def key(self) -> tuple[str, int, int]:
         return (self.job, self.step, self.index)
+
+    def noted(self, *notes: str) -> ResultRow:
+        """This row with ``notes`` added after its own."""
+        return replace(self, notes=(*self.notes, *notes))
 
     @property
     def detail(self) -> str:
@@ -239,6 +250,7 @@ class ResultRow:
     def to_json(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["verdict"] = str(self.verdict)
+        d["notes"] = list(self.notes)
         d["causes"] = [str(c) for c in self.causes]
         d["candidate_causes"] = [str(c) for c in self.candidate_causes]
         d["counterfactuals"] = [cf.to_json() for cf in self.counterfactuals]
@@ -265,18 +277,18 @@ class ResultRow:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in d.items() if k in known}
         values["verdict"] = Verdict(values.get("verdict", Verdict.ERROR))
-        values["causes"] = [Cause(c) for c in values.get("causes", [])]
-        values["candidate_causes"] = [Cause(c) for c in values.get("candidate_causes", [])]
-        values["counterfactuals"] = [
+        values["causes"] = tuple(Cause(c) for c in values.get("causes", []))
+        values["candidate_causes"] = tuple(Cause(c) for c in values.get("candidate_causes", []))
+        values["counterfactuals"] = tuple(
             Counterfactual.from_json(c) for c in values.get("counterfactuals", [])
-        ]
+        )
         if values.get("noise_floor") is not None:
             from parity.compare.noise import NoiseFloor
 
             values["noise_floor"] = NoiseFloor.from_json(values["noise_floor"])
-        values["below_noise_floor"] = [
+        values["below_noise_floor"] = tuple(
             UnconfirmedCause.from_json(u) for u in values.get("below_noise_floor", [])
-        ]
+        )
         if values.get("served") is not None:
             values["served"] = ServedResult.from_json(values["served"])
         if values.get("rounding") is not None:
@@ -284,6 +296,16 @@ class ResultRow:
         if "notes" not in d and d.get("detail"):  # results.json written before notes
             values["notes"] = str(d["detail"]).split("; ")
         return cls(**values)
+
+
+#: The sequence fields of :class:`ResultRow`, kept as tuples.
+_SEQUENCES: tuple[str, ...] = (
+    "causes",
+    "notes",
+    "candidate_causes",
+    "counterfactuals",
+    "below_noise_floor",
+)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> None:

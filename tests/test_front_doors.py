@@ -160,9 +160,8 @@ def test_one_exit_status_rule_counts_served_drift() -> None:
     from parity.run import RunSummary
 
     def rows(served: str) -> list[ResultRow]:
-        row = ResultRow(job="j", step=10, index=0, verdict=Verdict.MATCH)
-        row.served = ServedResult(served, 1.0, 100.0, 0, "served/0/0.png")
-        return [row]
+        served_result = ServedResult(served, 1.0, 100.0, 0, "served/0/0.png")
+        return [ResultRow(job="j", step=10, index=0, verdict=Verdict.MATCH, served=served_result)]
 
     for served, expected in (("same", 0), ("drift", 1)):
         assert exit_code(rows(served)) == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -12,8 +13,10 @@ import pytest
 from PIL import Image
 
 from parity.attribute import Counterfactual
+from parity.correct import CorrectedIndex, PlacedPrompt
 from parity.report import write_diff_heatmap, write_report
 from parity.results import ResultRow
+from parity.run_info import RunInfo
 from parity.settings import Cause, RenderSettings
 
 EVIL_PROMPT = '<script>alert(1)</script> a "cat" & <b>dog</b>'
@@ -84,6 +87,7 @@ def make_run(tmp_path: Path) -> tuple[Path, list[ResultRow]]:
                         pipeline_guidance=0.0,
                         steps=4,
                         seed=1,
+                        family="zimage",
                     ),
                     ssim=0.97,
                     psnr=35.0,
@@ -136,9 +140,19 @@ class _Links(HTMLParser):
 @pytest.fixture()
 def report(tmp_path):
     run_dir, rows = make_run(tmp_path)
-    corrected = {100: {"prompt": "x</pre><script>alert(2)</script>", "cfg": 1.0}}
+    # Both previews of step 100 are placed in one corrected request.
+    placed = {i: PlacedPrompt("100/0.json", i) for i in (0, 1)}
+    corrected = {100: CorrectedIndex(step=100, placement=placed)}
+    request = {"prompts": [{"prompt": "x</pre><script>alert(2)</script>"}], "cfg": 1.0}
+    (run_dir / "corrected_requests" / "100").mkdir(parents=True)
+    (run_dir / "corrected_requests" / "100" / "0.json").write_text(json.dumps(request), "utf-8")
     out = write_report(
-        run_dir, rows, job_name="my job", run_info=RUN_INFO, corrected_requests=corrected
+        run_dir,
+        rows,
+        job_name="my job",
+        run_info=RunInfo.from_json(RUN_INFO),
+        corrected_requests=corrected,
+        request_files={"100/0.json": request},
     )
     return run_dir, rows, out, out.read_text(encoding="utf-8")
 
@@ -231,7 +245,7 @@ def test_corrected_request_shown_for_its_step(report):
 
 def test_report_of_errors_only(tmp_path):
     rows = [ResultRow(job="j", step=1, index=0, verdict="error", notes=["boom"])]
-    out = write_report(tmp_path, rows, job_name="j", run_info={})
+    out = write_report(tmp_path, rows, job_name="j", run_info=RunInfo())
     html = out.read_text(encoding="utf-8")
     assert 'data-count="error">1<' in html
     assert "No mismatches." in html
@@ -245,7 +259,9 @@ def test_missing_image_file_is_not_linked(tmp_path):
             job="j", step=1, index=0, preview="gone.jpg", render="renders/1/0.png", verdict="match"
         )
     ]
-    html = write_report(tmp_path, rows, job_name="j", run_info={}).read_text(encoding="utf-8")
+    html = write_report(tmp_path, rows, job_name="j", run_info=RunInfo()).read_text(
+        encoding="utf-8"
+    )
     assert "file not found: gone.jpg" in html
     assert "<img" not in html
 
@@ -293,7 +309,9 @@ def test_run_panel_is_tables_not_json(tmp_path):
         "requests": [{"file": "/data/req <1>.json", "step": 100, "lora": "my job/x.safetensors",
                       "prompts": 2, "served": None}],
     }  # fmt: skip
-    html = write_report(run_dir, rows, job_name="my job", run_info=info).read_text("utf-8")
+    html = write_report(
+        run_dir, rows, job_name="my job", run_info=RunInfo.from_json(info)
+    ).read_text("utf-8")
     panel = html[html.index('id="run-info"') : html.index('id="overview"')]
     assert "{" not in panel and "<pre" not in panel
     assert "<code>--ssim-min</code></th><td>0.97" in panel

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from parity.correct import CorrectedIndex, PlacedPrompt
 from parity.report import write_report
 from parity.results import ResultRow
+from parity.run_info import RunInfo
 
 CHROMIUM = shutil.which("chromium")
 
@@ -95,12 +97,18 @@ def run_dir(tmp_path):
         "parity_version": "0.1.0",
         "thresholds": {"ssim_match": 0.95},
     }
+    request = {"prompts": [{"prompt": "a red bicycle", "seed": 42}]}
+    (run / "corrected_requests" / "100").mkdir(parents=True)
+    (run / "corrected_requests" / "100" / "0.json").write_text(json.dumps(request), "utf-8")
     write_report(
         run,
         rows,
         job_name="nightly job",
-        run_info=run_info,
-        corrected_requests={100: {"prompt": "a red bicycle", "seed": 42, "cfg": 1.0}},
+        run_info=RunInfo.from_json(run_info),
+        corrected_requests={
+            100: CorrectedIndex(step=100, placement={0: PlacedPrompt("100/0.json", 0)})
+        },
+        request_files={"100/0.json": request},
     )
     return run
 

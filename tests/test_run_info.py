@@ -144,10 +144,15 @@ def test_result_rows_keep_notes_served_and_rounding_as_data(tmp_path) -> None:
         write_results,
     )
 
-    row = ResultRow(job="j", step=10, index=0, verdict=Verdict.MISMATCH)
-    row.notes = ["first fact", "second fact; with a semicolon"]
-    row.served = ServedResult("drift", 0.91, 30.5, 12, "served/0/0.png")
-    row.rounding = RoundingResult("BF16", 3, 0.02, 0.01, True)
+    row = ResultRow(
+        job="j",
+        step=10,
+        index=0,
+        verdict=Verdict.MISMATCH,
+        notes=("first fact", "second fact; with a semicolon"),
+        served=ServedResult("drift", 0.91, 30.5, 12, "served/0/0.png"),
+        rounding=RoundingResult("BF16", 3, 0.02, 0.01, True),
+    )
     write_results(tmp_path, [row])
     [back] = read_results(tmp_path)
     assert back.notes == row.notes and back.served == row.served
@@ -157,3 +162,28 @@ def test_result_rows_keep_notes_served_and_rounding_as_data(tmp_path) -> None:
     assert raw["served"]["verdict"] == "drift" and raw["rounding"]["draws"] == 3
     csv_text = (tmp_path / "results.csv").read_text(encoding="utf-8")
     assert "first fact; second fact; with a semicolon" in csv_text
+
+
+def test_a_result_row_is_frozen_and_a_later_stage_makes_a_new_one(tmp_path) -> None:
+    """A row the runner wrote is never edited: assigning a field raises, its sequences
+    are tuples, and a note makes a new row; results.json keeps its lists and is read back
+    to equal rows."""
+    import dataclasses
+
+    from parity.results import ResultRow, Verdict, read_results, write_results
+    from parity.settings import Cause
+
+    row = ResultRow(job="j", step=10, index=0, verdict=Verdict.MISMATCH, causes=[Cause.CFG])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        row.verdict = Verdict.MATCH  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        row.corrected_request_note = "edited"  # type: ignore[misc]
+    assert row.causes == (Cause.CFG,) and isinstance(row.notes, tuple)
+    with pytest.raises(AttributeError):
+        row.notes.append("edited")  # type: ignore[attr-defined]
+    noted = row.noted("a fact")
+    assert noted.notes == ("a fact",) and row.notes == () and noted is not row
+    write_results(tmp_path, [noted])
+    raw = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))[0]
+    assert raw["causes"] == ["cfg"] and raw["notes"] == ["a fact"]
+    assert read_results(tmp_path) == [noted]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from parity import __version__
+from parity.correct import CorrectedIndex
 from parity.errors import ParityError
 from parity.fleet.records import (
     MAX_ATTEMPTS,
@@ -280,13 +281,14 @@ class FleetRun:
         write_results(job.out_dir, rows)
         state.run_info = RunInfo.from_json(json.loads(event.run_json))
         run_info = self._write_run_info(state, event.worker)
-        corrected, request_files = {}, {}
+        corrected: dict[int, CorrectedIndex] = {}
+        request_files: dict[str, Any] = {}
         for name, data in event.files.items():
             parts = Path(name).parts
             if parts[0] != "corrected_requests":
                 continue
             if len(parts) == 2:  # corrected_requests/<step>.json: a step's index
-                corrected[int(Path(name).stem)] = json.loads(data)
+                corrected[int(Path(name).stem)] = CorrectedIndex.from_json(json.loads(data))
             else:  # corrected_requests/<step>/<k>.json: a request file
                 request_files["/".join(parts[1:])] = json.loads(data)
         write_run_report(

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from parity.correct import CorrectedIndex, PlacedPrompt
 from parity.results import (
     ResultRow,
     atomic_write_bytes,
@@ -35,6 +37,7 @@ from parity.results import (
     served_drift,
     verdict_counts,
 )
+from parity.run_info import RunInfo
 
 log = logging.getLogger(__name__)
 
@@ -289,9 +292,9 @@ def write_report(
     rows: list[ResultRow],
     *,
     job_name: str,
-    run_info: dict[str, Any],
-    corrected_requests: dict[int, dict[str, Any]] | None = None,
-    request_files: dict[str, dict[str, Any]] | None = None,
+    run_info: RunInfo,
+    corrected_requests: Mapping[int, CorrectedIndex] | None = None,
+    request_files: Mapping[str, dict[str, Any]] | None = None,
     out_name: str = "report.html",
 ) -> Path:
     """Render the HTML report of a run and the difference heatmaps it shows.
@@ -306,14 +309,14 @@ def write_report(
     job_name
         Shown in the title and summary.
     run_info
-        Run facts for the summary: run.json's object
-        (:meth:`parity.run_info.RunInfo.to_json`). Known keys (all optional): those of
-        :data:`RUN_INFO_LABELS`, ``thresholds`` (name to value), ``options`` (the
-        recorded command-line options), ``stack`` (:func:`parity.stack.stack_record`) and
-        ``requests``, each shown as a table; any other key is shown as plain text.
+        Run facts for the summary: the record of run.json
+        (:class:`parity.run_info.RunInfo`, :meth:`~parity.run_info.RunInfo.read`). Its
+        ``thresholds``, ``options`` (the recorded command-line options), ``stack``
+        (:func:`parity.stack.stack_record`) and ``requests`` are shown as tables, the
+        keys of :data:`RUN_INFO_LABELS` under their labels, any other key as plain text.
     corrected_requests
         Per training step, the index of its corrected requests
-        (``corrected_requests/<step>.json``: ``placement``, ``cannot_reproduce``).
+        (:class:`parity.correct.CorrectedIndex`, :meth:`~parity.correct.CorrectedIndex.read_all`).
     request_files
         The corrected requests by file name (``"<step>/<k>.json"``): a card shows the
         request its preview is placed in.
@@ -340,10 +343,10 @@ def write_report(
         **_summary(rows),
         **_run_panel(run_info),
         served_drift=served_drift(rows),
-        lora_root=str(run_info.get("lora_root") or "LORA_ROOT"),
+        lora_root=str(run_info.lora_root or "LORA_ROOT"),
         heatmap_vmax=HEATMAP_VMAX,
         heatmap_cmap=HEATMAP_CMAP,
-        noise_floor_k=run_info.get("noise_floor_k") or _noise_floor_k(),
+        noise_floor_k=run_info.noise_floor_k or _noise_floor_k(),
         cards=cards,
     )
     out = run_dir / out_name
@@ -375,8 +378,8 @@ def _heatmap(run_dir: Path, row: ResultRow) -> tuple[str | None, str]:
 def _card(
     run_dir: Path,
     row: ResultRow,
-    corrected_requests: dict[int, dict[str, Any]],
-    request_files: dict[str, dict[str, Any]],
+    corrected_requests: Mapping[int, CorrectedIndex],
+    request_files: Mapping[str, dict[str, Any]],
 ) -> dict[str, Any]:
     """What one preview's card shows: its images, counterfactuals and corrected request."""
     diff_rel, diff_note = _heatmap(run_dir, row)
@@ -404,11 +407,10 @@ def _card(
         for cf in row.counterfactuals
     ]
     index = corrected_requests.get(row.step)
-    place = _placement(index, row.index)
-    closest = None if place else _closest(index, row.index)
-    request = request_files.get((place or closest or {}).get("file", ""))
-    if request is None and place is None and closest is None:
-        request = index  # an index of another shape: show it whole
+    place: PlacedPrompt | None = index.placement.get(row.index) if index is not None else None
+    closest = index.closest.get(row.index) if index is not None and place is None else None
+    shown = place or closest
+    request = request_files.get(shown.file) if shown is not None else None
     return {
         "row": row,
         "images": images,
@@ -439,44 +441,23 @@ def _summary(rows: list[ResultRow]) -> dict[str, Any]:
     }
 
 
-def _run_panel(run_info: dict[str, Any]) -> dict[str, Any]:
-    """The run's facts as the run panel's tables (run.json's object)."""
-    info = dict(run_info)
-    tables = {key: info.pop(key, None) for key in _RUN_INFO_TABLES}
+def _run_panel(run_info: RunInfo) -> dict[str, Any]:
+    """The run's facts as the run panel's tables (the record of run.json)."""
+    info = {k: v for k, v in run_info.to_json().items() if k not in _RUN_INFO_TABLES}
     info = {k: v for k, v in info.items() if v not in ([], {}, "")}
     info_items = [(label, _plain(info.pop(k))) for k, label in RUN_INFO_LABELS.items() if k in info]
     info_items += [(str(k), _plain(v)) for k, v in info.items()]
-    stack_rows, stack_differences = _stack_table(tables["stack"] or {})
+    stack_rows, stack_differences = _stack_table(run_info.stack or {})
     requests = [
         (str(r.get("file")), f"step {r.get('step')}, LoRA {r.get('lora')}, "
          f"{r.get('prompts')} prompts" + (f", served {r['served']}" if r.get("served") else ""))
-        for r in tables["requests"] or []
+        for r in run_info.requests or []
     ]  # fmt: skip
     return {
         "info_items": info_items,
-        "thresholds": [(str(k), _plain(v)) for k, v in (tables["thresholds"] or {}).items()],
-        "options": _options_table(tables["options"] or {}),
+        "thresholds": [(str(k), _plain(v)) for k, v in (run_info.thresholds or {}).items()],
+        "options": _options_table(run_info.options or {}),
         "stack_rows": stack_rows,
         "stack_differences": stack_differences,
         "requests": requests,
     }
-
-
-def _closest(index: dict[str, Any] | None, preview: int) -> dict[str, Any] | None:
-    """The request holding the closest prompt of a preview no request reproduces."""
-    if not isinstance(index, dict):
-        return None
-    place = (index.get("closest") or {}).get(str(preview))
-    if isinstance(place, dict) and "file" in place:
-        return {"file": str(place["file"]), "prompt": place.get("prompt")}
-    return None
-
-
-def _placement(index: dict[str, Any] | None, preview: int) -> dict[str, Any] | None:
-    """Where preview ``preview`` is placed in its step's corrected requests, if it is."""
-    if not isinstance(index, dict):
-        return None
-    place = (index.get("placement") or {}).get(str(preview))
-    if isinstance(place, dict) and "file" in place:
-        return {"file": str(place["file"]), "prompt": place.get("prompt")}
-    return None

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from parity import __version__
-from parity.correct import CorrectedRequests, corrected_requests
+from parity.correct import CorrectedIndex, CorrectedRequests, corrected_requests
 from parity.errors import JobError, LoraError
+from parity.families import family
 from parity.job import Job
 from parity.plan import (
     Case,
@@ -31,12 +32,10 @@ from parity.results import (
     ResultRow,
     atomic_write_text,
     link_or_copy,
-    write_results,
 )
 from parity.run_info import RunInfo
 from parity.server import server_dtype
 from parity.settings import Cause, RenderSettings, SchedulerConfig
-from parity.zimage.diffusers_era import DiffusersEra, diffusers_era
 
 if TYPE_CHECKING:
     from parity.render.engine import RenderEngine
@@ -58,13 +57,13 @@ def write_corrected_requests(
     out_dir: Path,
     checkpoint_scheduler: SchedulerConfig | None,
     *,
-    server_era: DiffusersEra | None = None,
+    server_diffusers: str | None = None,
     lora_root: Path | None = None,
     lora_paths: dict[int, str] | None = None,
 ) -> dict[int, CorrectedRequests]:
     """Write ``corrected_requests/<step>/<k>.json`` (requests the server takes unchanged)
     and the index ``corrected_requests/<step>.json`` from the planned cases and their
-    rows, and note on each row why no request reproduces its preview, where none does.
+    rows (:func:`note_uncorrected` then notes on the rows why none reproduces a preview).
 
     ``lora_paths`` (step -> LoRA path) name the LoRA as the user's request for that step
     did; other steps name their checkpoint relative to ``lora_root``.
@@ -91,7 +90,7 @@ def write_corrected_requests(
             ),
             checkpoint_scheduler=checkpoint_scheduler,
             server_dtype=reference_dtype,
-            server_era=server_era,
+            server_diffusers=server_diffusers,
             lora_root=lora_root,
             lora_path=lora_paths.get(step),
         )
@@ -107,11 +106,19 @@ def write_corrected_requests(
         atomic_write_text(
             folder / f"{step}.json", json.dumps(corrected.to_json_dict(), indent=2) + "\n"
         )
-        for index, reasons in corrected.cannot.items():
-            if step_rows.get(index) is not None:
-                step_rows[index].corrected_request_note = "; ".join(reasons)
-    if row_of:
-        write_results(out_dir, list(row_of.values()))
+    return out
+
+
+def note_uncorrected(
+    rows: Sequence[ResultRow], corrected: dict[int, CorrectedRequests]
+) -> list[ResultRow]:
+    """``rows``, each whose preview no corrected request reproduces a new row noting why
+    (``corrected_request_note``)."""
+    out = []
+    for row in rows:
+        step = corrected.get(row.step)
+        reasons = step.cannot.get(row.index) if step is not None else None
+        out.append(replace(row, corrected_request_note="; ".join(reasons)) if reasons else row)
     return out
 
 
@@ -178,11 +185,14 @@ def run_job(
         rows,
         out_dir,
         engine.checkpoint_scheduler,
-        server_era=options.server_era,
+        server_diffusers=options.server_diffusers,
         lora_root=_lora_root(job, options),
         lora_paths={u.step: u.request.loras[0].path for u in requests},
     )
-    # 8. run.json finished, then the report.
+    # 8. The finished rows, those no request reproduces noted, written once; run.json
+    # finished, then the report.
+    rows = note_uncorrected(rows, corrected)
+    runner.write_finished(rows)
     summary = RunSummary(out_dir, rows, corrected)
     _finish_run(info, summary, with_requests=request_plan is not None, report=report)
     return summary
@@ -263,7 +273,6 @@ def _open_run_folder(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     previous = RunInfo.read(out_dir) if resume and RunInfo.exists(out_dir) else RunInfo()
-    era = options.server_era or diffusers_era(None)
     info = replace(
         previous,
         options=dict(recorded_options or previous.options or {}),
@@ -282,7 +291,7 @@ def _open_run_folder(
         confirm_margin=options.confirm_margin,
         noise_floor_k=NOISE_FLOOR_K,
         attribution=options.attribute,
-        server_diffusers=era.to_json(),
+        server_diffusers=family(job.family).server_release_json(options.server_diffusers),
         lora_root=str(_lora_root(job, options)),
         match=options.match,
     )
@@ -316,7 +325,7 @@ def _plan_job_cases(
         reference_dtype=options.reference_dtype,
         allow_outside_paths=options.allow_outside_paths,
         request_plan=request_plan,
-        server_era=options.server_era,
+        server_diffusers=options.server_diffusers,
     )
 
 
@@ -337,7 +346,7 @@ def _finish_run(info: RunInfo, summary: RunSummary, *, with_requests: bool, repo
             summary.rows,
             job_name=info.job,
             run_info=info,
-            corrected_requests={s: c.to_json_dict() for s, c in corrected.items()},
+            corrected_requests={s: c.index() for s, c in corrected.items()},
             request_files={
                 name: body for c in corrected.values() for name, body in c.request_files().items()
             },
@@ -371,7 +380,7 @@ def write_run_report(
     *,
     job_name: str,
     run_info: RunInfo,
-    corrected_requests: dict[int, Any],
+    corrected_requests: dict[int, CorrectedIndex],
     request_files: dict[str, Any] | None = None,
 ) -> None:
     """Write report.html of a finished run; a failure is logged, never raised (the
@@ -383,7 +392,7 @@ def write_run_report(
             out_dir,
             rows,
             job_name=job_name,
-            run_info=run_info.to_json(),
+            run_info=run_info,
             corrected_requests=corrected_requests,
             request_files=request_files,
         )

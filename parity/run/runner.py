@@ -51,7 +51,6 @@ from parity.results import (
     write_results,
 )
 from parity.settings import Cause, Dtype, RenderSettings
-from parity.zimage.diffusers_era import DiffusersEra, diffusers_era
 
 if TYPE_CHECKING:
     from parity.compare import Codec, Comparison, NoiseFloor
@@ -116,11 +115,13 @@ class Runner:
         4. its scores, candidate causes and the served image on the row; a match ends here;
         5. for a mismatch, the counterfactual proof of its causes;
         6. for a bf16-saved checkpoint left unexplained, the weighing of its rounding.
+
+        Each step makes a new row from the last one (rows are frozen records).
         """
         row = self._planned_row(case)
         if case.error:
             return row
-        scorer = self._scorer(case, row)
+        scorer, row = self._scorer(case, row)
         if scorer is None:
             return row
         try:
@@ -131,47 +132,43 @@ class Runner:
         except ModelError:
             raise
         except ParityError as e:
-            row.notes.append(str(e))
-            return row
+            return row.noted(str(e))
         except Exception as e:  # one failing render never stops the run
             log.exception("render failed for step %s index %s", case.step, case.index)
-            row.notes.append(f"render failed: {type(e).__name__}: {e}")
-            return row
-        self._record_reference(row, case, reference, c, ref_out, scorer)
+            return row.noted(f"render failed: {type(e).__name__}: {e}")
+        row = self._record_reference(row, case, reference, c, ref_out, scorer)
         if reference.match:
-            row.verdict = Verdict.MATCH
-            row.explained = True
-            return row
-        row.verdict = Verdict.MISMATCH
+            return dataclasses.replace(row, verdict=Verdict.MATCH, explained=True)
+        row = dataclasses.replace(row, verdict=Verdict.MISMATCH)
         if not self.options.attribute:
             return row
         if not row.candidate_causes:
-            row.unexplained_residual = {"distance": reference.distance, "ssim": c.ssim}
-            row.notes.append("no setting differs; unexplained residual")
-            return row
-        result = self._attribute(row, case, reference, scorer)
+            return dataclasses.replace(
+                row.noted("no setting differs; unexplained residual"),
+                unexplained_residual={"distance": reference.distance, "ssim": c.ssim},
+            )
+        row, result = self._attribute(row, case, reference, scorer)
         if result is not None:
-            self._weigh_rounding_if_saved_rounded(row, case, result, scorer)
+            row = self._weigh_rounding_if_saved_rounded(row, case, result, scorer)
         return row
 
     def _planned_row(self, case: Case) -> ResultRow:
         """The row with what the plan knows: the preview kept in the run folder, the
         prompt, the user's request prompt, and a planning error as its note."""
-        row = ResultRow(job=self.job.name, step=case.step, index=case.index)
-        if case.preview is not None:
-            row.preview = self.keep_preview(case)
-            row.preview_source = str(case.preview.path)
-        if case.sample is not None:
-            row.prompt = case.sample.prompt
-        if case.request is not None:
-            row.request = case.request.to_json()
-        if case.error:
-            row.notes.append(case.error)
-        return row
+        return ResultRow(
+            job=self.job.name,
+            step=case.step,
+            index=case.index,
+            preview=self.keep_preview(case) if case.preview is not None else None,
+            preview_source=str(case.preview.path) if case.preview is not None else None,
+            prompt=case.sample.prompt if case.sample is not None else "",
+            request=case.request.to_json() if case.request is not None else None,
+            notes=(case.error,) if case.error else (),
+        )
 
-    def _scorer(self, case: Case, row: ResultRow) -> _CaseScorer | None:
-        """The case's stored preview read for scoring (None, with the row's note, when it
-        cannot be read)."""
+    def _scorer(self, case: Case, row: ResultRow) -> tuple[_CaseScorer | None, ResultRow]:
+        """The case's stored preview read for scoring, and the row with its size (None,
+        and the row with a note, when it cannot be read)."""
         from parity import compare
 
         assert case.pair is not None and case.preview is not None
@@ -179,13 +176,13 @@ class Runner:
             preview_rgb = compare.load_rgb(case.preview.path)
             codec = compare.inspect_codec(case.preview.path)
         except ParityError as e:
-            row.notes.append(str(e))
-            return None
-        row.height_preview, row.width_preview = preview_rgb.shape[:2]
+            return None, row.noted(str(e))
+        height, width = preview_rgb.shape[:2]
+        row = dataclasses.replace(row, height_preview=height, width_preview=width)
         if codec.format == "JPEG" and case.preview.ext not in ("jpg", "jpeg"):
             log.warning("%s: JPEG data under a .%s name", case.preview.path, case.preview.ext)
         encode = self._encoder(case.pair.reference.dtype)
-        return _CaseScorer(self, case, preview_rgb, codec, encode)
+        return _CaseScorer(self, case, preview_rgb, codec, encode), row
 
     def _record_reference(
         self,
@@ -195,39 +192,49 @@ class Runner:
         c: Comparison,
         ref_out: RenderOutput,
         scorer: _CaseScorer,
-    ) -> None:
-        """The reference render's scores, the candidate causes, what the engine noted, the
-        case's noise floor and the served image, on the row."""
+    ) -> ResultRow:
+        """The row with the reference render's scores, the candidate causes, what the
+        engine noted, the case's noise floor and the served image."""
         from parity import compare
 
         assert case.pair is not None
-        row.render = reference.image
-        row.width_render, row.height_render = c.width_render, c.height_render
-        row.ssim, row.psnr, row.ms_ssim = c.ssim, c.psnr, c.ms_ssim
-        row.latent_distance, row.lpips = c.latent_distance, c.lpips
-        row.resized_for_comparison = c.resized
         codec = scorer.codec
-        row.jpeg_floor = (
-            compare.jpeg_floor(_to_rgb(ref_out.image), codec) if not codec.lossless else None
-        )
-        row.candidate_causes = list(case.pair.differences)
+        candidates = list(case.pair.differences)
         if ref_out.lora_not_applied and case.pair.preview.lora is not None:
-            row.candidate_causes.append(Cause.LORA_NOT_APPLIED)
-        row.notes.extend(ref_out.notes)
+            candidates.append(Cause.LORA_NOT_APPLIED)
+        notes = [*row.notes, *ref_out.notes]
         if case.pair.server_prompt.random_seed:
-            row.notes.append(
+            notes.append(
                 f"the request's seed {case.pair.server_prompt.seed} asks the server for a random "
                 "seed: its image cannot be reproduced; parity rendered that seed as written"
             )
-        row.noise_floor = scorer.floor
+        row = dataclasses.replace(
+            row,
+            render=reference.image,
+            width_render=c.width_render,
+            height_render=c.height_render,
+            ssim=c.ssim,
+            psnr=c.psnr,
+            ms_ssim=c.ms_ssim,
+            latent_distance=c.latent_distance,
+            lpips=c.lpips,
+            resized_for_comparison=c.resized,
+            jpeg_floor=(
+                compare.jpeg_floor(_to_rgb(ref_out.image), codec) if not codec.lossless else None
+            ),
+            candidate_causes=tuple(candidates),
+            notes=tuple(notes),
+            noise_floor=scorer.floor,
+        )
         if case.served is not None:
-            self._check_served(row, case, ref_out.image, scorer.alternate)
+            row = self._check_served(row, case, ref_out.image, scorer.alternate)
+        return row
 
     def _attribute(
         self, row: ResultRow, case: Case, reference: Counterfactual, scorer: _CaseScorer
-    ) -> Attribution | None:
-        """The counterfactual proof of a mismatch's causes, on the row (None, with the
-        row's note, when it fails)."""
+    ) -> tuple[ResultRow, Attribution | None]:
+        """The row with the counterfactual proof of a mismatch's causes, and that proof
+        (None, and the row with a note, when it fails)."""
         assert case.pair is not None
         folder = f"counterfactuals/{case.step}/{case.index}"
         try:
@@ -246,20 +253,23 @@ class Runner:
             raise
         except Exception as e:
             log.exception("attribution failed for step %s index %s", case.step, case.index)
-            row.notes.append(f"attribution failed: {type(e).__name__}: {e}")
-            return None
-        _fill_attribution(row, result)
-        row.noise_floor = scorer.floor
-        row.below_noise_floor = unconfirmed_causes(
-            result, scorer.images, case.pair.reference, case.pair.preview, row.noise_floor
+            return row.noted(f"attribution failed: {type(e).__name__}: {e}"), None
+        row = dataclasses.replace(
+            _fill_attribution(row, result),
+            noise_floor=scorer.floor,
+            below_noise_floor=tuple(
+                unconfirmed_causes(
+                    result, scorer.images, case.pair.reference, case.pair.preview, scorer.floor
+                )
+            ),
         )
-        return result
+        return row, result
 
     def _weigh_rounding_if_saved_rounded(
         self, row: ResultRow, case: Case, result: Attribution, scorer: _CaseScorer
-    ) -> None:
-        """For an unexplained mismatch whose checkpoint was saved rounded (bf16): how much
-        of the residual its rounding accounts for (:meth:`_weigh_rounding`)."""
+    ) -> ResultRow:
+        """For an unexplained mismatch whose checkpoint was saved rounded (bf16): the row
+        with how much of the residual its rounding accounts for (:meth:`_weigh_rounding`)."""
         checkpoint = self.job.checkpoint_for_step(case.step)
         everything = result.all_switched
         if (
@@ -269,14 +279,14 @@ class Runner:
             or checkpoint is None
             or not checkpoint.rounded
         ):
-            return
+            return row
         try:
-            self._weigh_rounding(row, everything, checkpoint.dtype or "", scorer)
+            return self._weigh_rounding(row, everything, checkpoint.dtype or "", scorer)
         except ModelError:
             raise
         except Exception as e:
             log.exception("rounding renders failed for step %s index %s", case.step, case.index)
-            row.notes.append(f"rounding renders failed: {e}")
+            return row.noted(f"rounding renders failed: {e}")
 
     def needs_floor(self, planned: Planned, comparison: Comparison, case: Case) -> bool:
         """Whether this render is the one to measure the case's noise floor on.
@@ -329,8 +339,9 @@ class Runner:
         everything: Counterfactual,
         checkpoint_dtype: str,
         scorer: _CaseScorer,
-    ) -> None:
-        """How much of an unexplained residual the checkpoint's rounding can account for.
+    ) -> ResultRow:
+        """The row with how much of an unexplained residual the checkpoint's rounding can
+        account for.
 
         A checkpoint saved in bf16 holds the rounding of the float32 weights that rendered
         the preview. The all-switched render is repeated with the LoRA moved within that
@@ -361,25 +372,29 @@ class Runner:
         )
         residual = everything.distance
         accounts = residual <= ROUNDING_SLACK * spread
-        row.counterfactuals.extend(cf for cf, _ in results)
-        row.counterfactual_renders += len(results)
-        row.rounding = RoundingResult(checkpoint_dtype, len(results), spread, residual, accounts)
+        row = dataclasses.replace(
+            row,
+            counterfactuals=(*row.counterfactuals, *(cf for cf, _ in results)),
+            counterfactual_renders=row.counterfactual_renders + len(results),
+            rounding=RoundingResult(checkpoint_dtype, len(results), spread, residual, accounts),
+        )
         share = 1.0 if residual <= 0 else min(1.0, spread / residual)
         what = (
             f"checkpoint saved in {checkpoint_dtype}; previews used the fp32 training weights: "
             f"moving the LoRA within its rounding moves the render by up to {spread:.4f} "
             f"(1 - SSIM), the preview is {residual:.4f} away"
         )
-        if accounts:
-            row.explained = True
-            row.unexplained_residual = None
-            if Cause.PRECISION not in row.causes:
-                row.causes = sorted([*row.causes, Cause.PRECISION])
-            # The residual is the rounding's: its note goes, this one says why.
-            row.notes = [n for n in row.notes if not n.startswith(RESIDUAL_NOTE)]
-            row.notes.append(f"{what}: the rounding accounts for it")
-        else:
-            row.notes.append(f"{what}: the rounding accounts for {share:.0%} of it")
+        if not accounts:
+            return row.noted(f"{what}: the rounding accounts for {share:.0%} of it")
+        # The residual is the rounding's: its note goes, this one says why.
+        notes = [n for n in row.notes if not n.startswith(RESIDUAL_NOTE)]
+        return dataclasses.replace(
+            row,
+            explained=True,
+            unexplained_residual=None,
+            causes=tuple(sorted({*row.causes, Cause.PRECISION})),
+            notes=(*notes, f"{what}: the rounding accounts for it"),
+        )
 
     def keep_preview(self, case: Case) -> str:
         """Link or copy the case's preview into ``previews/<step>/`` of the run folder, so
@@ -401,10 +416,10 @@ class Runner:
             return self.rel(source)
         return target.relative_to(self.out_dir).as_posix()
 
-    def _check_served(self, row: ResultRow, case: Case, render: Any, alternate: Any) -> None:
-        """Compare the server's own image of the case's prompt with the reference render
-        (``alternate``: its alternate-kernel twin when the case's floor was measured on
-        it, else None)."""
+    def _check_served(self, row: ResultRow, case: Case, render: Any, alternate: Any) -> ResultRow:
+        """The row with the server's own image of the case's prompt compared with the
+        reference render (``alternate``: its alternate-kernel twin when the case's floor
+        was measured on it, else None)."""
         from parity.compare import check_served
         from parity.render.engine import alternate_method
 
@@ -423,19 +438,26 @@ class Runner:
             )
             link_or_copy(case.served, kept, link=False)
         except (ParityError, OSError) as e:
-            row.notes.append(f"served image not compared: {e}")
-            return
-        row.served = ServedResult(
+            return row.noted(f"served image not compared: {e}")
+        served = ServedResult(
             verdict="same" if check.same else "drift",
             ssim=check.ssim,
             psnr=check.psnr,
             max_abs_diff=check.max_abs_diff,
             path=kept.relative_to(self.out_dir).as_posix(),
         )
-        if not check.same:
-            row.served_note = drift_note(
-                check, case.pair.reference, device=self.engine.device, era=self.options.server_era
-            )
+        if check.same:
+            return dataclasses.replace(row, served=served)
+        return dataclasses.replace(
+            row,
+            served=served,
+            served_note=drift_note(
+                check,
+                case.pair.reference,
+                device=self.engine.device,
+                server_diffusers=self.options.server_diffusers,
+            ),
+        )
 
     def run(
         self,
@@ -445,8 +467,12 @@ class Runner:
         on_row: Callable[[ResultRow], None] | None = None,
     ) -> list[ResultRow]:
         """Evaluate ``cases`` (with ``resume``, those without a row in results.json yet),
-        writing results.json after each one; ``on_row`` is called with each new row once
-        it and its images are on disk."""
+        writing results.json after each one (atomic, so that a killed run can resume);
+        ``on_row`` is called with each new row once it and its images are on disk.
+
+        The rows returned are not final until :meth:`write_finished` writes them (the
+        job's later stages may make new rows of them first).
+        """
         done: dict[tuple[int, int], ResultRow] = {}
         if resume:
             for row in read_results(self.out_dir):
@@ -459,8 +485,11 @@ class Runner:
             write_results(self.out_dir, rows, durable=False)
             if on_row is not None:
                 on_row(row)
-        write_results(self.out_dir, rows)
         return sorted(rows, key=lambda r: r.key)
+
+    def write_finished(self, rows: list[ResultRow]) -> None:
+        """Write results.json and results.csv of the finished rows, once, durably."""
+        write_results(self.out_dir, rows)
 
 
 class _CaseScorer:
@@ -530,7 +559,7 @@ class _CaseScorer:
 
 
 def drift_note(
-    check: Any, reference: RenderSettings, *, device: str, era: DiffusersEra | None
+    check: Any, reference: RenderSettings, *, device: str, server_diffusers: str | None
 ) -> str:
     """What a served image that is not parity's reference render means, and which of
     dtype, library era or hardware could explain it."""
@@ -545,8 +574,9 @@ def drift_note(
             f"{check.limit}, SSIM {check.ssim:.4f}"
         )
     library = ""
-    if family(reference.family).diffusers_eras:  # a family whose pipeline changed
-        era_text = (era or diffusers_era(None)).label
+    era = family(reference.family).server_era(server_diffusers)
+    if era is not None:  # a family whose pipeline changed between releases
+        era_text = era.label
         library = (
             f"library era (parity modelled diffusers {era_text}; runcomfy's requirements pin "
             "072d15ee, N-1 updates for N steps: try --server-diffusers), "
@@ -626,22 +656,29 @@ def unconfirmed_causes(
     return out
 
 
-def _fill_attribution(row: ResultRow, result: Attribution) -> None:
-    row.counterfactual_renders = result.renders
-    # Never drop a difference: every candidate stays a cause; the unconfirmed ones are
-    # also listed in below_noise_floor with their effect.
-    row.causes = sorted(result.candidates)
-    row.explained = result.explained
-    row.counterfactuals = list(result.counterfactuals)
+def _fill_attribution(row: ResultRow, result: Attribution) -> ResultRow:
+    """The row with the attribution's causes, counterfactuals and residual."""
+    row = dataclasses.replace(
+        row,
+        counterfactual_renders=result.renders,
+        # Never drop a difference: every candidate stays a cause; the unconfirmed ones are
+        # also listed in below_noise_floor with their effect.
+        causes=tuple(sorted(result.candidates)),
+        explained=result.explained,
+        counterfactuals=tuple(result.counterfactuals),
+    )
     everything = result.all_switched
     if everything is None:
-        return
-    row.best_counterfactual = everything.image
-    if not result.explained:
-        row.unexplained_residual = {"distance": everything.distance, "ssim": everything.ssim}
-        row.notes.append(
+        return row
+    row = dataclasses.replace(row, best_counterfactual=everything.image)
+    if result.explained:
+        return row
+    return dataclasses.replace(
+        row.noted(
             f"{RESIDUAL_NOTE}: with every candidate cause switched, SSIM is {everything.ssim:.4f}"
-        )
+        ),
+        unexplained_residual={"distance": everything.distance, "ssim": everything.ssim},
+    )
 
 
 #: How the note of a mismatch no candidate explains begins.
