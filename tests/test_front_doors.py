@@ -3,7 +3,8 @@ images the server returned, through ``parity run``, ``parity run --workers 1``,
 ``parity run --ray local`` and ``pytest --parity-job`` from an empty folder (no
 pyproject.toml, no conftest.py), gives the same verdicts, causes, served verdicts and
 exit status. For each family: the real Z-Image job with a request a user writes, and the
-real FLUX.1 job with the request the server's own code answered and its images."""
+real FLUX.1 and Qwen-Image jobs with the request the server's own code answered and its
+images."""
 
 from __future__ import annotations
 
@@ -34,6 +35,16 @@ CAUSES = {(10, 0): ["cfg"], (10, 1): ["snapping"]}
 #: takes one LoRA scale, 1, where item 2 has 0.5; the images are the server's own.
 FLUX_SERVED = AITK_FLUX_JOB.parents[1] / "server" / "20"
 FLUX_CAUSES = {(20, i): ["lora_scale"] if i == 2 else [] for i in range(5)}
+
+#: The real Qwen-Image job and the server's answer for its step 20
+#: (fixtures/aitk_qwen/server/20): ai-toolkit floors items 1 (80x112) and 4 (100x90) to
+#: 32, the server to 16, and the request takes one LoRA scale where item 2 has 0.5.
+QWEN_JOB = AITK_FLUX_JOB.parents[2] / "aitk_qwen" / "output" / "aitk_qwen"
+QWEN_BASE = QWEN_JOB.parents[1] / "tiny_qwen"
+QWEN_SERVED = QWEN_JOB.parents[1] / "server" / "20"
+QWEN_CAUSES = {(20, i): [] for i in range(6)}
+QWEN_CAUSES[(20, 1)] = QWEN_CAUSES[(20, 4)] = ["snapping"]
+QWEN_CAUSES[(20, 2)] = ["lora_scale"]
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CI": "1"}
 ENV.pop("PYTEST_ADDOPTS", None)
@@ -148,6 +159,22 @@ def test_every_front_door_decides_the_same_for_flux(tmp_path: Path) -> None:
     for door, (door_rows, door_code) in outcomes.items():
         assert door_rows == rows, door
         assert door_code == 1, door  # item 2 is a mismatch
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("Ray is not installed (the extra parity[ray]); 3 of 4 front doors checked")
+
+
+def test_every_front_door_decides_the_same_for_qwen_image(tmp_path: Path) -> None:
+    """The server's own images are parity's reference renders ("same") and the causes
+    are the ones the request cannot carry: ai-toolkit's floor to 32 and item 2's scale."""
+    request = QWEN_SERVED / "request.json"
+    outcomes = _doors(tmp_path, request, QWEN_SERVED, job=QWEN_JOB, base=QWEN_BASE)
+    rows, _ = outcomes["parity run"]
+    assert {key: row[1] for key, row in rows.items()} == QWEN_CAUSES
+    assert {row[0] for key, row in rows.items() if not QWEN_CAUSES[key]} == {"match"}
+    assert {row[2] for row in rows.values()} == {"same"}
+    for door, (door_rows, door_code) in outcomes.items():
+        assert door_rows == rows, door
+        assert door_code == 1, door
     if importlib.util.find_spec("ray") is None:
         pytest.skip("Ray is not installed (the extra parity[ray]); 3 of 4 front doors checked")
 
