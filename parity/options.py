@@ -363,6 +363,13 @@ def standard_layers(flags: Layer, *between: Layer, pyproject: Path | None) -> li
 # ------------------------------------------------------------------ run options
 
 
+def history_of(values: Mapping[str, Any]) -> str | None:
+    """The history table a run appends to: ``--history``, unless ``--no-history``
+    (None: no history)."""
+    history = values.get("history")
+    return str(history) if history and not values.get("no_history") else None
+
+
 def run_options(values: Mapping[str, Any], **fixed: Any) -> RunOptions:
     """The :class:`parity.run.RunOptions` of resolved option ``values`` (:func:`resolve`);
     ``fixed`` sets RunOptions fields a front door decides itself (``progress``...).

@@ -169,6 +169,19 @@ class ServerPrompt:
     seed: int
     lora_scale: float
     random_seed: bool
+    #: The model's size rule: width and height floored to a multiple of this, px.
+    resolution_divisor: int
+
+    @property
+    def size_note(self) -> str | None:
+        """What the server's size rule did to the requested size (None: nothing): the
+        one wording of it, with the model's own divisor."""
+        if (self.width, self.height) == (self.requested_width, self.requested_height):
+            return None
+        return (
+            f"{self.requested_width}x{self.requested_height} floored to "
+            f"{self.width}x{self.height} (multiple of {self.resolution_divisor})"
+        )
 
 
 def server_lora_scale(request: InferenceRequest) -> float:
@@ -211,6 +224,7 @@ def server_prompts(request: InferenceRequest) -> list[ServerPrompt]:
                 seed=seed,
                 lora_scale=scale,
                 random_seed=seed < 0,
+                resolution_divisor=div,
             )
         )
     return out

@@ -180,6 +180,13 @@ def test_server_renders_are_reproduced(fixture: Path, step: int, tmp_path: Path,
         prompt = request["prompts"][i]
         assert entry["settings"]["width"] == prompt.get("width", 1024) // 16 * 16
         assert entry["settings"]["dynamic_shift"] is not None
+        # The warning of a floored size names FLUX.1's own divisor.
+        width, height = prompt.get("width", 1024), prompt.get("height", 1024)
+        if width % 16 or height % 16:
+            floored = f"{width // 16 * 16}x{height // 16 * 16}"
+            assert entry["warning"] == f"{width}x{height} floored to {floored} (multiple of 16)"
+        else:
+            assert "warning" not in entry
         render = load_rgb(out / f"{i}.png")
         float_noise.check(f"server {step}/{i}.png", load_rgb(folder / f"{i}.png"), render)
         jpeg = folder / f"{i}.jpg"

@@ -187,3 +187,22 @@ def test_a_result_row_is_frozen_and_a_later_stage_makes_a_new_one(tmp_path) -> N
     raw = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))[0]
     assert raw["causes"] == ["cfg"] and raw["notes"] == ["a fact"]
     assert read_results(tmp_path) == [noted]
+
+
+def test_the_corrected_request_index_is_a_record_that_round_trips(tmp_path) -> None:
+    from parity.correct import CorrectedIndex, PlacedPrompt
+
+    index = CorrectedIndex(
+        step=10,
+        placement={0: PlacedPrompt("10/0.json", 0)},
+        cannot_reproduce={1: ("cfg 0 cannot be sent", "closest request: 10/1.json prompt 0")},
+        closest={1: PlacedPrompt("10/1.json", 0)},
+    )
+    folder = tmp_path / "corrected_requests"
+    folder.mkdir()
+    (folder / "10.json").write_text(json.dumps(index.to_json()), encoding="utf-8")
+    assert list(index.to_json()) == ["step", "placement", "cannot_reproduce", "closest"]
+    assert CorrectedIndex.read_all(tmp_path) == {10: index}
+    (folder / "20.json").write_text("[]", encoding="utf-8")
+    with pytest.raises(ValueError, match="20.json: not an index of corrected requests"):
+        CorrectedIndex.read(tmp_path, 20)

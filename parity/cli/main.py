@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from parity import __version__
-from parity.errors import LoraError, ModelError, ParityError
+from parity.errors import ParityError
 from parity.logs import configure_logging
 
 log = logging.getLogger("parity")
@@ -240,149 +240,51 @@ def _describe_checkpoint(checkpoint: Any) -> str:
 # ------------------------------------------------------------------- rendering
 
 
-def _progress(items: list, desc: str) -> Any:
-    from parity.run import progress
-
-    return progress(items, None, desc=desc)
+def _warn_line(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
-def _finish_renders(out: Path, effective: list[dict], failures: int, what: str) -> int:
-    from parity.results import atomic_write_text
-
-    atomic_write_text(out / "effective.json", json.dumps(effective, indent=2))
-    print(f"{len(effective) - failures} {what} rendered into {out}")
-    return EXIT_MISMATCH if failures else EXIT_OK
+def _print_renders(renders: Any) -> int:
+    print(f"{renders.rendered} {renders.what} rendered into {renders.out}")
+    return renders.exit_code
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from parity.plan import parse_steps, plan_cases, select_steps
-    from parity.results import save_png
+    from parity.plan import parse_steps, select_steps
+    from parity.run.renders import render_previews
 
     _resolve(args)
     opened = _open(args)
-    job = opened.job
-    steps = select_steps(job, parse_steps(args.step))
     engine, _ = _engine_for_job(opened, args)
-    cases = plan_cases(
-        job,
-        steps,
-        device=engine.device,
-        checkpoint_scheduler=engine.checkpoint_scheduler,
+    renders = render_previews(
+        opened.job,
+        engine,
+        Path(args.out),
+        steps=select_steps(opened.job, parse_steps(args.step)),
         reference_dtype=_dtype(args),
         allow_outside_paths=args.allow_outside_paths,
-        check_previews=False,  # the previews are not read: their pixels are rendered anew
+        warn=_warn_line,
     )
-    out = Path(args.out)
-    effective: list[dict] = []
-    failures = 0
-    for case in _progress(cases, "preview"):
-        entry: dict[str, Any] = {"step": case.step, "index": case.index}
-        try:
-            if case.pair is None:
-                raise ParityError(case.error or "no settings")
-            settings = case.pair.preview
-            result = engine.render(settings)
-            save_png(result.image, out / str(case.step) / f"{case.index}.png")
-            entry.update(image=f"{case.step}/{case.index}.png", settings=settings.to_dict())
-        except ModelError:
-            raise
-        except ParityError as e:
-            failures += 1
-            entry["error"] = str(e)
-            print(f"error: step {case.step} index {case.index}: {e}", file=sys.stderr)
-        effective.append(entry)
-    return _finish_renders(out, effective, failures, "previews")
-
-
-def _confined(path: Path, root: Path, allow_outside: bool, what: str) -> Path:
-    from parity.job import outside_path_error
-
-    error = None if allow_outside else outside_path_error(path, root, what, "the LoRA root")
-    if error:
-        raise ParityError(error)
-    return path.resolve()
+    return _print_renders(renders)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from parity.families import SERVER_MODELS, family_of_model
-    from parity.plan import resolve_lora_path
-    from parity.plan.sides import reference_settings
-    from parity.render.engine import RenderEngine
-    from parity.render.models import (
-        checkpoint_scheduler,
-        resolve_reference_model,
-        validate_checkpoint,
-    )
-    from parity.results import save_png
-    from parity.server import load_request
+    from parity.run.renders import render_request
 
     _resolve(args)
-    request_path = Path(args.request_file)
-    request = load_request(request_path)
-    server = SERVER_MODELS[request.model]
-    # --base-model stands for the checkpoint the request's model loads its transformer from.
-    model_map = _model_map(args).with_base_model(server.transformer_hub_id, args.base_model)
-    source = resolve_reference_model(request.model, model_map)
-    family = family_of_model(request.model)
-    validate_checkpoint(source, family)
-    server_diffusers = _server_diffusers(args)
-    # The LoRA root plays the server's workflows folder: request paths resolve under it.
-    lora_root = Path(args.lora_root) if args.lora_root else request_path.parent
-    lora_paths = []
-    for lora in request.loras:
-        candidate = resolve_lora_path(lora.path, lora_root)
-        lora_paths.append(
-            str(_confined(candidate, lora_root, args.allow_outside_paths, "LoRA path"))
-        )
-    device = _device(args)
-    engine = RenderEngine(source, device=device, family=family)
-    for path in lora_paths:  # a LoRA problem is found before the model loads
-        try:
-            engine.lora(path)
-        except LoraError as e:
-            raise LoraError(f"{request_path}: {e}") from None
-    scheduler = checkpoint_scheduler(source)
-    out = Path(args.out)
-    effective = []
-    failures = 0
-    for i in _progress(list(range(len(request.prompts))), "render"):
-        settings, server_prompt = reference_settings(
-            request,
-            i,
-            lora_paths=lora_paths,
-            device=device,
-            checkpoint_scheduler=scheduler,
-            dtype=_dtype(args),
-            server_diffusers=server_diffusers,
-        )
-        entry: dict[str, Any] = {"index": i, "settings": settings.to_dict()}
-        if (
-            server_prompt.width != server_prompt.requested_width
-            or server_prompt.height != server_prompt.requested_height
-        ):
-            entry["warning"] = (
-                f"{server_prompt.requested_width}x{server_prompt.requested_height} floored to "
-                f"{server_prompt.width}x{server_prompt.height} (multiple of 32)"
-            )
-        try:
-            result = engine.render(settings)
-            if result.lora_not_applied:
-                entry["warning"] = (
-                    f"LoRA not fully applied: {result.lora_modules_applied} of "
-                    f"{result.lora_modules_in_file} modules of {settings.lora.path} match the "
-                    "transformer"
-                )
-                print(f"warning: prompt {i}: {entry['warning']}", file=sys.stderr)
-            save_png(result.image, out / f"{i}.png")
-            entry["image"] = f"{i}.png"
-        except ModelError:
-            raise
-        except ParityError as e:
-            failures += 1
-            entry["error"] = str(e)
-            print(f"error: prompt {i}: {e}", file=sys.stderr)
-        effective.append(entry)
-    return _finish_renders(out, effective, failures, "images")
+    renders = render_request(
+        args.request_file,
+        _model_map(args),
+        Path(args.out),
+        base_model=args.base_model,
+        lora_root=args.lora_root,
+        allow_outside_paths=args.allow_outside_paths,
+        device=_device(args),
+        dtype=_dtype(args),
+        server_diffusers=_server_diffusers(args),
+        warn=_warn_line,
+    )
+    return _print_renders(renders)
 
 
 # ------------------------------------------------------------------------- run
@@ -415,7 +317,9 @@ def _steps_of_requests(
 
 def cmd_run(args: argparse.Namespace) -> int:
     from parity.fleet import is_fleet_run, job_to_resume
+    from parity.options import history_of
     from parity.run import default_out_dir, run_job
+    from parity.run.job_run import append_job_history
 
     if is_fleet_run(args.job, workers=args.workers, ray=args.ray, resume=args.resume):
         return cmd_run_fleet(args)
@@ -454,20 +358,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         recorded_options=used,
         requests=requests,
     )
-    if args.history and not args.no_history:
-        from parity.report.history import append_run_history
-        from parity.run_info import RunInfo
-
-        info = RunInfo.read(out_dir)
-        append_run_history(
-            args.history,
-            summary.rows,
-            run_time=info.started,
-            run_id=f"{job.name}/{out_dir.name}",
-            warn=lambda line: print(line, file=sys.stderr),
-            run_dir=out_dir,
-            run_info=info,
-        )
+    append_job_history(history_of(vars(args)), summary, job_name=job.name, warn=_warn_line)
     _print_summary(summary)
     return summary.exit_code
 
@@ -481,6 +372,7 @@ def cmd_run_fleet(args: argparse.Namespace) -> int:
     import os
 
     from parity import fleet
+    from parity.options import history_of
     from parity.run import default_out_dir
 
     plan = fleet.run_entries(args.job, out=args.out, resume=args.resume)
@@ -506,7 +398,7 @@ def cmd_run_fleet(args: argparse.Namespace) -> int:
         mine = requests.get(job.name, [])
         _steps_of_requests(job, job_args, used, mine)
         _request_plan(job, job_args, mine)  # unusable pairings stop here; warnings printed
-        history = job_args.history if job_args.history and not job_args.no_history else None
+        history = history_of(vars(job_args))
         planned = fleet.plan_job(
             job_path,
             out_dir=out_dir,

@@ -374,6 +374,32 @@ def _keep_requests(request_plan: RequestPlan, out_dir: Path) -> list[dict[str, A
     return records
 
 
+def append_job_history(
+    history: str | Path | None,
+    summary: RunSummary,
+    *,
+    job_name: str,
+    warn: Callable[[str], None],
+) -> None:
+    """Append a finished one-job run to the history table ``history`` (None: none), its
+    run id ``<job name>/<run folder name>``; a failure is a ``warn`` line, never raised
+    (:func:`parity.report.history.append_run_history`; a fleet's driver appends its own)."""
+    if not history:
+        return
+    from parity.report.history import append_run_history
+
+    info = RunInfo.read(summary.out_dir)
+    append_run_history(
+        history,
+        summary.rows,
+        run_time=info.started,
+        run_id=f"{job_name}/{summary.out_dir.name}",
+        warn=warn,
+        run_dir=summary.out_dir,
+        run_info=info,
+    )
+
+
 def write_run_report(
     out_dir: Path,
     rows: list[ResultRow],
