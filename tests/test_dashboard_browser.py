@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+from html import unescape
 from pathlib import Path
 from urllib.parse import unquote, urldefrag
 
@@ -145,6 +146,54 @@ def test_job_page_in_a_browser(moved, tmp_path):
     for href in hrefs:  # the preview's card is in both reports
         path, anchor = urldefrag(href)
         assert f'id="{anchor}"' in (page.parent / unquote(path)).read_text(encoding="utf-8")
+
+
+HOVER_AND_CLICK = """<!DOCTYPE html>
+<html><body>
+<iframe id="page" src="%s" width="1200" height="2400"></iframe>
+<pre id="out"></pre>
+<script>
+// Hovers the last run's point of the SSIM chart, then clicks the second run's point.
+var frame = document.getElementById("page"), out = document.getElementById("out");
+var clicked = false;
+var timer = setInterval(function () {
+  var w = frame.contentWindow, d = w && w.document;
+  if (clicked || !d || d.documentElement.getAttribute("data-charts") !== "2") return;
+  clearInterval(timer);
+  var gd = d.getElementById("chart-0");
+  w.Plotly.Fx.hover(gd, [{curveNumber: 0, pointNumber: 2}, {curveNumber: 1, pointNumber: 2}]);
+  out.setAttribute("data-hover", d.querySelector(".hoverlayer").textContent);
+  clicked = true;
+  frame.addEventListener("load", function () {
+    out.setAttribute("data-opened", frame.contentWindow.location.href);
+  });
+  // As a click on the page does: from the page's own context (a relative address is
+  // resolved against the page that runs the script).
+  w.setTimeout('document.getElementById("chart-0").emit("plotly_click", ' +
+               '{points: [{curveNumber: 1, pointIndex: 1, pointNumber: 1}]})', 0);
+}, 50);
+</script>
+</body></html>
+"""
+
+
+def test_a_chart_point_names_its_run_and_opens_its_report(moved, tmp_path):
+    page = moved / "dashboard" / "jobs" / f"{job_slug(REGRESSED)}.html"
+    probe = tmp_path / "probe" / "hover.html"
+    probe.parent.mkdir()
+    probe.write_text(HOVER_AND_CLICK % page.as_uri(), encoding="utf-8")
+    proc = _chromium(tmp_path, "--allow-file-access-from-files", "--window-size=1280,2400",
+                     "--virtual-time-budget=10000", "--dump-dom", probe.as_uri())  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = re.search(r'<pre id="out"[^>]*>', proc.stdout)[0]
+    hover = unescape(re.search(r'data-hover="([^"]*)"', out)[1])
+    # the run, its numbers and the parity version and commit that ran it
+    assert f"{REGRESSED}/nightly-2026-12-03" in hover, hover
+    assert "1 match, 1 mismatch, 0 error" in hover and "parity 0.1.0" in hover, hover
+    assert re.search(r"mean SSIM: 0\.\d{4}", hover) and "min SSIM" in hover, hover
+    opened = re.search(r'data-opened="([^"]*)"', out)
+    assert opened, out
+    assert opened[1] == (moved / f"nightly-2026-12-02/{REGRESSED}/report.html").as_uri()
 
 
 def test_nothing_is_broken_after_the_move(moved, tmp_path):

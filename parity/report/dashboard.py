@@ -330,11 +330,10 @@ def _figures(job: str, runs: list[dict[str, Any]], causes: list[str]) -> list[di
 _CLICK_SCRIPT = """
 var gd = document.getElementById('{plot_id}');
 gd.on('plotly_click', function (ev) {
-  var points = (ev && ev.points) || [];
-  for (var i = 0; i < points.length; i++) {
-    var data = points[i].customdata || (points[i].data.customdata || [])[points[i].pointIndex];
-    if (data && data[4]) { window.location.href = data[4]; return; }
-  }
+  // Every trace shares the runs on x; the first trace holds each run's facts.
+  var p = ev && ev.points && ev.points[0];
+  var data = p && (gd.data[0].customdata || [])[p.pointIndex];
+  if (data && data[4]) window.location.href = data[4];
 });
 window.parityChartReady && window.parityChartReady();
 """
