@@ -193,6 +193,10 @@ def test_report_command(history, tmp_path, capsys):
     # with a 0.1 threshold the SSIM drop of 0.04 is no regression; the verdict change is
     assert "2 jobs, 1 regressed (1 preview)" in printed
     assert f"dashboard: {out / 'index.html'}" in printed
+    assert main(["report", "--history", str(history), "--out", str(out), "--job", "nope"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("0 jobs, 0 regressed")
+    assert "warning: no run of the history passes --job/--since" in captured.err
     assert main(["report", "--history", str(tmp_path / "none.parquet"), "--out", str(out)]) == 2
     assert "no history table" in capsys.readouterr().err
     assert main(["report", "--history", str(history), "--out", str(out), "--since", "x"]) == 2

@@ -639,6 +639,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         f"{board.jobs} job{'' if board.jobs == 1 else 's'}, {board.regressed_jobs} regressed "
         f"({board.regressions} preview{'' if board.regressions == 1 else 's'})"
     )
+    if board.jobs == 0 and (args.job or args.since):
+        print("warning: no run of the history passes --job/--since", file=sys.stderr)
     print(f"dashboard: {board.index}")
     return EXIT_OK
 
