@@ -627,14 +627,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.ssim_drop is None:
         args.ssim_drop = SSIM_DROP_THRESHOLD
-    if not Path(args.history).is_file():
-        raise ParityError(f"{args.history}: no history table (parity run --history writes it)")
-    try:
-        board = build_dashboard(
-            args.history, args.out, ssim_drop=args.ssim_drop, since=args.since, jobs=args.job
-        )
-    except ValueError as e:
-        raise ParityError(str(e)) from e
+    board = build_dashboard(
+        args.history, args.out, ssim_drop=args.ssim_drop, since=args.since, jobs=args.job
+    )
     print(
         f"{board.jobs} job{'' if board.jobs == 1 else 's'}, {board.regressed_jobs} regressed "
         f"({board.regressions} preview{'' if board.regressions == 1 else 's'})"

@@ -445,8 +445,19 @@ def build_dashboard(
     -------
     Dashboard
         The pages written and what they count.
+
+    Raises
+    ------
+    FileNotFoundError
+        No history table at ``history_path``.
+    ValueError
+        ``since`` is not a date or time.
     """
     history_path = Path(history_path)
+    if not history_path.is_file():
+        raise FileNotFoundError(
+            f"{history_path}: no history table (parity run --history writes it)"
+        )
     out_dir = Path(out_dir)
     jobs_dir = out_dir / JOBS_DIR
     jobs_dir.mkdir(parents=True, exist_ok=True)
