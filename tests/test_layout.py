@@ -41,7 +41,6 @@ RANKS: dict[str, int] = {
 }
 
 
-
 def _family_folders() -> dict[str, str]:
     """Each registered family's folder (the package of its pipeline adapter) by name."""
     from parity.families import FAMILIES
