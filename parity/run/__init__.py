@@ -4,8 +4,10 @@ attributed, corrected, written (:func:`run_job`).
 :mod:`parity.run.options` (what a run is asked to do and what it found),
 :mod:`parity.run.runner` (one case at a time: render, compare, attribute),
 :mod:`parity.run.job_run` (the job from start to end), :mod:`parity.run.explain` (one
-preview in depth), :mod:`parity.run.noise` (a job's noise floors, for ``parity noise``)
-and :mod:`parity.run.open_job` (a job and its model, for every front door).
+preview in depth), :mod:`parity.run.noise` (a job's noise floors, for ``parity noise``),
+:mod:`parity.run.renders` (renders without judging, for ``parity preview`` and ``parity
+render``) and :mod:`parity.run.open_job` (a job, its model and its engine, for every
+front door).
 """
 
 from parity.run.job_run import run_job, write_corrected_requests, write_run_report
