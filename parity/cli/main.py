@@ -369,7 +369,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_run_fleet(args: argparse.Namespace) -> int:
     """``parity run`` of several jobs, or with ``--workers`` / ``--ray`` (parity.fleet)."""
     import copy
-    import os
 
     from parity import fleet
     from parity.options import history_of
@@ -419,28 +418,17 @@ def cmd_run_fleet(args: argparse.Namespace) -> int:
             print(f"warning: {job.name}: {problem}", file=sys.stderr)
     _warn_stack()
 
-    backend = fleet.choose_backend(
+    run = fleet.start_fleet_run(
+        jobs,
+        root=root,
+        resume=plan.resume,
+        options=shared,
         workers=args.workers,
         ray=args.ray,
         device=args.device,
         threads=args.threads,
-        signal_dir=os.environ.get(fleet.SIGNAL_DIR_ENV) or None,
         log_level=logging.getLogger("parity").getEffectiveLevel(),
     )
-    try:
-        run = fleet.FleetRun(
-            jobs,
-            backend,
-            summary_path=None if root is None else root / fleet.SUMMARY_FILE,
-            resume=plan.resume,
-            summary_info={
-                "options": shared,
-                "execution": fleet.execution_record(backend, args.ray),
-            },
-        )
-    except BaseException:
-        backend.close(abort=True)  # a Ray cluster started for the run stops
-        raise
     states = run.run()
     if root is None:
         from parity.run import RunSummary

@@ -50,6 +50,7 @@ from parity.fleet.driver import (
     FleetRun,
     JobState,
     read_summary,
+    start_fleet_run,
 )
 from parity.fleet.planning import (
     check_unique_names,
@@ -85,6 +86,7 @@ from parity.fleet.worker import (
 )
 
 __all__ = [
+    "start_fleet_run",
     "DoneEvent",
     "Event",
     "FailedEvent",

@@ -6,6 +6,7 @@ summary.json); :func:`read_summary` reads a fleet folder's summary.json.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -17,9 +18,12 @@ from typing import Any
 from parity import __version__
 from parity.correct import CorrectedIndex
 from parity.errors import ParityError
+from parity.fleet.backends import choose_backend, execution_record
 from parity.fleet.records import (
     MAX_ATTEMPTS,
     POLL_S,
+    SIGNAL_DIR_ENV,
+    SUMMARY_FILE,
     DoneEvent,
     Event,
     FleetJob,
@@ -387,6 +391,47 @@ class FleetRun:
     def _write_summary(self) -> None:
         if self.summary_path is not None:
             atomic_write_text(self.summary_path, json.dumps(self.summary(), indent=2))
+
+
+def start_fleet_run(
+    jobs: list[FleetJob],
+    *,
+    root: Path | None,
+    resume: bool,
+    options: dict[str, Any],
+    workers: int | None,
+    ray: str | None,
+    device: str | None,
+    threads: int | None,
+    log_level: int = logging.WARNING,
+) -> FleetRun:
+    """The run of ``jobs`` on the backend of ``--workers``, ``--ray``, ``--device`` and
+    ``--threads`` (:func:`parity.fleet.backends.choose_backend`; a worker signal folder
+    from :data:`SIGNAL_DIR_ENV`), not started yet.
+
+    Its summary.json goes into ``root`` (None: a one-job run writes none) and records
+    ``options`` (the run's options) and how the run executes. A backend whose run cannot
+    be set up is closed before the error goes on (a Ray cluster started for it stops).
+    """
+    backend = choose_backend(
+        workers=workers,
+        ray=ray,
+        device=device,
+        threads=threads,
+        signal_dir=os.environ.get(SIGNAL_DIR_ENV) or None,
+        log_level=log_level,
+    )
+    try:
+        return FleetRun(
+            jobs,
+            backend,
+            summary_path=None if root is None else root / SUMMARY_FILE,
+            resume=resume,
+            summary_info={"options": options, "execution": execution_record(backend, ray)},
+        )
+    except BaseException:
+        backend.close(abort=True)
+        raise
 
 
 def _write_files(out_dir: Path, files: dict[str, bytes]) -> None:
