@@ -197,7 +197,7 @@ def _fresh_engine(pipe: Any, device: str, dtype_name: str) -> Any:
     from parity.render.engine import RenderEngine
     from parity.settings import SchedulerConfig
 
-    engine = RenderEngine("(in process)", device=device)
+    engine = RenderEngine("(in process)", device=device, family="zimage")
     engine.adopt(pipe, dtype_name)
     engine.checkpoint_scheduler = SchedulerConfig(shift=float(pipe.scheduler.config.shift))
     return engine

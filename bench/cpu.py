@@ -2,10 +2,12 @@
 
 Four ways of rendering the same ai-toolkit job through the reference semantics:
 
-a. ``bare``: a plain diffusers loop. One ``ZImagePipeline``, each checkpoint's LoRA loaded
-   once with ``load_lora_weights``, every prompt of the job's as-configured request
-   (:func:`parity.plan.sides.as_configured_request`, :func:`parity.zimage.server.server_prompts`)
-   encoded once and rendered, PNGs saved. No comparison.
+a. ``bare``: a plain diffusers loop. The job family's pipeline, loaded by its pipeline
+   adapter (``parity.families.FAMILIES[family].pipeline``), each checkpoint's LoRA loaded
+   once with ``load_lora_weights``, each prompt encoded once by the adapter, and every
+   preview rendered as the server would render it: the reference settings ``parity run``
+   plans (:func:`reference_settings`; sizes, seeds, the scheduler's class and config,
+   guidance through the adapter's ``call_arguments``), PNGs saved. No comparison.
 b. ``parity``: ``parity run --no-attribution --no-history`` on the job.
 c. ``attribute``: ``parity run --no-history`` (counterfactual renders for mismatches).
 d. ``server``: a naive per-request flow like the reference server's: one request per
@@ -36,8 +38,13 @@ against the seconds spent rendering, for (b) and (c) on the benchmark's float32 
 (which needs none: its comparisons are exact or far from the thresholds) and for (c) on
 the real bf16 UI-preset job ``fixtures/aitk_ui_zimage`` (one per preview).
 
-On CPU the line before the last is ``render ratio: parity-render/bare=<e/f>``; the last
-line of the output is always
+The real ai-toolkit Qwen-Image job (``fixtures/aitk_qwen``, 3 steps x 6 previews, true
+CFG) runs (a) and (b) in the same rounds: the bare loop above, through the Qwen-Image
+adapter, renders parity's reference images pixel for pixel (checked), and
+``qwen-image ratio: parity/bare=<b/a>`` is printed.
+
+On CPU the lines before the last are ``qwen-image ratio: ...`` and
+``render ratio: parity-render/bare=<e/f>``; the last line of the output is always
 ``ratios: parity/bare=<b/a> attribute/bare=<c/a> server/bare=<d/a>``.
 
 Variants a-d (:func:`bare_loop`, :func:`server_loop`) also run in :mod:`bench.full_size`.
@@ -65,6 +72,7 @@ from bench.common import (
     counterfactual_stats,
     environment,
     instrument_parity,
+    median_of,
     noise_floor_line,
     parity_timings,
     peak_memory_mib,
@@ -169,31 +177,108 @@ def _encoder(pipe: Any, device: str) -> Callable[[str], Any]:
     return encode
 
 
-def bare_loop(pipe: Any, job_dir: Path, out_dir: Path, device: str) -> int:
-    """Variant a: each LoRA loaded once, each prompt encoded once; return renders."""
-    shift = float(pipe.scheduler.config.shift)
-    encode = _encoder(pipe, device)
+def reference_settings(job_dir: Path, checkpoint_scheduler: Any, device: str) -> list[Any]:
+    """The reference side (:class:`parity.settings.RenderSettings`) of every preview of the
+    job that ``parity run`` renders, as ``(step, index, settings)``: the server's semantics,
+    whatever the family (sizes, seeds, guidance keyword, scheduler class and config, LoRA
+    scale, VAE tiling), planned by :func:`parity.plan.plan_cases` as the run plans them."""
+    from parity.job import read_job
+    from parity.plan import plan_cases
+
+    job = read_job(job_dir)
+    cases = plan_cases(
+        job,
+        job.steps,
+        device=device,
+        checkpoint_scheduler=checkpoint_scheduler,
+        reference_dtype=None,
+    )
+    return [(c.step, c.index, c.pair.reference) for c in cases if c.pair and not c.error]
+
+
+def bare_loop(
+    pipe: Any, job_dir: Path, out_dir: Path, device: str, *, checkpoint_scheduler: Any = None
+) -> int:
+    """Variant a: each LoRA loaded once, each prompt encoded once; return renders.
+
+    Any family: the pipeline is called the way the family's pipeline adapter
+    (``parity.families.FAMILIES[job.family].pipeline``) says, with each preview's
+    reference settings (:func:`reference_settings`); ``checkpoint_scheduler`` (default:
+    the pipeline's own scheduler config) is the checkpoint's scheduler the plan starts from.
+    """
+    import diffusers
+
+    from parity.families import FAMILIES
+    from parity.job import read_job
+    from parity.settings import LoraApplier, SchedulerConfig
+
+    family = FAMILIES[read_job(job_dir).family]
+    adapter = family.pipeline
+    if checkpoint_scheduler is None:
+        checkpoint_scheduler = SchedulerConfig.from_config(pipe.scheduler.config)
+    embeddings: dict[str, Any] = {}
+
+    def encode(text: str) -> Any:
+        if text not in embeddings:
+            embeddings[text] = adapter.encode(pipe, text, device)
+        return embeddings[text]
+
+    loaded: tuple[str, float] | None = None  # (LoRA path, scale) attached now
     renders = 0
-    loaded = False
-    for checkpoint, request, prompts in plan(job_dir):
-        pipe.scheduler = _scheduler(request, shift)
-        if loaded:
-            pipe.delete_adapters(ADAPTER)
-        pipe.load_lora_weights(
-            str(checkpoint.path.parent), weight_name=checkpoint.path.name, adapter_name=ADAPTER
+    for step, index, s in reference_settings(job_dir, checkpoint_scheduler, device):
+        lora = s.lora
+        if lora is not None and (lora.merged or lora.applier is not LoraApplier.PEFT):
+            raise SystemExit(f"bench: step {step} #{index}: the bare loop applies PEFT LoRAs only")
+        if lora is None:
+            if loaded is not None:
+                pipe.delete_adapters(ADAPTER)
+                loaded = None
+        elif loaded is None or loaded[0] != lora.path:
+            if loaded is not None:
+                pipe.delete_adapters(ADAPTER)
+            path = Path(lora.path)
+            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER)
+            loaded = (lora.path, float("nan"))
+        if lora is not None and loaded is not None and loaded[1] != lora.scale:
+            pipe.set_adapters([ADAPTER], [lora.scale])
+            loaded = (lora.path, lora.scale)
+        schedule = SchedulerConfig(
+            s.scheduler_shift, s.dynamic_shift, s.scheduler_class, s.scheduler_options
         )
-        loaded = True
-        pipe.set_adapters([ADAPTER], [prompts[0].lora_scale])
-        for p in prompts:
-            negative = encode(p.negative_prompt) if p.guidance_scale > 0 else None
-            image = _render(
-                pipe, p, device, prompt_embeds=encode(p.prompt), negative_prompt_embeds=negative
-            )
-            path = out_dir / "renders" / str(checkpoint.step) / f"{p.index}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            image.save(path)
-            renders += 1
+        pipe.scheduler = getattr(diffusers, schedule.class_name)(**schedule.kwargs())
+        if s.vae_tiling:
+            pipe.vae.enable_tiling()
+        else:
+            pipe.vae.disable_tiling()
+        negative = (
+            encode(s.negative_prompt) if family.negative_prompt_used(s.pipeline_guidance) else None
+        )
+        arguments = adapter.call_arguments(encode(s.prompt), negative, s.pipeline_guidance)
+        if s.sigmas is not None:
+            arguments["sigmas"] = list(s.sigmas)
+        image = _call(pipe, s, device, arguments)
+        path = out_dir / "renders" / str(step) / f"{index}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+        renders += 1
     return renders
+
+
+def _call(pipe: Any, s: Any, device: str, arguments: dict[str, Any]) -> Any:
+    """One pipeline call at the settings' size, steps and seed (CPU generator)."""
+    import torch
+
+    with torch.no_grad():
+        out = pipe(
+            height=s.height,
+            width=s.width,
+            num_inference_steps=s.steps,
+            generator=torch.Generator("cpu").manual_seed(int(s.seed)),
+            **arguments,
+        )
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return out.images[0]
 
 
 def write_request(job_dir: Path, path: Path) -> Path:
@@ -265,19 +350,31 @@ def server_loop(pipe: Any, job_dir: Path, out_dir: Path, device: str) -> int:
     return renders
 
 
-def load_pipeline(base: Path, device: str) -> Any:
+def load_pipeline(base: Path, device: str, family: str = "zimage") -> Any:
+    """``family``'s diffusers pipeline from the folder ``base``, in the server's dtype on
+    ``device``, loaded by the family's pipeline adapter (``ZImagePipeline.from_pretrained``,
+    ``QwenImagePipeline.from_pretrained``...), progress bars off."""
     import warnings
 
     import diffusers
+    import torch
     import transformers
-    from diffusers import ZImagePipeline
+
+    from parity.families import FAMILIES
+    from parity.server import server_dtype
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+    scheduler = str(base) if (Path(base) / "scheduler").is_dir() else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        pipe = ZImagePipeline.from_pretrained(str(base))
-    pipe.to(device)
+        pipe = FAMILIES[family].pipeline.load(
+            str(base),
+            str(base),
+            scheduler,
+            dtype=getattr(torch, server_dtype(device)),
+            device=device,
+        )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -291,7 +388,10 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
     base = Path(args.base_model)
     result: dict[str, Any] = {"variant": args.variant}
     if args.variant in ("bare", "server", "bare-request"):
-        pipe = load_pipeline(base, args.device)
+        from parity.job import read_job
+
+        family = read_job(job_dir).family if args.variant == "bare" else "zimage"
+        pipe = load_pipeline(base, args.device, family)
         loaded = time.perf_counter()
         if args.variant == "bare-request":
             renders = bare_request_loop(pipe, Path(args.request), out_dir, args.device)
@@ -388,6 +488,42 @@ def bf16_noise_floor(runs: Path, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+#: The real ai-toolkit Qwen-Image job (fp32 sd_trainer, 3 steps x 6 samples) and its base.
+QWEN_JOB = Path("fixtures") / "aitk_qwen" / "output" / "aitk_qwen"
+QWEN_BASE = Path("fixtures") / "aitk_qwen" / "tiny_qwen"
+#: Its variants: the bare loop (a) and ``parity run --no-attribution`` (b).
+QWEN_VARIANTS = ("bare", "parity")
+
+
+def qwen_args(args: argparse.Namespace) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(args), "base_model": str(REPO / QWEN_BASE)})
+
+
+def qwen_summary(runs: Path, by_variant: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Medians of the Qwen-Image job's (a) and (b), their ratios, and whether the bare loop
+    rendered parity's reference images pixel for pixel."""
+    table = {
+        v: {
+            "wall_s": median_of(rs, "wall_s"),
+            "cpu_s": median_of(rs, "cpu_s"),
+            "renders": rs[0].get("renders"),
+            "walls_s": [r["wall_s"] for r in rs],
+        }
+        for v, rs in by_variant.items()
+    }
+    return {
+        "job": QWEN_JOB.as_posix(),
+        "table": table,
+        "ratio": table["parity"]["wall_s"] / table["bare"]["wall_s"],
+        "cpu_ratio": table["parity"]["cpu_s"] / table["bare"]["cpu_s"],
+        "bare_equals_parity_renders": same_pixels(runs / "qwen-bare-0", runs / "qwen-parity-0"),
+    }
+
+
+def qwen_ratio_line(qwen: dict[str, Any]) -> str:
+    return f"qwen-image ratio: parity/bare={qwen['ratio']:.3f}"
+
+
 def render_ratio_line(ratios: dict[str, float]) -> str:
     return f"render ratio: parity-render/bare={ratios['render']:.3f}"
 
@@ -411,12 +547,22 @@ def cpu_benchmark(args: argparse.Namespace) -> int:
     request = write_request(job, runs / "request.json")
     print(f"request {request} (the job's as-configured request, last checkpoint)", flush=True)
     by_variant: dict[str, list[dict[str, Any]]] = {v: [] for v in ALL_VARIANTS}
+    by_qwen: dict[str, list[dict[str, Any]]] = {v: [] for v in QWEN_VARIANTS}
+    qwen_job, q_args = REPO / QWEN_JOB, qwen_args(args)
     for r in range(args.repeat):
         for variant in ALL_VARIANTS:  # interleaved, so load changes hit every variant alike
             result = spawn_variant(variant, job, runs / f"{variant}-{r}", args, request)
             by_variant[variant].append(result)
             print(
                 f"repeat {r + 1}/{args.repeat} ({LETTERS[variant]}) {variant}: "
+                f"{result['wall_s']:.2f} s wall, {result['renders']} renders",
+                flush=True,
+            )
+        for variant in QWEN_VARIANTS:  # the Qwen-Image job, in the same rounds
+            result = spawn_variant(variant, qwen_job, runs / f"qwen-{variant}-{r}", q_args)
+            by_qwen[variant].append(result)
+            print(
+                f"repeat {r + 1}/{args.repeat} Qwen-Image ({LETTERS[variant]}) {variant}: "
                 f"{result['wall_s']:.2f} s wall, {result['renders']} renders",
                 flush=True,
             )
@@ -430,6 +576,8 @@ def cpu_benchmark(args: argparse.Namespace) -> int:
     summary["bare_request_equals_render"] = render_identical
     summary["request"] = str(request)
     summary["runs"] = by_variant
+    summary["qwen_image"] = qwen = qwen_summary(runs, by_qwen)
+    qwen["runs"] = by_qwen
     print(f"bare renders identical to parity's reference renders: {identical}")
     print(f"bare request renders identical to parity render's: {render_identical}")
     print_table(
@@ -447,8 +595,16 @@ def cpu_benchmark(args: argparse.Namespace) -> int:
         f"attribute/bare={cpu['attribute']:.3f} server/bare={cpu['server']:.3f} "
         f"parity-render/bare={cpu['render']:.3f}"
     )
+    q = qwen["table"]
+    print(
+        f"Qwen-Image job {qwen['job']}: bare renders identical to parity's reference "
+        f"renders: {qwen['bare_equals_parity_renders']}; (a) bare {q['bare']['wall_s']:.2f} s, "
+        f"(b) parity {q['parity']['wall_s']:.2f} s wall, {q['bare']['renders']} renders; "
+        f"cpu-time parity/bare={qwen['cpu_ratio']:.3f}"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    print(qwen_ratio_line(qwen))
     print(render_ratio_line(summary["ratios"]))
     print(ratios_line(summary["ratios"]))
     return 0

@@ -277,7 +277,9 @@ def full_size_variants(
         _reset_peak(device)
         started = time.perf_counter()
         if variant == "bare":
-            renders = bare_loop(pipe, job, out, device)
+            renders = bare_loop(
+                pipe, job, out, device, checkpoint_scheduler=SchedulerConfig(shift=shift)
+            )
             res: dict[str, Any] = {"renders": renders, "metrics_s": 0.0, "attribution_s": 0.0}
         elif variant == "server":
             pipe.delete_adapters(ADAPTER)
@@ -290,7 +292,7 @@ def full_size_variants(
                 with contextlib.suppress(ValueError):
                     pipe.delete_adapters(ADAPTER)
             timers = instrument_parity()
-            engine = RenderEngine(str(job), device=device)
+            engine = RenderEngine(str(job), device=device, family="zimage")
             engine.adopt(pipe, dtype_name)
             engine.checkpoint_scheduler = SchedulerConfig(shift=shift)
             options = RunOptions(attribute=variant == "attribute", progress=False)
@@ -421,7 +423,7 @@ def full_size_benchmark(args: argparse.Namespace) -> int:
         built = time.perf_counter() - started
         n_params = sum(p.numel() for p in pipe.transformer.parameters())
         print(f"{model}: built in {built:.1f} s, transformer {n_params / 1e9:.3f} B params")
-        engine = RenderEngine("(in process)", device=args.device)
+        engine = RenderEngine("(in process)", device=args.device, family="zimage")
         engine.adopt(pipe, dtype_name)
         engine.checkpoint_scheduler = SchedulerConfig(shift=float(pipe.scheduler.config.shift))
         job = full_size_job(work, pipe, engine, turbo=turbo, size=size, dtype_name=dtype_name)

@@ -21,6 +21,11 @@ RATIOS = re.compile(
 )
 
 RENDER_RATIO = re.compile(r"^render ratio: parity-render/bare=\d+\.\d{3}$")
+QWEN_RATIO = re.compile(r"^qwen-image ratio: parity/bare=\d+\.\d{3}$")
+QWEN_IDENTICAL = (
+    "Qwen-Image job fixtures/aitk_qwen/output/aitk_qwen: bare renders identical to "
+    "parity's reference renders: True"
+)
 ALTERNATE_CUDA = "sdpa math vs default, tf32 on vs off, reduced-precision reductions off vs on"
 
 
@@ -52,6 +57,11 @@ def test_quick_benchmark_prints_render_ratio_then_ratios_line(tmp_path: Path) ->
     # The bare loops and parity rendered the same images: same work timed.
     assert "identical to parity's reference renders: True" in proc.stdout
     assert "bare request renders identical to parity render's: True" in proc.stdout
+    # The real ai-toolkit Qwen-Image job, through the same bare loop (the family's pipeline
+    # adapter: true CFG, embeddings with their mask, its scheduler), is timed against
+    # parity run in the same rounds and renders parity's reference images exactly.
+    assert QWEN_IDENTICAL in proc.stdout, proc.stdout[-3000:]
+    assert any(QWEN_RATIO.match(line) for line in lines[:-1]), proc.stdout[-3000:]
     # What the noise floors cost beside the renders: none on the float32 job, one
     # alternate-kernel render per preview on the real bf16 UI job (9 previews).
     floors = [line for line in lines if line.startswith("noise floor ")]
