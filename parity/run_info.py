@@ -57,7 +57,7 @@ class RunInfo:
         The verdict rule's factor on a case's measured noise floor
         (:data:`parity.compare.noise.NOISE_FLOOR_K`).
     server_diffusers:
-        The server's diffusers era (:meth:`parity.zimage.diffusers_era.DiffusersEra.to_json`).
+        The server's diffusers release (:meth:`parity.family.Family.server_release_json`).
     lora_root:
         The server's workflows folder, where corrected requests' LoRA paths start.
     requests:
