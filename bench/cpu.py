@@ -206,7 +206,6 @@ def bare_loop(
     reference settings (:func:`reference_settings`); ``checkpoint_scheduler`` (default:
     the pipeline's own scheduler config) is the checkpoint's scheduler the plan starts from.
     """
-    import diffusers
 
     from parity.families import FAMILIES
     from parity.job import read_job
@@ -242,10 +241,7 @@ def bare_loop(
         if lora is not None and loaded is not None and loaded[1] != lora.scale:
             pipe.set_adapters([ADAPTER], [lora.scale])
             loaded = (lora.path, lora.scale)
-        schedule = SchedulerConfig(
-            s.scheduler_shift, s.dynamic_shift, s.scheduler_class, s.scheduler_options
-        )
-        pipe.scheduler = getattr(diffusers, schedule.class_name)(**schedule.kwargs())
+        pipe.scheduler = s.scheduler_config.build()
         if s.vae_tiling:
             pipe.vae.enable_tiling()
         else:

@@ -236,6 +236,12 @@ class SchedulerConfig:
             options=scheduler_options(class_name, config),
         )
 
+    def build(self) -> Any:
+        """The diffusers scheduler this describes (imports diffusers)."""
+        import diffusers
+
+        return getattr(diffusers, self.class_name)(**self.kwargs())
+
     def kwargs(self) -> dict[str, Any]:
         """The keyword arguments that build this scheduler with its diffusers class."""
         kwargs: dict[str, Any] = dict(self.options)
@@ -337,15 +343,21 @@ class RenderSettings:
     vae_tiling: bool = False
 
     @property
-    def schedule(self) -> SchedulerConfig:
-        """The scheduler this render samples with; two renders whose schedules are equal
-        step through the same sigmas (with dynamic shifting, ``shift`` is unused)."""
+    def scheduler_config(self) -> SchedulerConfig:
+        """The scheduler this render samples with, as the pipeline is given it."""
         return SchedulerConfig(
-            shift=None if self.dynamic_shift is not None else self.scheduler_shift,
+            shift=self.scheduler_shift,
             dynamic_shift=self.dynamic_shift,
             class_name=self.scheduler_class,
             options=self.scheduler_options,
         )
+
+    @property
+    def schedule(self) -> SchedulerConfig:
+        """:attr:`scheduler_config` for comparing: two renders whose schedules are equal
+        step through the same sigmas (with dynamic shifting, ``shift`` is unused)."""
+        config = self.scheduler_config
+        return dataclasses.replace(config, shift=None) if config.dynamic_shift else config
 
     def replace(self, **changes: Any) -> RenderSettings:
         """Return a copy with ``changes`` applied (a counterfactual)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from parity import __version__
-from parity.correct import CorrectedIndex
+from parity.correct import CORRECTED_DIR, CorrectedIndex
 from parity.errors import ParityError
 from parity.fleet.backends import choose_backend, execution_record
 from parity.fleet.records import (
@@ -289,7 +289,7 @@ class FleetRun:
         request_files: dict[str, Any] = {}
         for name, data in event.files.items():
             parts = Path(name).parts
-            if parts[0] != "corrected_requests":
+            if parts[0] != CORRECTED_DIR:
                 continue
             if len(parts) == 2:  # corrected_requests/<step>.json: a step's index
                 corrected[int(Path(name).stem)] = CorrectedIndex.from_json(json.loads(data))

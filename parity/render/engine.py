@@ -536,15 +536,11 @@ class RenderEngine:
     def _call_pipeline(
         self, variant: _Variant, s: RenderSettings, *, alternate: bool = False
     ) -> Image.Image:
-        import diffusers
         import numpy as np
         import torch
 
         pipe = variant.pipe
-        scheduler = SchedulerConfig(
-            s.scheduler_shift, s.dynamic_shift, s.scheduler_class, s.scheduler_options
-        )
-        pipe.scheduler = getattr(diffusers, scheduler.class_name)(**scheduler.kwargs())
+        pipe.scheduler = s.scheduler_config.build()
         if s.vae_tiling:
             pipe.vae.enable_tiling()
         else:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from parity.correct import CorrectedRequests
+from parity.correct import CORRECTED_DIR, CorrectedRequests
 from parity.families import family
 from parity.job import Job
 from parity.plan import Case
@@ -169,7 +169,7 @@ def _corrected_lines(
     lines = []
     placed = corrected.placement.get(index) or corrected.closest.get(index)
     if placed is not None:
-        request_file = out_dir / "corrected_requests" / corrected.file(placed[0])
+        request_file = out_dir / CORRECTED_DIR / corrected.file(placed[0])
         label = "corrected request" if index in corrected.placement else "closest request"
         lines += [
             "",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from parity import __version__
-from parity.correct import CorrectedIndex, CorrectedRequests, corrected_requests
+from parity.correct import CORRECTED_DIR, CorrectedIndex, CorrectedRequests, corrected_requests
 from parity.errors import JobError, LoraError
 from parity.families import family
 from parity.job import Job
@@ -95,7 +95,7 @@ def write_corrected_requests(
             lora_path=lora_paths.get(step),
         )
         out[step] = corrected
-        folder = out_dir / "corrected_requests"
+        folder = out_dir / CORRECTED_DIR
         files = corrected.request_files()
         for name, body in files.items():
             atomic_write_text(folder / name, json.dumps(body, indent=2) + "\n")
