@@ -351,9 +351,11 @@ class ParityPlugin:
         result.rows = {(r.step, r.index): r for r in summary.rows}
         return result
 
-    def baseline_path(self, node: ParityJob, step: int, index: int) -> Path:
+    def baseline_path(self, node: ParityJob, step: int, index: int, suffix: str = ".png") -> Path:
+        """Where a preview's reference render is kept as its baseline; ``suffix`` is the
+        render's (``.png``, or ``.webp`` for a video's animated WebP)."""
         root = setting(self.config, "baseline_dir") or (node.job.root / "parity-baseline")
-        return root / node.job.name / f"step{step}" / f"{index}.png"
+        return root / node.job.name / f"step{step}" / f"{index}{suffix}"
 
     # ---- hooks
 
@@ -571,8 +573,8 @@ class ParityItem(pytest.Item):
         if row.verdict == "error" or row.render is None:
             props.append(("status", "error"))
             raise ParityFailure(_describe(node, row, out_dir, run_thresholds=node.thresholds))
-        baseline = plugin.baseline_path(node, self.step, self.index)
         render = out_dir / row.render
+        baseline = plugin.baseline_path(node, self.step, self.index, render.suffix)
         if setting(self.config, "generate"):
             baseline.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(render, baseline)
@@ -584,11 +586,12 @@ class ParityItem(pytest.Item):
         if baseline.is_file():
             drift = _drift(baseline, render)
             if drift is not None:
-                props.append(("drift_ssim", f"{drift:.6g}"))
+                ssim, where = drift
+                props.append(("drift_ssim", f"{ssim:.6g}"))
                 problems.append(
                     f"reference drift: the reference render of {node.name} step {self.step} "
                     f"preview {self.index} changed since its baseline was recorded "
-                    f"(SSIM {drift:.4f} < {DRIFT_SSIM_MIN})\n"
+                    f"(SSIM {ssim:.4f} < {DRIFT_SSIM_MIN}{where})\n"
                     f"  baseline: {baseline}\n  render:   {render}\n"
                     "  (re-record with --parity-generate once the change is accepted)"
                 )
@@ -606,15 +609,29 @@ class ParityItem(pytest.Item):
         return self.job_node.job.config_path, None, self.nodeid
 
 
-def _drift(baseline: Path, render: Path) -> float | None:
-    """SSIM of the render against its baseline when below :data:`DRIFT_SSIM_MIN`."""
-    from parity import compare
+def _drift(baseline: Path, render: Path) -> tuple[float, str] | None:
+    """The render against its baseline, when it drifted: (SSIM, where), else None.
 
-    a, b = compare.load_rgb(baseline), compare.load_rgb(render)
-    if a.shape != b.shape:
-        return -1.0
-    c = compare.compare(a, b)
-    return c.ssim if c.ssim < DRIFT_SSIM_MIN else None
+    A video is compared frame by frame and its SSIM is the worst frame's, ``where``
+    naming it (``", worst frame 5 of 9"``, counted from 1); ``where`` is "" for an image.
+    Renders of other sizes, frame counts or frame rates drift with SSIM -1 and ``where``
+    saying how they differ.
+    """
+    from parity import compare
+    from parity.report.text import playback
+
+    a, b = compare.load_clip(baseline), compare.load_clip(render)
+    if (len(a), a.frame_ms) != (len(b), b.frame_ms):
+        was, now = playback(len(a), a.frame_ms), playback(len(b), b.frame_ms)
+        return -1.0, f"; the baseline has {was}, the render {now}"
+    if a.frames[0].shape != b.frames[0].shape:
+        return -1.0, "; the sizes differ"
+    ssims = [compare.compare(x, y).ssim for x, y in zip(a.frames, b.frames, strict=True)]
+    worst = min(range(len(ssims)), key=ssims.__getitem__)
+    if ssims[worst] >= DRIFT_SSIM_MIN:
+        return None
+    where = f", worst frame {worst + 1} of {len(ssims)}" if a.animated else ""
+    return ssims[worst], where
 
 
 def _reference_limits(thresholds: Any, row: Any) -> Any:
@@ -627,6 +644,19 @@ def _reference_limits(thresholds: Any, row: Any) -> Any:
         return thresholds
     limits = widened(thresholds.rule, floor)
     return type(thresholds)(limits.ssim_min, limits.psnr_min, limits.latent_distance_max)
+
+
+def _video_lines(video: Any) -> list[str]:
+    """What a video row's failure adds: its worst frame and means (the metric lines
+    above are each the worst over the frames) and how the two videos play, where that
+    differs."""
+    from parity.report.text import frame_text, playback_text
+
+    lines = [f"video: {frame_text(video)} (SSIM, PSNR, latent above: each metric's worst frame)"]
+    differs = playback_text(video)
+    if differs is not None:
+        lines.append(f"plays differently: {differs}")
+    return lines
 
 
 def _describe(node: ParityJob, row: Any, out_dir: Path, *, run_thresholds: Any) -> str:
@@ -655,6 +685,8 @@ def _describe(node: ParityJob, row: Any, out_dir: Path, *, run_thresholds: Any) 
         lines.append(check("SSIM", row.ssim, ">=", t.ssim_min, "{:.4f}"))
         lines.append(check("PSNR", row.psnr, ">=", t.psnr_min, "{:.2f} dB"))
         lines.append(check("latent", row.latent_distance, "<=", t.latent_distance_max, "{:.4f}"))
+    if row.video is not None:
+        lines.extend(f"  {line}" for line in _video_lines(row.video))
     if row.resized_for_comparison:
         lines.append(
             f"  sizes differ: render {row.width_render}x{row.height_render}, preview "

@@ -12,6 +12,13 @@ card, then one card per preview: preview | reference render | difference heatmap
 counterfactual (and the server's own image, where given), a view that flips between
 preview and render, the metrics, verdict, causes, prompt, the counterfactuals and the
 corrected request that reproduces the preview.
+
+A video preview is an animated WebP and so are parity's renders of it: a plain ``<img>``
+plays them, so the card's preview, render and best counterfactual play side by side (each
+captioned with its frame count and rate) and the flip flips between two playing videos.
+A video's card adds a strip of its frames' scores (an inline SVG, the worst frame
+marked), and its heatmap is the worst frame's. Where the scheduler is a cause, the card
+lists both schedules' sigmas (:func:`parity.report.text.sigma_schedule`).
 """
 
 from __future__ import annotations
@@ -29,15 +36,18 @@ from urllib.parse import quote
 
 import numpy as np
 
+from parity.attribute import ALL, scheduler_text
 from parity.correct import CorrectedIndex, PlacedPrompt
 from parity.results import (
     ResultRow,
+    VideoScores,
     atomic_write_bytes,
     atomic_write_text,
     served_drift,
     verdict_counts,
 )
 from parity.run_info import RunInfo
+from parity.settings import Cause
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +58,10 @@ HEATMAP_VMAX = 0.25
 
 #: Colour map of the difference heatmaps (a matplotlib colormap name).
 HEATMAP_CMAP = "magma"
+
+#: Size of a video card's per-frame score strip, px (the bars share the width).
+STRIP_WIDTH = 260
+STRIP_HEIGHT = 40
 
 #: Labels of well-known ``run_info`` keys, in display order. Other keys follow as given.
 RUN_INFO_LABELS: dict[str, str] = {
@@ -92,18 +106,22 @@ def write_diff_heatmap(
     vmax: float = HEATMAP_VMAX,
     cmap: str = HEATMAP_CMAP,
     codec_match: bool = True,
+    frame: int = 0,
 ) -> Path:
     """Write a colour-mapped per-pixel difference image of a preview and its render.
 
     Parameters
     ----------
     preview_path, render_path
-        Image files (any format PIL reads). Both are converted to RGB; the render is
-        resized to the preview's size (Lanczos) when the sizes differ.
+        Image files (any format PIL reads), or animated WebP videos. Frames are converted
+        to RGB; the render's are resized to the preview's size (Lanczos) when the sizes
+        differ.
     codec_match
-        Encode the render the way the preview file was encoded first (JPEG quality
-        tables and subsampling, :func:`parity.compare.encode_like`), as parity scores
-        it: an exact reproduction of a JPEG preview is then black, not JPEG noise.
+        Encode the render the way the preview file was encoded first, as parity scores
+        it (:func:`parity.compare.encode_frames_like`: a JPEG's quality tables and
+        subsampling; a lossy WebP video as one animated file at its quality, every frame,
+        since the encoder carries state from frame to frame): an exact reproduction of a
+        lossy preview is then black, not codec noise.
     out_path
         PNG file to write (parent folders are created).
     vmax
@@ -111,11 +129,20 @@ def write_diff_heatmap(
         the colour map; larger differences are clipped.
     cmap
         Matplotlib colour map name.
+    frame
+        The frame of a video to compare (0-based; a video row's ``worst_frame``); 0 for
+        a still image.
 
     Returns
     -------
     Path
         ``out_path``.
+
+    Raises
+    ------
+    ValueError
+        ``vmax`` is not positive, ``frame`` is not a frame of both files, or a file
+        cannot be read (:class:`parity.errors.ImageReadError`).
 
     Notes
     -----
@@ -127,21 +154,26 @@ def write_diff_heatmap(
     import matplotlib
     from PIL import Image
 
+    from parity.compare import encode_frames_like, inspect_codec, load_clip
+
     if not vmax > 0:
         raise ValueError(f"vmax must be positive, got {vmax}")
-    with Image.open(preview_path) as im:
-        preview = im.convert("RGB")
-    with Image.open(render_path) as im:
-        render = im.convert("RGB")
-    if render.size != preview.size:
-        render = render.resize(preview.size, Image.Resampling.LANCZOS)
-    rendered = np.asarray(render)
+    preview, render = load_clip(preview_path), load_clip(render_path)
+    if not 0 <= frame < min(len(preview), len(render)):
+        raise ValueError(
+            f"no frame {frame} in both files ({len(preview)} and {len(render)} frames)"
+        )
+    height, width = preview.frames[0].shape[:2]
+    rendered = [
+        f
+        if f.shape[:2] == (height, width)
+        else np.asarray(Image.fromarray(f).resize((width, height), Image.Resampling.LANCZOS))
+        for f in render.frames
+    ]
     if codec_match:
-        from parity.compare import encode_like, inspect_codec
-
-        rendered = encode_like(rendered, inspect_codec(preview_path))
-    a = np.asarray(preview, dtype=np.float32)
-    b = rendered.astype(np.float32)
+        rendered = encode_frames_like(rendered, inspect_codec(preview_path), render.frame_ms)
+    a = preview.frames[frame].astype(np.float32)
+    b = rendered[frame].astype(np.float32)
     diff = np.abs(a - b).mean(axis=2) / 255.0
     colours = matplotlib.colormaps[cmap](np.clip(diff / vmax, 0.0, 1.0))
     rgb = (colours[..., :3] * 255.0 + 0.5).astype(np.uint8)
@@ -159,6 +191,8 @@ class _Image:
     label: str
     href: str | None  # URL-quoted link relative to the report, None when missing
     note: str = ""  # shown instead of the image when href is None
+    #: How an animated file plays ("9 frames at 16 fps (62 ms a frame)"); "" for a still.
+    playback: str = ""
 
 
 def _resolve(run_dir: Path, path: str | None) -> Path | None:
@@ -189,11 +223,28 @@ def _readable(path: Path) -> bool:
     return True
 
 
+def _playback(path: Path) -> str:
+    """How an animated image file plays: its frame count and its first frame's duration,
+    as :func:`parity.compare.load_clip` reads them (only the first frame is decoded);
+    "" for a still."""
+    from PIL import Image
+
+    from parity.report.text import playback
+
+    with Image.open(path) as im:
+        frames = int(getattr(im, "n_frames", 1))
+        if frames <= 1:
+            return ""
+        im.load()  # an animated WebP's frame duration is known once its frame is read
+        duration = int(im.info.get("duration") or 0)
+    return playback(frames, duration)
+
+
 def _image(run_dir: Path, label: str, path: str | None, absent: str) -> _Image:
     href = _href(run_dir, path)
     full = _resolve(run_dir, path)
     if href is not None and full is not None and _readable(full):
-        return _Image(label, href)
+        return _Image(label, href, playback=_playback(full))
     if href is not None:
         return _Image(label, None, f"not a readable image: {path}")
     note = absent if not path else f"file not found: {path}"
@@ -355,8 +406,8 @@ def write_report(
 
 
 def _heatmap(run_dir: Path, row: ResultRow) -> tuple[str | None, str]:
-    """The row's difference heatmap written into ``diffs/``: (its path relative to the
-    run folder, or None, and what to say where there is none)."""
+    """The row's difference heatmap written into ``diffs/`` (a video's worst frame's):
+    (its path relative to the run folder, or None, and what to say where there is none)."""
     preview_file = _resolve(run_dir, row.preview)
     render_file = _resolve(run_dir, row.render)
     if not (
@@ -368,7 +419,8 @@ def _heatmap(run_dir: Path, row: ResultRow) -> tuple[str | None, str]:
         return None, "needs preview and render"
     diff_rel = f"diffs/{row.step}/{row.index}.png"
     try:
-        write_diff_heatmap(preview_file, render_file, run_dir / diff_rel)
+        frame = row.video.worst_frame if row.video is not None else 0
+        write_diff_heatmap(preview_file, render_file, run_dir / diff_rel, frame=frame)
     except (OSError, ValueError) as exc:
         log.warning("heatmap of step %s index %s failed: %s", row.step, row.index, exc)
         return None, f"heatmap failed: {exc}"
@@ -385,10 +437,14 @@ def _card(
     diff_rel, diff_note = _heatmap(run_dir, row)
     preview_image = _image(run_dir, "Preview (training)", row.preview, "no preview")
     render_image = _image(run_dir, "Reference render", row.render, "no render")
+    difference = "Difference"
+    if row.video is not None:
+        frames = len(row.video.frames)
+        difference = f"Difference, frame {row.video.worst_frame + 1} of {frames} (the worst)"
     images = [
         preview_image,
         render_image,
-        _image(run_dir, "Difference", diff_rel, diff_note),
+        _image(run_dir, difference, diff_rel, diff_note),
         _image(run_dir, "Best counterfactual", row.best_counterfactual, "none"),
     ]
     if row.served:
@@ -427,7 +483,100 @@ def _card(
         "failure": row.verdict != "match",
         "causes_attr": " ".join(row.causes) if row.causes else "",
         "unconfirmed": {str(u.cause) for u in row.below_noise_floor},
+        "video": _video_panel(row.video) if row.video is not None else None,
+        "sigmas": _sigma_schedules(row),
     }
+
+
+def _video_panel(video: VideoScores) -> dict[str, Any]:
+    """What a video card shows of its scores: the worst frame and means in words, how the
+    two videos play where that differs, and the per-frame strip (:func:`_frame_strip`)."""
+    from parity.report.text import frame_text, playback_text
+
+    return {
+        "scores": video,
+        "frames": len(video.frames),
+        "worst": video.worst_frame + 1,
+        "text": frame_text(video),
+        "plays_differently": playback_text(video),
+        "strip": _frame_strip(video),
+    }
+
+
+def _frame_strip(video: VideoScores) -> dict[str, Any]:
+    """A video's per-frame scores as the bars of an inline SVG strip.
+
+    One bar a frame, in play order, across :data:`STRIP_WIDTH`; its height is the frame's
+    distance ``1 - SSIM`` over the worst frame's (the worst frame is full height; every
+    bar at least 1 px, so an exact frame still shows), its title the frame's number
+    (from 1) and scores. The worst frame's bar is marked.
+    """
+    n = len(video.frames)
+    ssims = [float(f.get("ssim") or 0.0) for f in video.frames]
+    worst_distance = max((1.0 - x for x in ssims), default=0.0)
+    slot = STRIP_WIDTH / max(n, 1)
+    gap = 1.0 if slot >= 4 else 0.0
+    bars = []
+    for i, (scores, ssim) in enumerate(zip(video.frames, ssims, strict=True)):
+        share = (1.0 - ssim) / worst_distance if worst_distance > 0 else 0.0
+        height = max(1.0, share * STRIP_HEIGHT)
+        latent = scores.get("latent_distance")
+        title = (
+            f"frame {i + 1} of {n}: SSIM {_fmt(ssim)}, PSNR {_fmt(scores.get('psnr'), 2, ' dB')}"
+        )
+        if latent is not None:
+            title += f", latent distance {_fmt(latent)}"
+        if i == video.worst_frame:
+            title += " (the worst frame)"
+        bars.append(
+            {
+                "frame": i,
+                "x": round(i * slot, 2),
+                "width": round(max(slot - gap, 0.5), 2),
+                "y": round(STRIP_HEIGHT - height, 2),
+                "height": round(height, 2),
+                "title": title,
+                "worst": i == video.worst_frame,
+            }
+        )
+    return {
+        "bars": bars,
+        "width": STRIP_WIDTH,
+        "height": STRIP_HEIGHT,
+        "worst_distance": worst_distance,
+    }
+
+
+def _sigma_schedules(row: ResultRow) -> list[dict[str, str]]:
+    """Both schedules where the scheduler is a cause: per side, its ``side``, its
+    ``scheduler`` and steps in words, and its ``sigmas``. The preview's are the
+    all-switched render's settings; the server's scheduler is the render's that leaves
+    the scheduler out (the reference render itself when it is the only candidate;
+    otherwise its other settings, such as the steps, are the preview's). Empty without
+    those renders."""
+    # text.py imports the planner and the job reader; only a card with a scheduler
+    # cause needs it (and diffusers, which building a scheduler imports).
+    from parity.report.text import sigma_schedule
+
+    if Cause.SCHEDULER not in row.candidate_causes:
+        return []
+    by_name = {cf.name: cf for cf in row.counterfactuals}
+    sides = (
+        ("preview (all causes switched)", by_name.get(ALL)),
+        ("server's scheduler (all but the scheduler)", by_name.get(str(Cause.SCHEDULER))),
+    )
+    if any(cf is None for _, cf in sides):
+        return []
+    out = []
+    for label, cf in sides:
+        assert cf is not None
+        try:
+            sigmas = ", ".join(f"{x:.3f}" for x in sigma_schedule(cf.settings))
+        except (ImportError, AttributeError, TypeError, ValueError) as exc:
+            sigmas = f"cannot be listed ({type(exc).__name__}: {exc})"
+        scheduler = f"{scheduler_text(cf.settings)}, {cf.settings.steps} steps"
+        out.append({"side": label, "scheduler": scheduler, "sigmas": sigmas})
+    return out
 
 
 def _summary(rows: list[ResultRow]) -> dict[str, Any]:
