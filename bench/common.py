@@ -109,7 +109,7 @@ def instrument_parity() -> Timers:
 
     timers = Timers()
     # compare() calls compare_many(), so wrapping compare_many counts either call once.
-    for name in ("compare_many", "jpeg_floor", "load_rgb", "inspect_codec"):
+    for name in ("compare_many", "jpeg_floor", "load_clip", "inspect_codec"):
         _wrap_everywhere(timers, compare, name, f"metrics.{name}")
     timers.wrap(runner, "attribute", "attribution")  # the runner calls it by this name
     # One alternate-kernel render and its scoring per case that needs a noise floor.
@@ -117,7 +117,7 @@ def instrument_parity() -> Timers:
     for module in _modules_of(run):  # every module that writes results.json
         if hasattr(module, "write_results"):
             timers.wrap(module, "write_results", "io.results")
-    timers.wrap(runner, "save_png", "io.png")
+    timers.wrap(runner, "save_render", "io.render")
     _wrap_everywhere(timers, run, "write_corrected_requests", "io.corrected")
     _wrap_everywhere(timers, report, "write_report", "io.report")
     timers.wrap(RenderEngine, "render", "render")

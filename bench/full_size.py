@@ -237,7 +237,7 @@ def full_size_job(
     for step in job.steps or [10]:
         checkpoint = job.checkpoint_for_step(step)
         for s in job.samples:
-            image = engine.render(preview_settings(job, s, checkpoint)).image
+            image = engine.render(preview_settings(job, s, checkpoint)).image  # an image family
             ms += 397
             image.save(folder / "samples" / f"{ms}__{step:09d}_{s.index}.jpg")
     return folder

@@ -26,7 +26,14 @@ SAMPLE_DEFAULTS: dict[str, Any] = {
     "sample_steps": 20,
     "network_multiplier": 1,
     "format": "jpg",
+    "num_frames": 1,
+    "fps": 16,
 }
+
+#: Quality of the animated WebP ai-toolkit writes a video preview as (``save_image``:
+#: ``duration = 1000 // fps`` ms per frame, ``loop=0``); a one-frame item of a video
+#: sample block is a still WebP at Pillow's default quality, which is the same.
+PREVIEW_WEBP_QUALITY = 80
 
 #: Smallest preview side GenerateImageConfig allows, px.
 MIN_SIZE = 64

@@ -45,6 +45,10 @@ from parity.settings import (
 #: ``lora.scale`` (no LoRA acts as scale 0); the other causes then leave it alone.
 CAUSE_FIELDS: dict[Cause, tuple[str, ...]] = {
     Cause.SNAPPING: ("width", "height"),
+    Cause.FRAMES: ("num_frames",),
+    # The rate changes no pixel; its counterfactual is proven by the frame durations the
+    # render would be written with (parity.compare scores them with the frames).
+    Cause.FPS: ("fps",),
     Cause.CFG: ("pipeline_guidance",),
     Cause.SCHEDULER: ("scheduler_shift", "dynamic_shift", "scheduler_class", "scheduler_options"),
     Cause.STEPS: ("steps",),
@@ -87,8 +91,9 @@ def switch(base: RenderSettings, target: RenderSettings, causes: Sequence[Cause]
                 lora_fields.add(field_name)
             else:
                 changes[owner] = getattr(target, owner)
-    if lora_fields:
+    if lora_fields:  # a LoRA pair's two files are applied alike
         changes["lora"] = _switch_lora(base.lora, target.lora, lora_fields)
+        changes["lora_2"] = _switch_lora(base.lora_2, target.lora_2, lora_fields)
     result = base.replace(**changes)
     # ``library`` owns the era (N-1 or N updates), ``steps`` the number of steps: a legacy
     # schedule is rebuilt for the render's steps, so that switching one leaves the other.
@@ -373,6 +378,10 @@ def describe_difference(cause: Cause, reference: RenderSettings, preview: Render
         return f"the preview is {_numerics(p)}, the server {_numerics(r)}"
     if cause is Cause.SNAPPING:
         return f"the preview is {p.width}x{p.height}, the server's {r.width}x{r.height}"
+    if cause is Cause.FRAMES:
+        return f"the preview has {p.num_frames} frames, the server's {r.num_frames}"
+    if cause is Cause.FPS:
+        return f"the preview plays at {p.fps} fps, the server's at {r.fps} fps"
     if cause is Cause.CFG:
         return (
             f"the preview's diffusers got guidance {p.pipeline_guidance:g}, "
@@ -409,14 +418,16 @@ def scheduler_text(s: RenderSettings) -> str:
     the class when it is not FlowMatch Euler and every other setting of the config
     (``shift_terminal 0.02``)."""
     d = s.dynamic_shift
-    if d is None:
+    if s.scheduler_shift is None:  # a class without FlowMatch's shift (UniPC)
+        text = s.scheduler_class
+    elif d is None:
         text = f"scheduler shift {s.scheduler_shift:g}"
     else:
         text = (
             f"dynamic shifting {d.base_shift:g}..{d.max_shift:g} over "
             f"{d.base_image_seq_len}..{d.max_image_seq_len} tokens"
         )
-    if s.scheduler_class != FLOW_MATCH_EULER:
+    if s.scheduler_class != FLOW_MATCH_EULER and s.scheduler_shift is not None:
         text = f"{s.scheduler_class} {text}"
     extra = ", ".join(f"{key} {value}" for key, value in s.scheduler_options)
     return f"{text} ({extra})" if extra else text
@@ -443,7 +454,10 @@ def _numerics(s: RenderSettings) -> str:
 
 
 def _lora_scale(s: RenderSettings) -> str:
-    return "none" if s.lora is None else f"{s.lora.scale:g}"
+    one = "none" if s.lora is None else f"{s.lora.scale:g}"
+    if s.lora_2 is None or (s.lora is not None and s.lora_2.scale == s.lora.scale):
+        return one
+    return f"{one} (high noise) and {s.lora_2.scale:g} (low noise)"
 
 
 def _updates(s: RenderSettings) -> str:

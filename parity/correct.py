@@ -20,6 +20,8 @@ from parity.families import SERVER_MODELS, family_of_model
 from parity.job import Checkpoint, Job
 from parity.plan.sides import schedule_fields
 from parity.server import (
+    FPS_BOUNDS,
+    FRAMES_BOUNDS,
     GUIDANCE_BOUNDS,
     LORA_SCALE_BOUNDS,
     SIZE_BOUNDS,
@@ -154,6 +156,31 @@ class CorrectedRequests:
         return self.index().to_json()
 
 
+def lora_items(
+    checkpoint: Checkpoint,
+    job: Job,
+    lora_root: Path | None,
+    scale: float | int,
+    *,
+    path: str | None = None,
+) -> list[LoraItem]:
+    """The request's LoRA items for ``checkpoint`` at ``scale``: one, or a two-expert
+    model's pair (``transformer: high`` and ``low``, each at ``scale``, as ai-toolkit
+    applied one multiplier to both). ``path``: how the user's own request names the one
+    file (default: :func:`request_lora_path`)."""
+    if checkpoint.path_2 is None:
+        name = path or request_lora_path(checkpoint.path, job, lora_root)
+        return [LoraItem(path=name, network_multiplier=scale)]
+    return [
+        LoraItem(
+            path=request_lora_path(file, job, lora_root),
+            transformer=expert,
+            network_multiplier=scale,
+        )
+        for file, expert in zip(checkpoint.paths, ("high", "low"), strict=True)
+    ]
+
+
 def _num(x: float) -> float | int:
     # Rounded: max(0, g - 1) leaves float noise such as 3.0999999999999996.
     return request_number(round(float(x), 6))
@@ -273,11 +300,11 @@ def closest_without_precision(attribution: Attribution | None) -> str | None:
     )
 
 
-def request_lora_path(checkpoint: Checkpoint, job: Job, lora_root: Path | None) -> str:
-    """A checkpoint as a request names it: relative to the LoRA root (the server's
+def request_lora_path(file: Path, job: Job, lora_root: Path | None) -> str:
+    """A checkpoint's file as a request names it: relative to the LoRA root (the server's
     workflows folder), ``<job name>/<file>`` when the job folder lies elsewhere."""
     root = Path(lora_root) if lora_root is not None else job.root.parent
-    path = Path(checkpoint.path).resolve()
+    path = Path(file).resolve()
     try:
         return path.relative_to(root.resolve()).as_posix()
     except ValueError:
@@ -350,6 +377,9 @@ def corrected_requests(
             sample_steps=s.steps,
             seed=s.seed,
             neg=s.negative_prompt,
+            # A video's frames (already the pipeline's 4k + 1) and rate, as the preview's.
+            num_frames=None if s.num_frames is None else int(clamp(s.num_frames, FRAMES_BOUNDS)),
+            fps=None if s.fps is None else int(clamp(s.fps, FPS_BOUNDS)),
         )
         scale = s.lora.scale if s.lora is not None else None
         groups.setdefault((not reasons, scale), []).append((index, item))
@@ -363,16 +393,15 @@ def corrected_requests(
     ):
         loras = []
         if checkpoint is not None and scale is not None:
-            loras.append(
-                LoraItem(
-                    path=lora_path or request_lora_path(checkpoint, job, lora_root),
-                    network_multiplier=_num(clamp(scale, LORA_SCALE_BOUNDS)),
-                )
+            loras = lora_items(
+                checkpoint,
+                job,
+                lora_root,
+                _num(clamp(scale, LORA_SCALE_BOUNDS)),
+                path=lora_path,
             )
         elif stand_in is not None:
-            loras.append(
-                LoraItem(path=request_lora_path(stand_in, job, lora_root), network_multiplier=0)
-            )
+            loras = lora_items(stand_in, job, lora_root, 0)
         else:
             for index, _ in items:
                 out.cannot.setdefault(index, []).append(

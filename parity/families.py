@@ -16,10 +16,11 @@ from parity.family import Family, ServerModel
 from parity.flux.family import FLUX
 from parity.qwenimage.family import QWEN_IMAGE
 from parity.settings import SchedulerConfig
+from parity.wan.family import WAN21, WAN22
 from parity.zimage.family import ZIMAGE
 
 #: Every family, by name, in the order messages list them.
-FAMILIES: dict[str, Family] = {f.name: f for f in (ZIMAGE, FLUX, QWEN_IMAGE)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (ZIMAGE, FLUX, QWEN_IMAGE, WAN21, WAN22)}
 
 #: Every reference server model id parity renders, with its family's facts.
 SERVER_MODELS: dict[str, ServerModel] = {

@@ -154,6 +154,13 @@ class ServerModel:
     fuses_lora:
         The LoRA is fused into the weights at load (``fuse_lora``: ``W + s * BA`` rounded
         to the weight dtype once), not run beside them as a PEFT adapter.
+    default_num_frames, default_fps:
+        A video model's frames and frame rate when a prompt gives none; None for an
+        image model.
+    expert_loras:
+        The model has two experts and takes a LoRA pair: request items with
+        ``transformer: high`` (the first expert, ``transformer``) and ``transformer: low``
+        (the second, ``transformer_2``), each with its own scale.
     """
 
     model_id: str
@@ -166,6 +173,14 @@ class ServerModel:
     replaced_scheduler: SchedulerConfig | None = None
     default_network_multiplier: float = 1.0
     fuses_lora: bool = False
+    default_num_frames: int | None = None
+    default_fps: int | None = None
+    expert_loras: bool = False
+
+    @property
+    def video(self) -> bool:
+        """Whether the model renders videos (frames and a frame rate)."""
+        return self.default_num_frames is not None
 
     @property
     def replaces_scheduler(self) -> bool:
@@ -263,6 +278,20 @@ class Family:
         this (diffusers' ``tile_sample_min_width`` / ``_height``); None: never tiles.
     wrong_checkpoint_error:
         The error type of a checkpoint that is not this family's.
+    pipeline_frames:
+        A video family's pipeline rule for frame counts: ``requested -> rendered``
+        (WanPipeline: ``n // 4 * 4 + 1`` unless ``n`` is already ``4k + 1``); None for an
+        image family. Both sides run it, so settings carry the rendered count.
+    experts:
+        The pipeline's denoisers a LoRA reaches, in the order of a LoRA pair: one
+        ``("transformer",)``, or two for a model with high- and low-noise experts.
+    expert_lora_suffixes:
+        The file name endings of a LoRA pair, in :attr:`experts` order
+        (``("_high_noise", "_low_noise")``); empty for one transformer.
+    transformer_cast:
+        ai-toolkit casts each loaded transformer to the training dtype once more, which
+        rounds what loading kept in float32 (Wan's ``time_embedder``, norms and
+        ``scale_shift_table``); a preview's ``text_encoder_cast`` then covers them too.
     pipeline:
         Loading and calling its diffusers pipeline.
     """
@@ -293,6 +322,15 @@ class Family:
     preview_vae_tiling: Callable[[Mapping[str, Any]], bool] = lambda model: False
     vae_tile_size: int | None = None
     wrong_checkpoint_error: type[Exception] = WrongCheckpointError
+    pipeline_frames: Callable[[int], int] | None = None
+    experts: tuple[str, ...] = ("transformer",)
+    expert_lora_suffixes: tuple[str, ...] = ()
+    transformer_cast: bool = False
+
+    @property
+    def video(self) -> bool:
+        """Whether this family renders videos."""
+        return self.pipeline_frames is not None
 
     def tiling_acts(self, width: int, height: int) -> bool:
         """Whether a tiled decode of a ``width`` x ``height`` px image differs from a whole

@@ -49,6 +49,8 @@ CSV_COLUMNS: tuple[str, ...] = (
     "noise_floor_mean_abs_diff",
     "noise_floor_ssim",
     "noise_floor_psnr",
+    # Added with video previews: the frame whose figures ssim and psnr are (else empty).
+    "worst_frame",
 )
 
 
@@ -156,6 +158,66 @@ class RoundingResult:
 
 
 @dataclass(frozen=True)
+class VideoScores:
+    """A video preview's scores frame by frame (the row's ``ssim``, ``psnr`` and
+    ``latent_distance`` are each the worst over the frames).
+
+    Attributes
+    ----------
+    frames:
+        Each frame's ``{"ssim", "psnr", "latent_distance"}`` (PSNR in dB), in play order,
+        for the frames both videos have.
+    worst_frame:
+        The frame with the lowest SSIM (0-based).
+    mean_ssim, mean_psnr, mean_latent_distance:
+        The means over the frames (PSNR in dB).
+    frames_preview, frames_render:
+        Frame counts of the preview and the reference render.
+    frame_ms_preview, frame_ms_render:
+        How long each frame shows, ms (``1000 // fps``).
+    """
+
+    frames: tuple[dict[str, float | None], ...]
+    worst_frame: int
+    mean_ssim: float
+    mean_psnr: float
+    mean_latent_distance: float | None
+    frames_preview: int
+    frames_render: int
+    frame_ms_preview: int | None
+    frame_ms_render: int | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "frames", tuple(dict(f) for f in self.frames))
+
+    @classmethod
+    def of(cls, comparison: Any) -> VideoScores | None:
+        """The video scores of a :class:`parity.compare.Comparison` (None for an image)."""
+        if not comparison.video:
+            return None
+        return cls(
+            frames=tuple(f.to_json() for f in comparison.frames),
+            worst_frame=comparison.worst_frame,
+            mean_ssim=comparison.mean_ssim,
+            mean_psnr=comparison.mean_psnr,
+            mean_latent_distance=comparison.mean_latent_distance,
+            frames_preview=comparison.frames_preview,
+            frames_render=comparison.frames_render,
+            frame_ms_preview=comparison.frame_ms_preview,
+            frame_ms_render=comparison.frame_ms_render,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["frames"] = [dict(f) for f in self.frames]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> VideoScores:
+        return cls(**{f.name: d.get(f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
 class ResultRow:
     """One preview's outcome: a frozen record; a later stage makes a new one
     (:func:`dataclasses.replace`, :meth:`noted`) instead of editing it.
@@ -213,6 +275,8 @@ class ResultRow:
     noise_floor: NoiseFloor | None = None
     #: Causes the leave-one-out evidence does not confirm, with their effect and a note.
     below_noise_floor: tuple[UnconfirmedCause, ...] = ()
+    #: A video preview's scores frame by frame (None for an image).
+    video: VideoScores | None = None
 
     def __post_init__(self) -> None:
         for name in _SEQUENCES:
@@ -258,6 +322,7 @@ class ResultRow:
         d["below_noise_floor"] = [u.to_json() for u in self.below_noise_floor]
         d["served"] = self.served.to_json() if self.served is not None else None
         d["rounding"] = self.rounding.to_json() if self.rounding is not None else None
+        d["video"] = self.video.to_json() if self.video is not None else None
         d["detail"] = self.detail
         return d
 
@@ -267,6 +332,7 @@ class ResultRow:
         d["below_noise_floor"] = ";".join(sorted(u["cause"] for u in d["below_noise_floor"]))
         for name in ("max_abs_diff", "mean_abs_diff", "ssim", "psnr"):
             d[f"noise_floor_{name}"] = floor.get(name)
+        d["worst_frame"] = self.video.worst_frame if self.video is not None else None
         out = {k: d[k] for k in CSV_COLUMNS}
         out["causes"] = ";".join(sorted(d["causes"]))
         out["explained"] = "true" if self.explained else "false"
@@ -293,6 +359,8 @@ class ResultRow:
             values["served"] = ServedResult.from_json(values["served"])
         if values.get("rounding") is not None:
             values["rounding"] = RoundingResult.from_json(values["rounding"])
+        if values.get("video") is not None:
+            values["video"] = VideoScores.from_json(values["video"])
         if "notes" not in d and d.get("detail"):  # results.json written before notes
             values["notes"] = str(d["detail"]).split("; ")
         return cls(**values)
@@ -380,6 +448,23 @@ def save_png(image: Any, path: str | os.PathLike[str]) -> None:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue(), durable=False)
+
+
+def save_render(frames: Any, path: str | os.PathLike[str], *, fps: int | None = None) -> None:
+    """Save a render losslessly and atomically: one frame as PNG, a video (``fps`` given)
+    as a lossless animated WebP that a browser plays, each frame's pixels kept."""
+    if fps is None:
+        save_png(frames[0], path)
+        return
+    from parity.compare import encode_clip, frame_ms
+
+    atomic_write_bytes(path, encode_clip(frames, frame_ms(fps), lossless=True), durable=False)
+
+
+def render_path(stem: str, *, video: bool) -> str:
+    """Where a render of ``stem`` (relative, without extension) is saved: a PNG, or a
+    video's animated WebP."""
+    return f"{stem}.webp" if video else f"{stem}.png"
 
 
 def rows_to_csv(rows: list[ResultRow]) -> str:

@@ -38,6 +38,11 @@ SIZE_BOUNDS = (64, 4096)  # px
 GUIDANCE_BOUNDS = (0.0, 20.0)
 STEPS_BOUNDS = (1, 150)
 LORA_SCALE_BOUNDS = (-2.0, 2.0)
+FRAMES_BOUNDS = (1, 1000)
+FPS_BOUNDS = (1, 120)
+#: How a video model's frames are returned: an animated WebP, ``int(1000 / fps)`` ms a
+#: frame, looping, at Pillow's default (lossy) quality (``libs/image_utils.py``).
+OUTPUT_VIDEO_FORMAT = "WEBP"
 
 
 def clamp(value: float, bounds: tuple[float, float]) -> float:
@@ -75,6 +80,8 @@ class PromptItem(BaseModel):
     neg: str | None = None
     seed: int | None = Field(default=None, ge=-1)
     sampler: str | None = None
+    num_frames: int | None = Field(default=None, ge=FRAMES_BOUNDS[0], le=FRAMES_BOUNDS[1])
+    fps: int | None = Field(default=None, ge=FPS_BOUNDS[0], le=FPS_BOUNDS[1])
 
 
 class InferenceRequest(BaseModel):
@@ -127,7 +134,9 @@ def validate_request(data: object, *, source: str = "request") -> InferenceReque
 
     The API answers 400 for a request with no LoRA (``LORA_FILE_REQUIRED``) or
     with more than one (``SINGLE_LORA_ONLY``), and refuses the MoE ``transformer``
-    selector on models that have a single transformer.
+    selector on models that have a single transformer. A model with two experts takes
+    one LoRA per expert, each naming its ``transformer`` (``MOE_FORMAT_REQUIRED``,
+    ``SINGLE_MOE_CONFIG_ONLY``).
     """
     try:
         request = InferenceRequest.model_validate(data)
@@ -141,6 +150,19 @@ def validate_request(data: object, *, source: str = "request") -> InferenceReque
         raise RequestError(
             f"{source}: the server requires one LoRA for {request.model} (LORA_FILE_REQUIRED)"
         )
+    if SERVER_MODELS[request.model].expert_loras:
+        experts = [lo.transformer for lo in request.loras]
+        if None in experts:
+            raise RequestError(
+                f"{source}: {request.model} takes its LoRAs with transformer=high or "
+                "transformer=low on each (MOE_FORMAT_REQUIRED)"
+            )
+        if len(experts) > 2 or len(set(experts)) != len(experts):
+            raise RequestError(
+                f"{source}: {request.model} takes one high and one low LoRA at most "
+                f"(SINGLE_MOE_CONFIG_ONLY); got {experts}"
+            )
+        return request
     if len(request.loras) > 1:
         raise RequestError(
             f"{source}: the server takes a single LoRA for {request.model} (SINGLE_LORA_ONLY); "
@@ -171,6 +193,12 @@ class ServerPrompt:
     random_seed: bool
     #: The model's size rule: width and height floored to a multiple of this, px.
     resolution_divisor: int
+    #: A video model's frames (before its pipeline's rule) and frame rate; None for an
+    #: image model.
+    num_frames: int | None = None
+    fps: int | None = None
+    #: A two-expert model's second LoRA scale (``transformer: low``); None otherwise.
+    lora_scale_2: float | None = None
 
     @property
     def size_note(self) -> str | None:
@@ -194,10 +222,22 @@ def server_lora_scale(request: InferenceRequest) -> float:
     return given[0] if given else SERVER_MODELS[request.model].default_network_multiplier
 
 
+def expert_lora_scales(request: InferenceRequest) -> tuple[float, float]:
+    """A two-expert model's LoRA scales, high then low: each item's own
+    ``network_multiplier``, 1.0 where it gives none (diffusers' ``set_adapters`` default)."""
+    scales = {lo.transformer: lo.network_multiplier for lo in request.loras}
+    high, low = scales.get("high"), scales.get("low")
+    return (1.0 if high is None else high, 1.0 if low is None else low)
+
+
 def server_prompts(request: InferenceRequest) -> list[ServerPrompt]:
     """Effective settings of each prompt, as the server computes them."""
     model = SERVER_MODELS[request.model]
-    scale = server_lora_scale(request)
+    scale_2 = None
+    if model.expert_loras:
+        scale, scale_2 = expert_lora_scales(request)
+    else:
+        scale = server_lora_scale(request)
     out = []
     for i, item in enumerate(request.prompts):
         trigger = item.trigger_word or request.trigger_word
@@ -225,6 +265,15 @@ def server_prompts(request: InferenceRequest) -> list[ServerPrompt]:
                 lora_scale=scale,
                 random_seed=seed < 0,
                 resolution_divisor=div,
+                num_frames=(
+                    (item.num_frames if item.num_frames is not None else model.default_num_frames)
+                    if model.video
+                    else None
+                ),
+                fps=(item.fps if item.fps is not None else model.default_fps)
+                if model.video
+                else None,
+                lora_scale_2=scale_2,
             )
         )
     return out

@@ -25,6 +25,8 @@ class Cause(StrEnum):
     """
 
     SNAPPING = "snapping"  # width, height (Z-Image: floor to 16 in ai-toolkit, 32 on the server)
+    FRAMES = "frames"  # a video's frame count
+    FPS = "fps"  # a video's frame rate: how it plays, never its pixels
     CFG = "cfg"  # the guidance diffusers receives (Z-Image: CFG; FLUX.1: the guidance embedding)
     SCHEDULER = "scheduler"  # the scheduler's class or any setting of its config
     STEPS = "steps"
@@ -170,6 +172,36 @@ SCHEDULER_DEFAULTS: dict[str, dict[str, Any]] = {
         "time_shift_type": "exponential",
         "stochastic_sampling": False,
     },
+    "UniPCMultistepScheduler": {
+        "num_train_timesteps": 1000,
+        "beta_start": 0.0001,
+        "beta_end": 0.02,
+        "beta_schedule": "linear",
+        "trained_betas": None,
+        "solver_order": 2,
+        "prediction_type": "epsilon",
+        "thresholding": False,
+        "dynamic_thresholding_ratio": 0.995,
+        "sample_max_value": 1.0,
+        "predict_x0": True,
+        "solver_type": "bh2",
+        "lower_order_final": True,
+        "disable_corrector": (),
+        "solver_p": None,
+        "use_karras_sigmas": False,
+        "use_exponential_sigmas": False,
+        "use_beta_sigmas": False,
+        "use_flow_sigmas": False,
+        "flow_shift": 1.0,
+        "timestep_spacing": "linspace",
+        "steps_offset": 0,
+        "final_sigmas_type": "zero",
+        "rescale_betas_zero_snr": False,
+        "time_shift_type": "exponential",
+        "sigma_min": None,
+        "sigma_max": None,
+        "shift_terminal": None,
+    },
 }
 
 
@@ -261,7 +293,7 @@ def scheduler_options(class_name: str, config: Any) -> tuple[tuple[str, Any], ..
     for key, value in config.items():
         if key in _BOOKKEEPING_KEYS or key in _FIELD_KEYS:
             continue
-        if key in defaults and value == defaults[key]:
+        if key in defaults and _frozen(value) == _frozen(defaults[key]):
             continue
         kept[str(key)] = _frozen(value)
     return tuple(sorted(kept.items()))
@@ -291,7 +323,9 @@ class RenderSettings:
         pipeline's default ``linspace(1, 1/N, N)``. Old ai-toolkit eras used
         ``linspace(1, 0, N)``, whose last step has zero length.
     scheduler_shift:
-        ``shift`` of the FlowMatchEulerDiscreteScheduler (unused with dynamic shifting).
+        ``shift`` of the FlowMatchEulerDiscreteScheduler (unused with dynamic shifting);
+        None for a scheduler class without one (UniPC's shift is its ``flow_shift``
+        option).
     dynamic_shift:
         The scheduler's dynamic shifting, or None for the fixed ``shift``.
     scheduler_class, scheduler_options:
@@ -312,13 +346,25 @@ class RenderSettings:
         The whole text encoder (FLUX.1: both) was cast to ``dtype`` after loading, as ai-toolkit does
         (``text_encoder.to(device, dtype=...)``), which also rounds its rotary
         ``inv_freq`` buffers; loading with ``torch_dtype`` alone (the server) keeps those in
-        float32. Only meaningful below float32.
+        float32. For a family whose loader casts its transformers the same way
+        (:attr:`parity.family.Family.transformer_cast`: Wan), they are cast too. Only
+        meaningful below float32.
     adapter:
         ai-toolkit's training adapter (preview side of Turbo jobs), or None.
     vae_tiling:
         The VAE decodes in overlapping tiles (diffusers ``vae.enable_tiling()``), as
         ai-toolkit's ``low_vram`` makes some families do; the server never tiles. Tiling
         only acts on images larger than the VAE's tile.
+    num_frames:
+        Frames of a video family's render (``num_frames`` of its pipeline, already
+        rounded by the pipeline's own rule); None for an image family.
+    fps:
+        Frames per second the video is written with: how it plays, never its pixels;
+        None for an image family.
+    lora_2:
+        A two-expert video model's second LoRA file (Wan 2.2 14B: the low-noise expert's,
+        applied to ``transformer_2``), at ``lora``'s scale and in its way; None for a
+        model with one transformer or when the pair has no second file.
     """
 
     prompt: str
@@ -329,7 +375,7 @@ class RenderSettings:
     steps: int
     seed: int
     family: str
-    scheduler_shift: float = 3.0
+    scheduler_shift: float | None = 3.0
     dynamic_shift: DynamicShift | None = None
     scheduler_class: str = FLOW_MATCH_EULER
     scheduler_options: tuple[tuple[str, Any], ...] = ()
@@ -341,6 +387,14 @@ class RenderSettings:
     text_encoder_cast: bool = False
     adapter: TrainingAdapter | None = None
     vae_tiling: bool = False
+    num_frames: int | None = None
+    fps: int | None = None
+    lora_2: LoraSettings | None = None
+
+    @property
+    def video(self) -> bool:
+        """Whether this render is a video (a sequence of frames with a rate)."""
+        return self.num_frames is not None
 
     @property
     def scheduler_config(self) -> SchedulerConfig:
@@ -375,8 +429,9 @@ class RenderSettings:
         d = dict(d)
         # Records written before settings named their family were all Z-Image renders.
         d.setdefault("family", "zimage")
-        if d.get("lora") is not None:
-            d["lora"] = LoraSettings(**d["lora"])
+        for key in ("lora", "lora_2"):
+            if d.get(key) is not None:
+                d[key] = LoraSettings(**d[key])
         d["quantization"] = Quantization(**(d.get("quantization") or {}))
         if d.get("adapter") is not None:
             d["adapter"] = TrainingAdapter(**d["adapter"])

@@ -117,7 +117,7 @@ def test_run_folder_contents(run_rows):
         "job,step,index,preview,render,width_preview,height_preview,width_render,height_render,"
         "ssim,psnr,ms_ssim,latent_distance,lpips,verdict,causes,explained,detail,"
         "below_noise_floor,noise_floor_max_abs_diff,noise_floor_mean_abs_diff,noise_floor_ssim,"
-        "noise_floor_psnr"
+        "noise_floor_psnr,worst_frame"
     )
     for row in rows:
         assert (out / row["render"]).is_file()

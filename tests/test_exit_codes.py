@@ -182,17 +182,20 @@ def test_a_run_on_another_stack_says_so_in_one_line(job: Path, tmp_path: Path, c
     assert any(d.startswith("diffusers ") for d in info["stack"]["differs_from_pins"])
 
 
-def test_a_job_of_a_family_parity_does_not_know_is_exit_2(tmp_path: Path) -> None:
-    """The real FLUX.1 job's config with an arch ai-toolkit has and parity does not
-    (``wan21``): one line that names the families parity knows, before any model loads
-    and before anything is written."""
+@pytest.mark.parametrize("arch", ["wan22_5b", "wan21_i2v", "wan22_14b_i2v"])
+def test_a_job_of_a_family_parity_does_not_know_is_exit_2(tmp_path: Path, arch: str) -> None:
+    """The real FLUX.1 job's config with an arch ai-toolkit has and parity does not (Wan
+    image-to-video and Wan 2.2 5B, where the server runs ai-toolkit's own pipeline code):
+    one line that names the families parity knows, before any model loads and before
+    anything is written."""
     job = tmp_path / "wan_job"
     job.mkdir()
     config = (FIXTURES / "aitk_flux" / "output" / "aitk_flux" / "config.yaml").read_text()
-    (job / "config.yaml").write_text(config.replace("arch: flux", "arch: wan21"))
+    (job / "config.yaml").write_text(config.replace("arch: flux", f"arch: {arch}"))
     out = tmp_path / "out"
     proc = _parity(tmp_path, "run", str(job), "--no-history", "--out", str(out))
     line = _one_line_error(proc)
-    assert "model.arch is 'wan21'" in line and str(job / "config.yaml") in line
+    assert f"model.arch is '{arch}'" in line and str(job / "config.yaml") in line
     assert "zimage, zimage:turbo, zimage:deturbo" in line and "flux" in line
+    assert "Wan 2.1: wan21" in line and "wan22_14b (text to video)" in line
     assert not out.exists()

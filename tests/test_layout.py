@@ -41,15 +41,20 @@ RANKS: dict[str, int] = {
 }
 
 
-def _family_folders() -> dict[str, str]:
-    """Each registered family's folder (the package of its pipeline adapter) by name."""
+def _family_folders() -> dict[str, tuple[str, ...]]:
+    """The families each folder holds (a folder is the package of its pipeline adapter)."""
     from parity.families import FAMILIES
 
-    return {f.pipeline.__name__.rpartition(".")[0]: name for name, f in FAMILIES.items()}
+    folders: dict[str, tuple[str, ...]] = {}
+    for name, f in FAMILIES.items():
+        folder = f.pipeline.__name__.rpartition(".")[0]
+        folders[folder] = (*folders.get(folder, ()), name)
+    return folders
 
 
-#: The model families' folders, from the registry: facts only, each its own, rank 0.
-FAMILIES: dict[str, str] = _family_folders()
+#: The model families' folders, from the registry: facts only, rank 0. A folder may hold
+#: several families that share their facts (Wan 2.1 and Wan 2.2 14B).
+FAMILIES: dict[str, tuple[str, ...]] = _family_folders()
 RANKS.update(dict.fromkeys(FAMILIES, 0))
 
 #: Modules that are neither stages nor facts: test support, which builds each family's
@@ -170,7 +175,7 @@ def test_no_stage_names_a_family():
 def test_a_stage_that_names_a_family_fails_the_layout():
     """The check above would catch the ways a stage used to lean on one family."""
     folder = next(iter(FAMILIES))
-    name = FAMILIES[folder]
+    name = FAMILIES[folder][0]
     leaks = {
         "import": f"from {folder}.aitk import preview_qtypes\n",
         "lazy import": f"def f():\n    import {folder}.server\n",
@@ -185,7 +190,7 @@ def test_a_stage_that_names_a_family_fails_the_layout():
 def test_every_registered_family_is_a_folder_of_facts():
     from parity.families import FAMILIES as REGISTRY
 
-    assert sorted(FAMILIES.values()) == sorted(REGISTRY)
+    assert sorted(name for names in FAMILIES.values() for name in names) == sorted(REGISTRY)
     for folder in FAMILIES:
         assert (PACKAGE.parent / folder.replace(".", "/") / "family.py").is_file(), folder
 

@@ -148,6 +148,15 @@ def _request_plan(job: Any, args: argparse.Namespace, requests: list[Any]) -> An
 # --------------------------------------------------------------------- inspect
 
 
+def _shift_text(side: dict) -> str:
+    """A side's scheduler in one cell: its shift, ``dynamic``, or its class (UniPC)."""
+    if side.get("dynamic_shift"):
+        return "dynamic"
+    if side.get("scheduler_shift") is None:
+        return str(side.get("scheduler_class", "?")).removesuffix("Scheduler")
+    return f"{side['scheduler_shift']:g}"
+
+
 def _format_table(rows: list[dict]) -> str:
     fields = [
         ("size", lambda s: f"{s['width']}x{s['height']}"),
@@ -159,7 +168,7 @@ def _format_table(rows: list[dict]) -> str:
             lambda s: "-" if s["network_multiplier"] is None else f"{s['network_multiplier']:g}",
         ),
         # Dynamic shifting (FLUX.1) moves the shift with the image size.
-        ("shift", lambda s: "dynamic" if s.get("dynamic_shift") else f"{s['scheduler_shift']:g}"),
+        ("shift", _shift_text),
     ]
     header = (
         f"{'step':>6} {'idx':>3}  "

@@ -49,11 +49,20 @@ are compared.
 
 from __future__ import annotations
 
-# One module a responsibility: images (reading and pairing images), metrics (SSIM, PSNR),
+# One module a responsibility: images (reading and pairing images), clips (a video's
+# frames and frame duration, encoding frames like a file), metrics (SSIM, PSNR),
 # latent (VAE-latent distance), lpips, codec (encoding like a file), scores (Comparison,
 # compare_many), verdict (Thresholds), noise (noise floors and the one verdict rule,
 # within_noise, that Thresholds and the float-noise rule apply) and served (check_served). The names imported "as" themselves are re-exported outside
 # __all__: public ones added since, and private ones that tests and bench/ call.
+from parity.compare.clips import (
+    WEBP_QUALITY,
+    Clip,
+    encode_clip,
+    encode_frames_like,
+    frame_ms,
+    load_clip,
+)
 from parity.compare.codec import Codec, encode_like, inspect_codec, jpeg_floor
 from parity.compare.images import align_sizes, load_rgb
 from parity.compare.latent import encode_latent, latent_distance, make_vae_encoder
@@ -75,7 +84,7 @@ from parity.compare.noise import (
     within_noise,
 )
 from parity.compare.noise import is_half as is_half
-from parity.compare.scores import Comparison, compare, compare_many
+from parity.compare.scores import Comparison, FrameScore, compare, compare_clips, compare_many
 from parity.compare.scores import Renders as Renders
 from parity.compare.served import ServedCheck as ServedCheck
 from parity.compare.served import check_served as check_served
@@ -91,13 +100,21 @@ __all__ = [
     "NOISE_FLOOR_K",
     "ImageReadError",
     "Codec",
+    "Clip",
     "Comparison",
+    "FrameScore",
+    "WEBP_QUALITY",
     "Thresholds",
     "NoiseCheck",
     "NoiseFloor",
     "Rule",
     "Difference",
     "load_rgb",
+    "load_clip",
+    "frame_ms",
+    "encode_clip",
+    "encode_frames_like",
+    "compare_clips",
     "ssim",
     "psnr",
     "latent_distance",

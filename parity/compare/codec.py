@@ -39,17 +39,21 @@ class Codec:
     qtables : tuple of tuple of int, or None
         JPEG only: the file's quantization tables (natural order), reused by
         :func:`encode_like` so the re-encoding quantizes exactly like the file.
+    webp_lossless : bool
+        WebP only: the frames are stored lossless (``VP8L``), not lossy (``VP8 ``).
     """
 
     format: str
     mode: str = "RGB"
     subsampling: str | None = None
     qtables: tuple[tuple[int, ...], ...] | None = None
+    webp_lossless: bool = False
 
     @property
     def lossless(self) -> bool:
-        """True if decoding gives back the stored pixels exactly (PNG, BMP, TIFF, ...)."""
-        return self.format.upper() in _LOSSLESS_FORMATS
+        """True if decoding gives back the stored pixels exactly (PNG, BMP, TIFF, a
+        lossless WebP, ...)."""
+        return self.format.upper() in _LOSSLESS_FORMATS or self.webp_lossless
 
 
 def inspect_codec(path: str | os.PathLike[str]) -> Codec:
@@ -78,6 +82,8 @@ def inspect_codec(path: str | os.PathLike[str]) -> Codec:
         with Image.open(p) as im:
             fmt = (im.format or "").upper()
             mode = im.mode
+            if fmt == "WEBP":
+                return Codec(format=fmt, mode=mode, webp_lossless=webp_lossless(p))
             if fmt != "JPEG":
                 return Codec(format=fmt, mode=mode)
             tables = {int(k): list(v) for k, v in getattr(im, "quantization", {}).items()}
@@ -95,6 +101,13 @@ def inspect_codec(path: str | os.PathLike[str]) -> Codec:
         subsampling=_SUBSAMPLING_NAMES.get(sampling),
         qtables=qtables,
     )
+
+
+def webp_lossless(path: str | os.PathLike[str]) -> bool:
+    """Whether a WebP file's frames are stored lossless (``VP8L`` chunks) rather than
+    lossy (``VP8 `` chunks): Pillow does not say, the RIFF chunks do."""
+    data = Path(path).read_bytes()
+    return b"VP8L" in data and b"VP8 " not in data
 
 
 def encode_like(rgb: np.ndarray, codec: Codec) -> np.ndarray:

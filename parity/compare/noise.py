@@ -14,7 +14,8 @@ fixed rule, whichever is larger (:func:`within_noise`, the one verdict rule).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -83,6 +84,13 @@ class NoiseFloor:
     encoded_max_abs_diff, encoded_mean_abs_diff : int or float, or None
         Largest and mean difference, levels of 255, after both were encoded like the
         preview; None when it is lossless.
+    frames : int
+        Frames it was measured over: for a video, every level, SSIM and PSNR above is the
+        worst over the frames (largest level, lowest SSIM and PSNR) and the mean level
+        the mean over all of them.
+    mean_ssim, mean_psnr : float or None
+        A video's SSIM and PSNR averaged over its frames (None for an image): the floor
+        of a clip's mean scores (:meth:`of_means`).
     """
 
     method: str
@@ -94,6 +102,16 @@ class NoiseFloor:
     psnr: float
     encoded_max_abs_diff: int | None = None
     encoded_mean_abs_diff: float | None = None
+    frames: int = 1
+    mean_ssim: float | None = None
+    mean_psnr: float | None = None
+
+    def of_means(self) -> NoiseFloor:
+        """The floor a video's mean scores are judged with: its SSIM and PSNR averaged
+        over the frames instead of the worst frame's (itself for an image)."""
+        if self.mean_ssim is None or self.mean_psnr is None:
+            return self
+        return replace(self, ssim=self.mean_ssim, psnr=self.mean_psnr)
 
     @property
     def encoded(self) -> bool:
@@ -149,6 +167,9 @@ class NoiseFloor:
                 if d.get("encoded_mean_abs_diff") is None
                 else float(d["encoded_mean_abs_diff"])
             ),
+            frames=int(d.get("frames", 1)),
+            mean_ssim=None if d.get("mean_ssim") is None else float(d["mean_ssim"]),
+            mean_psnr=None if d.get("mean_psnr") is None else float(d["mean_psnr"]),
         )
 
 
@@ -160,24 +181,39 @@ def measure_floor(
     method: str,
     dtype: str,
     render: str = "reference",
+    frame_duration: int | None = None,
 ) -> NoiseFloor:
     """The noise floor of one render: it against its alternate-kernel twin.
 
     Parameters
     ----------
-    default, alternate : numpy.ndarray
+    default, alternate : numpy.ndarray or sequence of numpy.ndarray
         ``uint8`` RGB ``(H, W, 3)``: one setting rendered in one process through the
-        default kernels and through :func:`parity.render.engine.alternate_kernels`.
+        default kernels and through :func:`parity.render.engine.alternate_kernels`; for
+        a video, its frames (a sequence, or one ``(N, H, W, 3)`` array).
     codec : Codec, optional
         How the preview it will be compared with is stored: SSIM, PSNR and the encoded
-        levels are scored after encoding both like it. None or lossless: lossless.
+        levels are scored after encoding both like it (a video all frames at once, at
+        ``frame_duration`` ms a frame). None or lossless: lossless.
     method, dtype, render : str
         Recorded as they are (see :class:`NoiseFloor`).
 
     Returns
     -------
     NoiseFloor
+        For a video, each level, SSIM and PSNR the worst over the frames, the mean level
+        over all of them, and the SSIM and PSNR means (:attr:`NoiseFloor.mean_ssim`).
     """
+    if _is_clip(default):
+        return _measure_clip_floor(
+            list(default),
+            list(alternate),
+            codec=codec,
+            method=method,
+            dtype=dtype,
+            render=render,
+            frame_duration=frame_duration,
+        )
     a, b = _check_pair(default, alternate)
     worst, mean = _levels(a, b)
     encoded_worst = encoded_mean = None
@@ -194,6 +230,54 @@ def measure_floor(
         psnr=min(psnr(a, b), PSNR_IDENTICAL_DB),
         encoded_max_abs_diff=encoded_worst,
         encoded_mean_abs_diff=encoded_mean,
+    )
+
+
+def _is_clip(frames: Any) -> bool:
+    """Frames of a video: a sequence of images, or one (N, H, W, 3) array."""
+    return not isinstance(frames, np.ndarray) or frames.ndim == 4
+
+
+def _measure_clip_floor(
+    default: list[np.ndarray],
+    alternate: list[np.ndarray],
+    *,
+    codec: Codec | None,
+    method: str,
+    dtype: str,
+    render: str,
+    frame_duration: int | None,
+) -> NoiseFloor:
+    """:func:`measure_floor` of a video, frame by frame (see there)."""
+    from parity.compare.clips import encode_frames_like
+
+    if len(default) != len(alternate):
+        raise ValueError(f"{len(default)} frames against {len(alternate)}")
+    pairs = [_check_pair(a, b) for a, b in zip(default, alternate, strict=True)]
+    levels = [_levels(a, b) for a, b in pairs]
+    encoded_levels = None
+    if codec is not None and not codec.lossless:
+        a_enc = encode_frames_like([a for a, _ in pairs], codec, frame_duration)
+        b_enc = encode_frames_like([b for _, b in pairs], codec, frame_duration)
+        pairs = list(zip(a_enc, b_enc, strict=True))
+        encoded_levels = [_levels(a, b) for a, b in pairs]
+    ssims = [ssim(a, b) for a, b in pairs]
+    psnrs = [min(psnr(a, b), PSNR_IDENTICAL_DB) for a, b in pairs]
+    return NoiseFloor(
+        method=method,
+        dtype=str(dtype),
+        render=render,
+        max_abs_diff=max(w for w, _ in levels),
+        mean_abs_diff=float(np.mean([m for _, m in levels])),
+        ssim=min(ssims),
+        psnr=min(psnrs),
+        encoded_max_abs_diff=max(w for w, _ in encoded_levels) if encoded_levels else None,
+        encoded_mean_abs_diff=(
+            float(np.mean([m for _, m in encoded_levels])) if encoded_levels else None
+        ),
+        frames=len(pairs),
+        mean_ssim=float(np.mean(ssims)),
+        mean_psnr=float(np.mean(psnrs)),
     )
 
 
@@ -424,17 +508,25 @@ def _noise_check(
 
 
 def _spread(
-    rgb: np.ndarray, codec: Codec, *, levels: int, draws: int, seed: int
+    rgb: np.ndarray,
+    codec: Codec,
+    *,
+    levels: int,
+    draws: int,
+    seed: int,
+    encode: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[int, float]:
     """Largest and mean difference between ``encode_like(rgb)`` and encodings of
-    ``rgb`` plus uniform integer noise in ``[-levels, levels]``, over ``draws`` draws."""
-    base = encode_like(rgb, codec)
+    ``rgb`` plus uniform integer noise in ``[-levels, levels]``, over ``draws`` draws
+    (``encode``: another way to encode ``rgb``, e.g. a video's frames at once)."""
+    encode = encode or (lambda image: encode_like(image, codec))
+    base = encode(rgb)
     rng = np.random.default_rng(seed)
     worst, mean = levels, 0.0
     for _ in range(draws):
         noise = rng.integers(-levels, levels + 1, size=rgb.shape)
         noisy = np.clip(rgb.astype(np.int16) + noise, 0, 255).astype(np.uint8)
-        d_worst, d_mean = _levels(base, encode_like(noisy, codec))
+        d_worst, d_mean = _levels(base, encode(noisy))
         worst, mean = max(worst, d_worst), max(mean, d_mean)
     return worst, mean
 
@@ -488,6 +580,7 @@ def same_within_noise(
     codec: Codec | None = None,
     dtype: str = "float32",
     floor: NoiseFloor | None = None,
+    frame_duration: int | None = None,
 ) -> NoiseCheck:
     """The float-noise rule: is ``render`` the same image as ``reference``, made elsewhere?
 
@@ -533,7 +626,47 @@ def same_within_noise(
     Use this for renders made in another process or on another machine (committed
     fixtures, a server's images). Renders made in the same process are bit-identical and
     are compared exactly instead.
+
+    A video is judged as one image: ``reference`` and ``render`` may each be a sequence
+    of frames (or an ``(N, H, W, 3)`` array) of the same count, encoded all at once at
+    ``frame_duration`` ms a frame, and the levels are taken over every frame.
     """
+    if _is_clip(reference):
+        from parity.compare.clips import encode_frames_like
+
+        frames_a, frames_b = np.asarray(list(reference)), np.asarray(list(render))
+        if frames_a.shape != frames_b.shape:
+            raise ValueError(
+                f"videos differ in frames or size: {frames_a.shape} vs {frames_b.shape}"
+            )
+
+        def encode_clip_like(frames: np.ndarray) -> np.ndarray:
+            return np.concatenate(encode_frames_like(list(frames), codec, frame_duration))
+
+        return _same_within_noise(
+            np.concatenate(frames_a),
+            np.concatenate(frames_b),
+            codec=codec,
+            dtype=dtype,
+            floor=floor,
+            spread_of=frames_b,
+            encode=encode_clip_like if codec is not None else None,
+        )
+    return _same_within_noise(reference, render, codec=codec, dtype=dtype, floor=floor)
+
+
+def _same_within_noise(
+    reference: np.ndarray,
+    render: np.ndarray,
+    *,
+    codec: Codec | None,
+    dtype: str,
+    floor: NoiseFloor | None,
+    spread_of: np.ndarray | None = None,
+    encode: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> NoiseCheck:
+    """:func:`same_within_noise` of two images (a video's frames stacked into one);
+    ``spread_of`` and ``encode``: a video's frames and how they are encoded at once."""
     half = is_half(dtype)
     if half and floor is None:
         raise ValueError(
@@ -547,6 +680,14 @@ def same_within_noise(
             max_abs_diff=FLOAT_NOISE_LEVELS, mean_abs_diff=FLOAT_NOISE_LEVELS if half else None
         )
         return _noise_check(reference, render, rule, floor)
-    worst, mean = _spread(render, codec, levels=FLOAT_NOISE_LEVELS, draws=4, seed=0)
+    worst, mean = _spread(
+        render if spread_of is None else spread_of,
+        codec,
+        levels=FLOAT_NOISE_LEVELS,
+        draws=4,
+        seed=0,
+        encode=encode,
+    )
     rule = Rule(max_abs_diff=worst, mean_abs_diff=mean if half else None)
-    return _noise_check(reference, encode_like(render, codec), rule, floor, encoded=True)
+    encoded = encode_like(render, codec) if encode is None else encode(spread_of)
+    return _noise_check(reference, encoded, rule, floor, encoded=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,8 @@ from parity.compare.metrics import PSNR_IDENTICAL_DB, _ssim_psnr_many
 
 if TYPE_CHECKING:
     import torch
+
+    from parity.compare.clips import Clip
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,19 @@ class Comparison:
         Sizes in px before any resizing.
     codec_matched : bool
         The render was re-encoded like the preview (:func:`encode_like`) before scoring.
+    frames : tuple of FrameScore
+        A video's scores frame by frame (empty for a still image). ``ssim``, ``psnr``,
+        ``latent_distance`` and ``lpips`` are then each the worst over the frames.
+    worst_frame : int or None
+        The frame with the lowest SSIM (None for a still image).
+    mean_ssim, mean_psnr, mean_latent_distance : float or None
+        A video's means over its frames (PSNR in dB); None for a still image.
+    frames_preview, frames_render : int
+        Frame counts; a render of another count is scored on the frames both have and
+        never matches.
+    frame_ms_preview, frame_ms_render : int or None
+        How long a frame shows, ms (:func:`~parity.compare.frame_ms`); a video that plays
+        at another rate never matches. None for a still image.
     """
 
     ssim: float
@@ -56,6 +71,44 @@ class Comparison:
     width_render: int
     height_render: int
     codec_matched: bool = False
+    frames: tuple[FrameScore, ...] = ()
+    worst_frame: int | None = None
+    mean_ssim: float | None = None
+    mean_psnr: float | None = None
+    mean_latent_distance: float | None = None
+    frames_preview: int = 1
+    frames_render: int = 1
+    frame_ms_preview: int | None = None
+    frame_ms_render: int | None = None
+
+    @property
+    def video(self) -> bool:
+        return bool(self.frames)
+
+    @property
+    def plays_differently(self) -> bool:
+        """The render has other frames or another frame rate than the preview."""
+        return (
+            self.frames_preview != self.frames_render
+            or self.frame_ms_preview != self.frame_ms_render
+        )
+
+
+@dataclass(frozen=True)
+class FrameScore:
+    """One frame's scores in a video :class:`Comparison` (PSNR in dB)."""
+
+    ssim: float
+    psnr: float
+    latent_distance: float | None = None
+
+    def to_json(self) -> dict[str, float | None]:
+        return {"ssim": self.ssim, "psnr": self.psnr, "latent_distance": self.latent_distance}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> FrameScore:
+        latent = d.get("latent_distance")
+        return cls(float(d["ssim"]), float(d["psnr"]), None if latent is None else float(latent))
 
 
 #: What :func:`compare_many` takes as renders: (H, W, 3) images, or one (N, H, W, 3) stack.
@@ -197,3 +250,130 @@ def compare(
         preview_latent=preview_latent,
         device=device,
     )[0]
+
+
+def compare_clips(
+    preview: Clip,
+    renders: Sequence[Sequence[np.ndarray]],
+    *,
+    codec: Codec | None = None,
+    frame_ms_renders: Sequence[int | None] | None = None,
+    encode: Callable[[Any], Any] | None = None,
+    preview_latents: Sequence[Any] | None = None,
+    device: str | torch.device | None = None,
+) -> list[Comparison]:
+    """Score several renders of a video (or an image) against one preview, frame by frame.
+
+    Parameters
+    ----------
+    preview : Clip
+        The preview's frames as decoded from its file (:func:`~parity.compare.load_clip`).
+    renders : sequence of sequences of numpy.ndarray
+        Each render's lossless ``uint8`` RGB frames ``(H', W', 3)``.
+    codec : Codec, optional
+        How the preview was encoded. Each render's frames (resized to the preview's size
+        where they differ) are encoded the same way first, all of a clip at once
+        (:func:`~parity.compare.encode_frames_like`).
+    frame_ms_renders : sequence of int or None, optional
+        Each render's frame duration, ms (default: the preview's); a one-frame render
+        has none, as it is written as a still image.
+    encode, device
+        As for :func:`compare_many`; ``preview_latents`` are the preview frames' latents
+        when the caller has them.
+
+    Returns
+    -------
+    list of Comparison
+        One per render. A still preview and one-frame render give :func:`compare_many`'s
+        comparison unchanged. Otherwise the frames both have are scored in order, and the
+        comparison holds each frame's scores, each metric's worst (SSIM and PSNR lowest,
+        latent distance and LPIPS highest) and the means; a render of another frame count
+        or rate never matches.
+    """
+    from parity.compare.clips import encode_frames_like
+
+    if frame_ms_renders is None:
+        frame_ms_renders = [preview.frame_ms] * len(renders)
+    still = len(preview) == 1 and not preview.animated
+    if still and all(len(r) == 1 for r in renders) and all(ms is None for ms in frame_ms_renders):
+        return compare_many(
+            preview.frames[0],
+            [r[0] for r in renders],
+            codec=codec,
+            encode=encode,
+            preview_latent=preview_latents[0] if preview_latents else None,
+            device=device,
+        )
+    if encode is not None and preview_latents is None:
+        preview_latents = [encode_latent(frame, encode) for frame in preview.frames]
+    out = []
+    for frames, ms in zip(renders, frame_ms_renders, strict=True):
+        # One frame is written as a still image: it has no duration.
+        ms = ms if len(frames) > 1 else None
+        aligned = [align_sizes(preview.frames[0], np.asarray(f)) for f in frames]
+        scored = [a for _, a, _ in aligned]
+        if codec is not None:
+            scored = encode_frames_like(scored, codec, ms)
+        count = min(len(preview), len(scored))
+        per_frame = [
+            compare_many(
+                preview.frames[i],
+                [scored[i]],
+                encode=encode,
+                preview_latent=preview_latents[i] if preview_latents else None,
+                device=device,
+            )[0]
+            for i in range(count)
+        ]
+        out.append(
+            _clip_comparison(
+                per_frame,
+                resized=any(r for _, _, r in aligned),
+                render_size=np.asarray(frames[0]).shape,
+                preview=preview,
+                frames_render=len(frames),
+                frame_ms_render=ms,
+                codec_matched=codec is not None,
+            )
+        )
+    return out
+
+
+def _clip_comparison(
+    per_frame: list[Comparison],
+    *,
+    resized: bool,
+    render_size: tuple[int, ...],
+    preview: Clip,
+    frames_render: int,
+    frame_ms_render: int | None,
+    codec_matched: bool,
+) -> Comparison:
+    """One comparison of a clip from its frames' comparisons (see :func:`compare_clips`)."""
+    ssims = [c.ssim for c in per_frame]
+    psnrs = [c.psnr for c in per_frame]
+    latents = [c.latent_distance for c in per_frame if c.latent_distance is not None]
+    lpips = [c.lpips for c in per_frame if c.lpips is not None]
+    hp, wp = preview.frames[0].shape[:2]
+    return Comparison(
+        ssim=min(ssims),
+        psnr=min(psnrs),
+        ms_ssim=None,
+        latent_distance=max(latents) if latents else None,
+        lpips=max(lpips) if lpips else None,
+        resized=resized,
+        width_preview=int(wp),
+        height_preview=int(hp),
+        width_render=int(render_size[1]),
+        height_render=int(render_size[0]),
+        codec_matched=codec_matched,
+        frames=tuple(FrameScore(c.ssim, c.psnr, c.latent_distance) for c in per_frame),
+        worst_frame=int(np.argmin(ssims)),
+        mean_ssim=float(np.mean(ssims)),
+        mean_psnr=float(np.mean(psnrs)),
+        mean_latent_distance=float(np.mean(latents)) if latents else None,
+        frames_preview=len(preview),
+        frames_render=frames_render,
+        frame_ms_preview=preview.frame_ms,
+        frame_ms_render=frame_ms_render,
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -59,8 +60,10 @@ def check_served(
     ----------
     served_path : str or os.PathLike
         The server's image (the server writes JPEG quality 95; PNG, WebP also read).
-    render_rgb : numpy.ndarray
-        ``uint8`` RGB ``(H, W, 3)``: parity's lossless reference render of that prompt.
+    render_rgb : numpy.ndarray or sequence of numpy.ndarray
+        ``uint8`` RGB ``(H, W, 3)``: parity's lossless reference render of that prompt;
+        for a video, its frames (then ``alternate_rgb`` is frames too, and the served
+        video is judged as one image of all its frames: :func:`same_within_noise`).
     dtype : str, default "float32"
         The dtype the reference render was computed in.
     alternate_rgb : numpy.ndarray, optional
@@ -84,6 +87,10 @@ def check_served(
     ValueError
         A bf16 or fp16 render without ``alternate_rgb``.
     """
+    if not isinstance(render_rgb, np.ndarray) or render_rgb.ndim == 4:
+        return _check_served_clip(
+            served_path, list(render_rgb), dtype=dtype, alternate=alternate_rgb, method=method
+        )
     served = load_rgb(served_path)
     codec = inspect_codec(served_path)
     render_rgb = np.asarray(render_rgb)
@@ -109,6 +116,66 @@ def check_served(
             floor,
         )
     noise = same_within_noise(served, render_rgb, codec=codec, dtype=dtype, floor=floor)
+    return ServedCheck(
+        noise.same,
+        scores.ssim,
+        scores.psnr,
+        noise.max_abs_diff,
+        noise.limit,
+        served_size,
+        render_size,
+        floor,
+    )
+
+
+def _check_served_clip(
+    served_path: str | os.PathLike[str],
+    frames: list[np.ndarray],
+    *,
+    dtype: str,
+    alternate: Any,
+    method: str,
+) -> ServedCheck:
+    """:func:`check_served` of a video: every frame, encoded all at once like the file."""
+    from parity.compare.clips import load_clip
+    from parity.compare.noise import measure_floor
+    from parity.compare.scores import compare_clips
+
+    served = load_clip(served_path)
+    codec = inspect_codec(served_path)
+    scores = compare_clips(served, [frames], codec=codec, frame_ms_renders=[served.frame_ms])[0]
+    height, width = served.frames[0].shape[:2]
+    served_size = (int(width), int(height))
+    render_size = (int(frames[0].shape[1]), int(frames[0].shape[0]))
+    floor = None
+    if alternate is not None:
+        floor = measure_floor(
+            frames,
+            list(alternate),
+            codec=codec,
+            method=method,
+            dtype=dtype,
+            frame_duration=served.frame_ms,
+        )
+    if len(served) != len(frames) or served_size != render_size:
+        return ServedCheck(
+            False,
+            scores.ssim,
+            scores.psnr,
+            None,
+            FLOAT_NOISE_LEVELS,
+            served_size,
+            render_size,
+            floor,
+        )
+    noise = same_within_noise(
+        served.frames,
+        frames,
+        codec=codec,
+        dtype=dtype,
+        floor=floor,
+        frame_duration=served.frame_ms,
+    )
     return ServedCheck(
         noise.same,
         scores.ssim,

@@ -93,9 +93,18 @@ class Thresholds:
             times the floor where that allows more than the thresholds. None: the
             thresholds alone.
 
-        A resized comparison (render and preview of different sizes) is never a match.
+        A resized comparison (render and preview of different sizes) is never a match,
+        nor is a video of other frames or another rate. A video matches when its worst
+        frame's scores are within the rule (with ``floor``: the floor's worst frame) and
+        so are its mean scores (with the floor's means, :meth:`NoiseFloor.of_means`).
         """
-        return within_noise(_difference(comparison), self.rule, floor)
+        if not within_noise(_difference(comparison), self.rule, floor):
+            return False
+        if not comparison.video:
+            return True
+        return within_noise(
+            _mean_difference(comparison), self.rule, floor.of_means() if floor else None
+        )
 
     def is_near(self, comparison: Comparison) -> bool:
         """Whether a comparison fails the thresholds by so little that a float32 render's
@@ -125,11 +134,22 @@ NEAR_PSNR_DB = 3.0
 
 
 def _difference(comparison: Comparison) -> Difference:
+    """The worst frame's scores (an image's own)."""
     return Difference(
         ssim=comparison.ssim,
         psnr=comparison.psnr,
         latent_distance=comparison.latent_distance,
-        resized=comparison.resized,
+        resized=comparison.resized or comparison.plays_differently,
+    )
+
+
+def _mean_difference(comparison: Comparison) -> Difference:
+    """A video's scores averaged over its frames."""
+    return Difference(
+        ssim=comparison.mean_ssim,
+        psnr=comparison.mean_psnr,
+        latent_distance=comparison.mean_latent_distance,
+        resized=comparison.resized or comparison.plays_differently,
     )
 
 

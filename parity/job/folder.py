@@ -13,6 +13,7 @@ preview side (:mod:`parity.plan.sides`), not here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -66,6 +67,9 @@ class SampleSpec:
     explicit_seed: bool
     flags: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    #: Frames and frame rate of the item (a video family's; 1 frame for an image).
+    num_frames: int = 1
+    fps: int = 16
     #: Settings written in the config (sample level, item level or prompt flag), as
     #: opposed to ai-toolkit defaults: a user copying the config copies only these.
     written: frozenset[str] = frozenset()
@@ -86,6 +90,14 @@ class Checkpoint:
     aitk_version: str | None
     dtype: str | None = None
     audit: KeyAudit | None = None
+    #: A two-expert model's second file of the pair (``*_low_noise.safetensors``, for
+    #: ``transformer_2``); ``path`` is then the first expert's (``*_high_noise``).
+    path_2: Path | None = None
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        """Every file of the checkpoint: the one, or the pair in expert order."""
+        return (self.path,) if self.path_2 is None else (self.path, self.path_2)
 
     @property
     def rounded(self) -> bool:
@@ -395,6 +407,9 @@ _INT_FLAGS = {
     "seed": "seed",
     "s": "steps",
     "steps": "steps",
+    "frames": "num_frames",
+    "num_frames": "num_frames",
+    "fps": "fps",
 }
 #: Prompt flag → the sample field it writes.
 _FLAG_FIELDS = {
@@ -408,6 +423,7 @@ _FLAG_FIELDS = {
     "cfg": "guidance_scale",
     "n": "neg",
     "m": "network_multiplier",
+    "frames": "num_frames",
 }
 _FLOAT_FLAGS = {
     "l": "guidance_scale",
@@ -543,6 +559,8 @@ def _resolve_item(
         "steps": steps,
         "guidance_scale": cfg,
         "network_multiplier": mult,
+        "num_frames": _as_int(item.get("num_frames", default("num_frames")), "num_frames"),
+        "fps": _as_int(item.get("fps", default("fps")), "fps"),
     }
     for flag, content in flags.items():
         if flag == "n":
@@ -555,13 +573,25 @@ def _resolve_item(
             values[_FLOAT_FLAGS[flag]] = _as_float(content, f"prompt flag --{flag}")
     written = {
         key
-        for key in ("width", "height", "seed", "guidance_scale", "sample_steps", "neg")
+        for key in (
+            "width",
+            "height",
+            "seed",
+            "guidance_scale",
+            "sample_steps",
+            "neg",
+            "num_frames",
+            "fps",
+        )
         if key in item or key in sample_cfg
     }
     for flag in flags:
         written.add(_FLAG_FIELDS.get(flag, flag))
     if values["steps"] < 1:
         raise SampleError(f"sample_steps must be >= 1, got {values['steps']}")
+    for key in ("num_frames", "fps"):
+        if values[key] < 1:
+            raise SampleError(f"{key} must be >= 1, got {values[key]}")
     return SampleSpec(
         index=i,
         prompt_raw=raw_prompt,
@@ -577,6 +607,8 @@ def _resolve_item(
         explicit_seed=explicit_seed,
         flags=flags,
         written=frozenset(written),
+        num_frames=values["num_frames"],
+        fps=values["fps"],
     )
 
 
@@ -589,11 +621,19 @@ def _scan_checkpoints(
     problems: list[str],
     refused: dict[int, str],
     files: dict[str, int] | None = None,
+    expert_suffixes: tuple[str, ...] = (),
 ) -> tuple[Checkpoint, ...]:
     found: list[Checkpoint] = []
+    pairs: dict[str, dict[int, Path]] = {}
     for path in sorted(root.glob("*.safetensors")):
-        match = CHECKPOINT_RE.match(path.name)
-        is_final = path.name == f"{name}.safetensors"
+        # A two-expert model saves a pair per checkpoint; its first file stands for it.
+        logical, expert = expert_file(path.name, expert_suffixes)
+        if expert is not None:
+            pairs.setdefault(logical, {})[expert] = path
+            if expert != 0:
+                continue
+        match = CHECKPOINT_RE.match(logical)
+        is_final = logical == f"{name}.safetensors"
         if not match and not is_final:
             continue
         if match and match.group("name") != name:
@@ -618,6 +658,17 @@ def _scan_checkpoints(
             continue
         version = aitk_version_from_metadata(metadata)
         found.append(Checkpoint(path, step, is_final, metadata, version, dtype, audit))
+    for logical, experts in pairs.items():
+        if 0 not in experts:
+            problems.append(
+                f"{root / logical}: only {experts[1].name} of the expert pair is here; skipped"
+            )
+    found = [
+        dataclasses.replace(c, path_2=pairs[expert_file(c.path.name, expert_suffixes)[0]].get(1))
+        if expert_file(c.path.name, expert_suffixes)[1] is not None
+        else c
+        for c in found
+    ]
     # Pickled checkpoints (torch.save) are never read: name them so the step's error says why.
     for path in sorted(root.iterdir()):
         stem, dot, suffix = path.name.rpartition(".")
@@ -630,13 +681,24 @@ def _scan_checkpoints(
             problems.append(reason)
             refused.setdefault(int(match.group("step")), reason)
     if files is not None:
-        files.update({ckpt.path.name: ckpt.step for ckpt in found})
+        files.update({p.name: ckpt.step for ckpt in found for p in ckpt.paths})
     # Final file and a step file of the same step: prefer the step file.
     by_step: dict[int, Checkpoint] = {}
     for ckpt in found:
         if ckpt.step not in by_step or by_step[ckpt.step].is_final:
             by_step[ckpt.step] = ckpt
     return tuple(by_step[s] for s in sorted(by_step))
+
+
+def expert_file(filename: str, suffixes: tuple[str, ...]) -> tuple[str, int | None]:
+    """``filename`` of a LoRA pair's file without its expert suffix, and the expert's
+    index in ``suffixes`` (``"job_000000010_low_noise.safetensors"`` ->
+    ``("job_000000010.safetensors", 1)``); the name unchanged and None for any other file."""
+    stem, dot, ext = filename.rpartition(".")
+    for i, suffix in enumerate(suffixes):
+        if dot and stem.endswith(suffix):
+            return f"{stem[: -len(suffix)]}.{ext}", i
+    return filename, None
 
 
 def _scan_previews(root: Path) -> tuple[Preview, ...]:
@@ -782,7 +844,9 @@ def read_job(
     problems: list[str] = []
     refused: dict[int, str] = {}
     files: dict[str, int] = {}
-    checkpoints = _scan_checkpoints(root, name, problems, refused, files)
+    checkpoints = _scan_checkpoints(
+        root, name, problems, refused, files, family.expert_lora_suffixes
+    )
     previews = _scan_previews(root)
     setup = read_setup(process)
     adapter_path = adapter_problem = None

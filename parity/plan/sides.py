@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from parity.families import SERVER_MODELS, family, family_of_model
 from parity.family import Era
 from parity.job import Checkpoint, Job, SampleSpec
 from parity.server import (
+    FPS_BOUNDS,
+    FRAMES_BOUNDS,
     GUIDANCE_BOUNDS,
     SIZE_BOUNDS,
     STEPS_BOUNDS,
@@ -30,6 +33,7 @@ from parity.server import (
 )
 from parity.settings import (
     CAUSES,
+    FLOW_MATCH_EULER,
     Cause,
     Dtype,
     LoraApplier,
@@ -83,7 +87,7 @@ def preview_settings(
     """Settings ai-toolkit used for preview ``sample.index`` at ``checkpoint``'s step."""
     rules = family(job.family)
     era = era or era_of(job, checkpoint)
-    lora = None
+    lora = lora_2 = None
     if checkpoint is not None:
         lora = LoraSettings(
             path=str(checkpoint.path),
@@ -91,6 +95,8 @@ def preview_settings(
             merged=job.merged_lora,
             applier=LoraApplier.AITK,
         )
+        if checkpoint.path_2 is not None:  # one network over both experts, one multiplier
+            lora_2 = dataclasses.replace(lora, path=str(checkpoint.path_2))
     dtype = normalize_dtype(job.train_dtype)
     adapter = TrainingAdapter(str(job.adapter_path)) if job.adapter_path is not None else None
     width, height = snap(sample.width, era.size_multiple), snap(sample.height, era.size_multiple)
@@ -116,6 +122,9 @@ def preview_settings(
         # Tiling changes pixels only where the image is larger than the VAE's tile.
         vae_tiling=job.vae_tiling and rules.tiling_acts(width, height),
         family=rules.name,
+        num_frames=rules.pipeline_frames(sample.num_frames) if rules.pipeline_frames else None,
+        fps=sample.fps if rules.video else None,
+        lora_2=lora_2,
     )
 
 
@@ -144,11 +153,16 @@ def reference_settings(
     prompt = server_prompts(request)[index]
     # A checkpoint without a scheduler config: what the server's diffusers falls back on.
     scheduler = model.scheduler(checkpoint_scheduler) or rules.default_scheduler
-    lora = (
-        LoraSettings(path=lora_paths[0], scale=prompt.lora_scale, merged=model.fuses_lora)
-        if lora_paths
-        else None
-    )
+    lora = lora_2 = None
+    if model.expert_loras:
+        # One file per expert, each at its own scale; an expert without one has none.
+        by_expert = dict(zip((lo.transformer for lo in request.loras), lora_paths, strict=False))
+        if by_expert.get("high"):
+            lora = LoraSettings(path=by_expert["high"], scale=prompt.lora_scale)
+        if by_expert.get("low"):
+            lora_2 = LoraSettings(path=by_expert["low"], scale=prompt.lora_scale_2 or 0.0)
+    elif lora_paths:
+        lora = LoraSettings(path=lora_paths[0], scale=prompt.lora_scale, merged=model.fuses_lora)
     settings = RenderSettings(
         prompt=prompt.prompt,
         negative_prompt=prompt.negative_prompt,
@@ -167,17 +181,28 @@ def reference_settings(
         dtype=dtype or server_dtype(device),
         quantization=Quantization(),
         family=rules.name,
+        num_frames=(
+            rules.pipeline_frames(prompt.num_frames)
+            if rules.pipeline_frames and prompt.num_frames is not None
+            else None
+        ),
+        fps=prompt.fps,
+        lora_2=lora_2,
     )
     return settings, prompt
 
 
 def schedule_fields(scheduler: SchedulerConfig, fallback: SchedulerConfig) -> dict:
     """The scheduler fields of RenderSettings for ``scheduler``, every key of its config
-    kept; a config without ``shift`` takes the fallback's (the family's default
-    scheduler's)."""
-    shift = scheduler.shift if scheduler.shift is not None else fallback.shift
+    kept; a FlowMatch config without ``shift`` takes the fallback's (the family's default
+    scheduler's). A class without a ``shift`` setting (UniPC) has none."""
+    if scheduler.class_name != FLOW_MATCH_EULER:
+        shift = scheduler.shift
+    else:
+        shift = scheduler.shift if scheduler.shift is not None else fallback.shift
+        shift = shift if shift is not None else RenderSettings.scheduler_shift
     return {
-        "scheduler_shift": shift if shift is not None else RenderSettings.scheduler_shift,
+        "scheduler_shift": shift,
         "dynamic_shift": scheduler.dynamic_shift,
         "scheduler_class": scheduler.class_name,
         "scheduler_options": scheduler.options,
@@ -197,6 +222,7 @@ def as_configured_request(job: Job, checkpoint: Checkpoint | None) -> InferenceR
     """
     cfg = job.sample_config
     seeds_written = "seed" in cfg or "walk_seed" in cfg
+    video = family(job.family).video
     prompts = []
     for s in job.samples:
         if s.error:
@@ -214,12 +240,24 @@ def as_configured_request(job: Job, checkpoint: Checkpoint | None) -> InferenceR
                     clamp(s.guidance_scale, GUIDANCE_BOUNDS) if "guidance_scale" in w else None
                 ),
                 neg=s.negative_prompt if "neg" in w else None,
+                num_frames=(
+                    int(clamp(s.num_frames, FRAMES_BOUNDS)) if video and "num_frames" in w else None
+                ),
+                fps=int(clamp(s.fps, FPS_BOUNDS)) if video and "fps" in w else None,
             )
         )
     loras = []
     if checkpoint is not None:
-        mult = float(cfg.get("network_multiplier", 1))
-        loras.append(LoraItem(path=checkpoint.path.name, network_multiplier=request_number(mult)))
+        mult = request_number(float(cfg.get("network_multiplier", 1)))
+        if checkpoint.path_2 is not None:
+            loras.append(
+                LoraItem(path=checkpoint.path.name, transformer="high", network_multiplier=mult)
+            )
+            loras.append(
+                LoraItem(path=checkpoint.path_2.name, transformer="low", network_multiplier=mult)
+            )
+        else:
+            loras.append(LoraItem(path=checkpoint.path.name, network_multiplier=mult))
     return InferenceRequest(
         model=job.reference_model, trigger_word=job.trigger_word, loras=loras, prompts=prompts
     )
@@ -253,6 +291,8 @@ def differences(preview: RenderSettings, reference: RenderSettings) -> tuple[Cau
     )
     found = {
         Cause.SNAPPING: (preview.width, preview.height) != (reference.width, reference.height),
+        Cause.FRAMES: preview.num_frames != reference.num_frames,
+        Cause.FPS: preview.fps != reference.fps,
         Cause.CFG: preview.pipeline_guidance != reference.pipeline_guidance,
         Cause.SCHEDULER: preview.schedule != reference.schedule,
         Cause.STEPS: preview.steps != reference.steps,
@@ -260,7 +300,7 @@ def differences(preview: RenderSettings, reference: RenderSettings) -> tuple[Cau
         # different number of steps alone is the steps cause.
         Cause.LIBRARY: (preview.sigmas is None) != (reference.sigmas is None),
         Cause.SEED: preview.seed != reference.seed,
-        Cause.LORA_SCALE: (p_lora.scale if p_lora else None) != (r_lora.scale if r_lora else None),
+        Cause.LORA_SCALE: _scales(preview) != _scales(reference),
         Cause.PRECISION: preview.dtype != reference.dtype
         or preview.quantization != reference.quantization
         or preview.text_encoder_cast != reference.text_encoder_cast
@@ -271,6 +311,11 @@ def differences(preview: RenderSettings, reference: RenderSettings) -> tuple[Cau
         or (cfg_active and preview.negative_prompt != reference.negative_prompt),
     }
     return tuple(c for c in CAUSES if found.get(c))
+
+
+def _scales(settings: RenderSettings) -> tuple[float | None, float | None]:
+    """The LoRA scales a render applies, per expert (None: no LoRA there)."""
+    return tuple(lo.scale if lo else None for lo in (settings.lora, settings.lora_2))
 
 
 def pair_for(

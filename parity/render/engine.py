@@ -67,14 +67,19 @@ LORA_ADAPTER = "lora"
 
 @dataclass
 class RenderOutput:
-    """One render: the image and what was actually applied."""
+    """One render: its frames (one for an image) and what was actually applied."""
 
-    image: Image.Image
+    frames: tuple[Image.Image, ...]
     settings: RenderSettings
     lora_modules_in_file: int = 0
     lora_modules_applied: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def image(self) -> Image.Image:
+        """The first frame: the image of an image family's render."""
+        return self.frames[0]
 
     @property
     def lora_not_applied(self) -> bool:
@@ -168,14 +173,21 @@ class VariantKey:
 
 
 @dataclass
+class _PeftState:
+    """One denoiser's PEFT adapter: the file loaded into it, and its modules."""
+
+    path: str | None = None
+    applied: int = 0
+    in_file: int = 0
+
+
+@dataclass
 class _Variant:
-    """A pipeline built for one :class:`VariantKey`, with its PEFT adapter state."""
+    """A pipeline built for one :class:`VariantKey`, with each denoiser's PEFT adapter."""
 
     pipe: Any
     key: VariantKey
-    peft_path: str | None = None
-    peft_applied: int = 0
-    peft_in_file: int = 0
+    peft: dict[str, _PeftState] = field(default_factory=dict)
 
     @property
     def dtype(self) -> Dtype:
@@ -271,17 +283,21 @@ class RenderEngine:
         if key not in self._variants:
             pipe = self._load(dtype)
             if text_encoder_cast:
-                for name in self.family.text_encoders:
+                casts = self.family.text_encoders
+                if self.family.transformer_cast:
+                    casts = (*casts, *self.family.experts)
+                for name in casts:
                     getattr(pipe, name).to(dtype=_torch_dtype(dtype))
             if adapter is not None:
                 self._merge_adapter(pipe, adapter, dtype)
             if quantization.active:
                 from parity.render.quantize import quantize_text_encoder, quantize_transformer
 
-                if quantization.qtype:
-                    quantize_transformer(
-                        pipe.transformer, quantization.qtype, self.family.quantize_exclude
-                    )
+                if quantization.qtype:  # every expert of a two-expert model
+                    for expert in self.family.experts:
+                        quantize_transformer(
+                            getattr(pipe, expert), quantization.qtype, self.family.quantize_exclude
+                        )
                 if quantization.qtype_te:
                     quantize_text_encoder(
                         getattr(pipe, self.family.quantized_text_encoder), quantization.qtype_te
@@ -382,25 +398,29 @@ class RenderEngine:
             self._loras[key] = deltas
         return self._loras[key]
 
-    def _use_peft(self, variant: _Variant, lora: LoraSettings | None) -> None:
-        """Make the PEFT adapter match ``lora`` (None: adapter off)."""
+    def _use_peft(self, variant: _Variant, lora: LoraSettings | None, expert: str) -> None:
+        """Make the PEFT adapter of denoiser ``expert`` match ``lora`` (None: off)."""
         from diffusers.utils.peft_utils import set_weights_and_activate_adapters
 
-        transformer = variant.pipe.transformer
+        transformer = getattr(variant.pipe, expert)
+        state = variant.peft.setdefault(expert, _PeftState())
+        adapter = LORA_ADAPTER if expert == self.family.experts[0] else f"{LORA_ADAPTER}_{expert}"
         if lora is None:
-            if variant.peft_path is not None and variant.peft_applied:
+            if state.path is not None and state.applied:
                 transformer.disable_lora()
             return
-        if variant.peft_path != lora.path:
-            if variant.peft_path is not None:
-                variant.pipe.delete_adapters(LORA_ADAPTER)
-                variant.peft_path = None
+        if state.path != lora.path:
+            if state.path is not None:
+                variant.pipe.delete_adapters(adapter)
+                variant.peft[expert] = state = _PeftState()
             deltas = self.lora(lora.path)  # validates the file first
             path = Path(lora.path)
+            # The second expert's file goes into transformer_2 (Wan 2.2's loader).
+            into = {} if expert == self.family.experts[0] else {"load_into_transformer_2": True}
             try:
                 with _quiet_diffusers():
                     variant.pipe.load_lora_weights(
-                        str(path.parent), weight_name=path.name, adapter_name=LORA_ADAPTER
+                        str(path.parent), weight_name=path.name, adapter_name=adapter, **into
                     )
             except ValueError as e:
                 audit = audit_keys(read_header(lora.path).tensors)  # the key names suffice
@@ -410,23 +430,23 @@ class RenderEngine:
                     ) from None
                 # diffusers also raises when no module at all is targeted.
                 log.warning("%s: diffusers applied no LoRA module (%s)", path, e)
-                variant.peft_path = lora.path
-                variant.peft_applied = 0
-                variant.peft_in_file = len(deltas)
+                variant.peft[expert] = _PeftState(lora.path, 0, len(deltas))
                 return
-            variant.peft_path = lora.path
-            variant.peft_in_file = len(deltas)
-            variant.peft_applied = _count_adapted_modules(transformer, LORA_ADAPTER)
-        if variant.peft_applied:
+            applied = _count_adapted_modules(transformer, adapter)
+            variant.peft[expert] = state = _PeftState(lora.path, applied, len(deltas))
+        if state.applied:
             transformer.enable_lora()
-            set_weights_and_activate_adapters(transformer, [LORA_ADAPTER], [lora.scale])
+            set_weights_and_activate_adapters(transformer, [adapter], [lora.scale])
 
-    def _aitk_lora(self, variant: _Variant, lora: LoraSettings) -> tuple[list[Any], list[Any], int]:
-        """Apply ai-toolkit's network; return (hooks, weight backups, modules applied)."""
+    def _aitk_lora(
+        self, variant: _Variant, lora: LoraSettings, expert: str
+    ) -> tuple[list[Any], list[Any], int]:
+        """Apply ai-toolkit's network to denoiser ``expert``; return (hooks, weight
+        backups, modules applied)."""
         import torch
 
         deltas = self.lora(lora.path, rounding_seed=lora.rounding_seed)
-        modules = dict(variant.pipe.transformer.named_modules())
+        modules = dict(getattr(variant.pipe, expert).named_modules())
         hooks: list[Any] = []
         backups: list[tuple[Any, Any]] = []
         applied = 0
@@ -492,30 +512,41 @@ class RenderEngine:
             text_encoder_cast=key.text_encoder_cast,
             adapter=key.adapter,
         )
-        lora = settings.lora
-        use_aitk = lora is not None and (
-            lora.applier is LoraApplier.AITK or lora.merged or not key.plain
-        )
         hooks: list[Any] = []
         backups: list[Any] = []
         in_file = applied = 0
         notes: list[str] = []
+        # Each denoiser gets its own file: one transformer, or a two-expert model's pair.
+        loras = (settings.lora, settings.lora_2)[: len(self.family.experts)]
         try:
-            if use_aitk:
-                assert lora is not None
-                self._use_peft(variant, None)
-                hooks, backups, applied = self._aitk_lora(variant, lora)
-                in_file = len(self.lora(lora.path))
-            else:
-                self._use_peft(variant, lora)
-                if lora is not None:
-                    in_file, applied = variant.peft_in_file, variant.peft_applied
-            if lora is not None and applied < in_file:
-                notes.append(
-                    f"{lora.path}: {applied} of {in_file} LoRA modules matched the transformer"
+            for expert, lora in zip(self.family.experts, loras, strict=False):
+                use_aitk = lora is not None and (
+                    lora.applier is LoraApplier.AITK or lora.merged or not key.plain
                 )
+                expert_in_file = expert_applied = 0
+                if use_aitk:
+                    assert lora is not None
+                    self._use_peft(variant, None, expert)
+                    more_hooks, more_backups, expert_applied = self._aitk_lora(
+                        variant, lora, expert
+                    )
+                    hooks += more_hooks
+                    backups += more_backups
+                    expert_in_file = len(self.lora(lora.path))
+                else:
+                    self._use_peft(variant, lora, expert)
+                    if lora is not None:
+                        state = variant.peft[expert]
+                        expert_in_file, expert_applied = state.in_file, state.applied
+                if lora is not None and expert_applied < expert_in_file:
+                    notes.append(
+                        f"{lora.path}: {expert_applied} of {expert_in_file} LoRA modules "
+                        f"matched the {expert}"
+                    )
+                in_file += expert_in_file
+                applied += expert_applied
             with alternate_kernels(self.device) if alternate else contextlib.nullcontext():
-                image = self._call_pipeline(variant, settings, alternate=alternate)
+                frames = self._call_pipeline(variant, settings, alternate=alternate)
         finally:
             for hook in hooks:
                 hook.remove()
@@ -525,7 +556,7 @@ class RenderEngine:
         if torch.cuda.is_available() and self.device.startswith("cuda"):
             torch.cuda.synchronize()
         return RenderOutput(
-            image=image,
+            frames=frames,
             settings=settings,
             lora_modules_in_file=in_file,
             lora_modules_applied=applied,
@@ -535,7 +566,7 @@ class RenderEngine:
 
     def _call_pipeline(
         self, variant: _Variant, s: RenderSettings, *, alternate: bool = False
-    ) -> Image.Image:
+    ) -> tuple[Image.Image, ...]:
         import numpy as np
         import torch
 
@@ -559,6 +590,8 @@ class RenderEngine:
         kwargs: dict[str, Any] = {}
         if s.sigmas is not None:
             kwargs["sigmas"] = list(s.sigmas)
+        if s.num_frames is not None:
+            kwargs["num_frames"] = s.num_frames
         for attempt in (1, 2):
             try:
                 with torch.no_grad():
@@ -581,13 +614,14 @@ class RenderEngine:
                 log.warning("out of memory on %s; retrying with model CPU offload", self.device)
                 self._enable_offload(pipe)
                 generator = torch.Generator("cpu").manual_seed(int(s.seed))
-        array = out.images[0]
+        # A video pipeline returns (frames, H, W, 3) per video, an image one (H, W, 3).
+        array = out.frames[0] if s.video else out.images[0][None]
         if not np.isfinite(array).all():
             raise RenderError(
                 f"render produced NaN/inf pixels ({s.width}x{s.height}, dtype {s.dtype}, "
                 f"seed {s.seed}); the weights or LoRA overflow at this precision"
             )
-        return pipe.image_processor.numpy_to_pil(array[None])[0]
+        return tuple(_to_pil(frame) for frame in array)
 
     def _enable_offload(self, pipe: Any) -> None:
         import torch
@@ -617,6 +651,15 @@ def _quiet_diffusers() -> Iterator[None]:
         yield
     finally:
         diffusers_logging.set_verbosity(verbosity)
+
+
+def _to_pil(frame: Any) -> Image.Image:
+    """A float frame in [0, 1] as an 8-bit RGB image, rounded as diffusers' ``pil``
+    output does (``round(x * 255)``)."""
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray((np.asarray(frame) * 255).round().astype("uint8"))
 
 
 def _torch_dtype(dtype: Dtype) -> torch.dtype:

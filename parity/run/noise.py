@@ -123,12 +123,17 @@ def _measure(
 ) -> CaseNoise:
     import numpy as np
 
-    from parity.compare import measure_floor, widened
+    from parity.compare import frame_ms, measure_floor, widened
     from parity.render.engine import alternate_method
 
     started = time.perf_counter()
-    default = np.asarray(engine.render(settings).image.convert("RGB"))
-    alternate = np.asarray(engine.render(settings, alternate=True).image.convert("RGB"))
+    # A video's floor is measured over all its frames.
+    default, alternate = (
+        np.stack([np.asarray(f.convert("RGB")) for f in out.frames])
+        if settings.video
+        else np.asarray(out.image.convert("RGB"))
+        for out in (engine.render(settings), engine.render(settings, alternate=True))
+    )
     seconds = time.perf_counter() - started
     floor = measure_floor(
         default,
@@ -137,6 +142,7 @@ def _measure(
         method=alternate_method(engine.device),
         dtype=settings.dtype,
         render=side,
+        frame_duration=frame_ms(settings.fps),
     )
     limits = widened(thresholds.rule, floor)
     assert limits.ssim_min is not None and limits.psnr_min is not None

@@ -24,7 +24,7 @@ from parity.model_map import ModelMap
 from parity.plan import plan_cases, resolve_lora_path
 from parity.plan.sides import reference_settings
 from parity.render.models import checkpoint_scheduler, resolve_reference_model, validate_checkpoint
-from parity.results import atomic_write_text, save_png
+from parity.results import atomic_write_text, render_path, save_render
 from parity.run.runner import progress
 from parity.server import load_request
 from parity.settings import Dtype
@@ -91,7 +91,7 @@ def render_previews(
     warn: Callable[[str], None] = _log_warning,
 ) -> Renders:
     """Render every preview of ``steps`` the way ai-toolkit did, into
-    ``out/<step>/<index>.png``.
+    ``out/<step>/<index>.png`` (a video: ``.webp``, lossless and animated).
 
     A preview that cannot be rendered is an entry with its error (and a ``warn`` line);
     a model that cannot be used raises.
@@ -114,8 +114,9 @@ def render_previews(
                 raise ParityError(case.error or "no settings")
             settings = case.pair.preview
             result = engine.render(settings)
-            save_png(result.image, out / str(case.step) / f"{case.index}.png")
-            entry.update(image=f"{case.step}/{case.index}.png", settings=settings.to_dict())
+            name = render_path(f"{case.step}/{case.index}", video=settings.video)
+            save_render(result.frames, out / name, fps=settings.fps)
+            entry.update(image=name, settings=settings.to_dict())
         except ModelError:
             raise
         except ParityError as e:
@@ -139,7 +140,7 @@ def render_request(
     warn: Callable[[str], None] = _log_warning,
 ) -> Renders:
     """Render every prompt of the request in ``request_file`` the way the reference
-    server does, into ``out/<i>.png``.
+    server does, into ``out/<i>.png`` (a video: ``.webp``, lossless and animated).
 
     ``base_model`` stands for the checkpoint the request's model loads its transformer
     from; ``lora_root`` plays the server's workflows folder, under which the request's
@@ -197,8 +198,9 @@ def render_request(
                     "transformer"
                 )
                 warn(f"warning: prompt {i}: {entry['warning']}")
-            save_png(result.image, out / f"{i}.png")
-            entry["image"] = f"{i}.png"
+            name = render_path(str(i), video=settings.video)
+            save_render(result.frames, out / name, fps=settings.fps)
+            entry["image"] = name
         except ModelError:
             raise
         except ParityError as e:

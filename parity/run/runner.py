@@ -45,15 +45,17 @@ from parity.results import (
     RoundingResult,
     ServedResult,
     Verdict,
+    VideoScores,
     link_or_copy,
     read_results,
-    save_png,
+    render_path,
+    save_render,
     write_results,
 )
 from parity.settings import Cause, Dtype, RenderSettings
 
 if TYPE_CHECKING:
-    from parity.compare import Codec, Comparison, NoiseFloor
+    from parity.compare import Clip, Codec, Comparison, NoiseFloor
     from parity.render.engine import RenderEngine, RenderOutput
 
 from parity.run.options import RunOptions
@@ -127,7 +129,7 @@ class Runner:
         try:
             [(reference, (c, ref_out))] = scorer.score(
                 [Planned("reference", (), case.pair.reference)],
-                [f"renders/{case.step}/{case.index}.png"],
+                [f"renders/{case.step}/{case.index}"],
             )
         except ModelError:
             raise
@@ -173,16 +175,16 @@ class Runner:
 
         assert case.pair is not None and case.preview is not None
         try:
-            preview_rgb = compare.load_rgb(case.preview.path)
+            preview = compare.load_clip(case.preview.path)
             codec = compare.inspect_codec(case.preview.path)
         except ParityError as e:
             return None, row.noted(str(e))
-        height, width = preview_rgb.shape[:2]
+        height, width = preview.frames[0].shape[:2]
         row = dataclasses.replace(row, height_preview=height, width_preview=width)
         if codec.format == "JPEG" and case.preview.ext not in ("jpg", "jpeg"):
             log.warning("%s: JPEG data under a .%s name", case.preview.path, case.preview.ext)
         encode = self._encoder(case.pair.reference.dtype)
-        return _CaseScorer(self, case, preview_rgb, codec, encode), row
+        return _CaseScorer(self, case, preview, codec, encode), row
 
     def _record_reference(
         self,
@@ -220,14 +222,17 @@ class Runner:
             lpips=c.lpips,
             resized_for_comparison=c.resized,
             jpeg_floor=(
-                compare.jpeg_floor(_to_rgb(ref_out.image), codec) if not codec.lossless else None
+                compare.jpeg_floor(_to_rgb(ref_out.image), codec)
+                if not codec.lossless and not c.video
+                else None
             ),
+            video=VideoScores.of(c),
             candidate_causes=tuple(candidates),
             notes=tuple(notes),
             noise_floor=scorer.floor,
         )
         if case.served is not None:
-            row = self._check_served(row, case, ref_out.image, scorer.alternate)
+            row = self._check_served(row, case, _rgb_of(ref_out), scorer.alternate)
         return row
 
     def _attribute(
@@ -244,8 +249,7 @@ class Runner:
                 candidates=row.candidate_causes,
                 reference_render=reference,
                 evaluate=lambda planned: [
-                    cf
-                    for cf, _ in scorer.score(planned, [f"{folder}/{p.name}.png" for p in planned])
+                    cf for cf, _ in scorer.score(planned, [f"{folder}/{p.name}" for p in planned])
                 ],
                 confirm_margin=self.options.confirm_margin,
             )
@@ -316,20 +320,21 @@ class Runner:
         """Render ``planned`` once more through the alternate kernel path and score it
         against ``output`` (its default render) as the case's noise floor; the floor and
         the alternate render (RGB)."""
-        from parity.compare import measure_floor
+        from parity.compare import frame_ms, measure_floor
         from parity.render.engine import alternate_method
 
         alternate = self.engine.render(planned.settings, alternate=True)
         self.floor_renders += 1
         self.floor_seconds += alternate.seconds
-        rgb = _to_rgb(alternate.image)
+        rgb = _rgb_of(alternate)
         floor = measure_floor(
-            _to_rgb(output.image),
+            _rgb_of(output),
             rgb,
             codec=codec,
             method=alternate_method(self.engine.device),
             dtype=planned.settings.dtype,
             render=planned.name,
+            frame_duration=frame_ms(planned.settings.fps),
         )
         return floor, rgb
 
@@ -363,12 +368,18 @@ class Runner:
             for seed in range(1, ROUNDING_DRAWS + 1)
         ]
         folder = str(Path(everything.image or "").parent)
-        results = scorer.score(planned, [f"{folder}/{p.name}.png" for p in planned])
+        results = scorer.score(planned, [f"{folder}/{p.name}" for p in planned])
         codec = scorer.codec
-        center = compare.encode_like(compare.load_rgb(self.out_dir / everything.image), codec)
+        # The spread of a video is its worst frame's.
+        center = compare.load_clip(self.out_dir / (everything.image or ""))
         spread = max(
-            1.0 - compare.ssim(center, compare.encode_like(_to_rgb(out.image), codec))
-            for _, (_, out) in results
+            1.0 - c.ssim
+            for c in compare.compare_clips(
+                center,
+                [list(_frames_rgb(out)) for _, (_, out) in results],
+                codec=codec,
+                frame_ms_renders=[center.frame_ms] * len(results),
+            )
         )
         residual = everything.distance
         accounts = residual <= ROUNDING_SLACK * spread
@@ -431,7 +442,7 @@ class Runner:
         try:
             check = check_served(
                 case.served,
-                _to_rgb(render),
+                render,
                 dtype=case.pair.reference.dtype,
                 alternate_rgb=alternate,
                 method=alternate_method(self.engine.device),
@@ -502,42 +513,50 @@ class _CaseScorer:
     """
 
     def __init__(
-        self, runner: Runner, case: Case, preview_rgb: Any, codec: Codec, encode: Any
+        self, runner: Runner, case: Case, preview: Clip, codec: Codec, encode: Any
     ) -> None:
         from parity.compare import encode_latent
 
         self.runner = runner
         self.case = case
-        self.preview_rgb = preview_rgb
+        self.preview = preview
         self.codec = codec
         self.encode = encode
         # The preview is encoded once per case, not once per counterfactual.
-        self.preview_latent = encode_latent(preview_rgb, encode) if encode else None
+        self.preview_latents = (
+            [encode_latent(frame, encode) for frame in preview.frames] if encode else None
+        )
         self.floor: NoiseFloor | None = None
         self.alternate: Any = None  # the render the floor was measured on, alternate path
         self.images: dict[str, Any] = {}
 
     def score(
-        self, planned: Sequence[Planned], paths: Sequence[str]
+        self, planned: Sequence[Planned], stems: Sequence[str]
     ) -> list[tuple[Counterfactual, tuple[Comparison, RenderOutput]]]:
-        """Render each planned render and save it at its path (relative to the run
-        folder), then score them all against the preview in one batch."""
+        """Render each planned render and save it under its stem (relative to the run
+        folder: a PNG, or a video's lossless animated WebP), then score them all against
+        the preview in one batch, a video frame by frame."""
         from parity import compare
 
         runner = self.runner
         outputs = [runner.engine.render(p.settings) for p in planned]
+        paths = [
+            render_path(stem, video=p.settings.video)
+            for p, stem in zip(planned, stems, strict=True)
+        ]
         for out, path in zip(outputs, paths, strict=True):
-            save_png(out.image, runner.out_dir / path)
-        scores = compare.compare_many(
-            self.preview_rgb,
-            [_to_rgb(out.image) for out in outputs],
+            save_render(out.frames, runner.out_dir / path, fps=out.settings.fps)
+        scores = compare.compare_clips(
+            self.preview,
+            [list(_frames_rgb(out)) for out in outputs],
             codec=self.codec,
+            frame_ms_renders=[compare.frame_ms(out.settings.fps) for out in outputs],
             encode=self.encode,
-            preview_latent=self.preview_latent,
+            preview_latents=self.preview_latents,
             device=runner.engine.device,
         )
         for p, out, c in zip(planned, outputs, scores, strict=True):
-            self.images[p.name] = _to_rgb(out.image)
+            self.images[p.name] = _rgb_of(out)
             if self.floor is None and runner.needs_floor(p, c, self.case):
                 self.floor, self.alternate = runner.measure_case_floor(p, out, self.codec)
         return [
@@ -695,6 +714,21 @@ def _to_rgb(image: Any) -> Any:
     import numpy as np
 
     return np.asarray(image.convert("RGB"))
+
+
+def _frames_rgb(output: RenderOutput) -> tuple[Any, ...]:
+    """A render's frames as ``uint8`` RGB arrays."""
+    return tuple(_to_rgb(frame) for frame in output.frames)
+
+
+def _rgb_of(output: RenderOutput) -> Any:
+    """A render's pixels: the image of an image render, a video's ``(N, H, W, 3)``
+    frames."""
+    import numpy as np
+
+    if output.settings.video:
+        return np.stack(_frames_rgb(output))
+    return _to_rgb(output.image)
 
 
 def progress_enabled(enabled: bool | None = None) -> bool:
