@@ -33,35 +33,56 @@ class FloatNoiseRecorder:
         self.checks: list = []
         self.floors: list = []
 
-    def check(self, name: str, reference, render, *, codec=None, dtype="float32", floor=None):
+    def check(
+        self,
+        name: str,
+        reference,
+        render,
+        *,
+        codec=None,
+        dtype="float32",
+        floor=None,
+        frame_duration=None,
+    ):
+        """``reference`` and ``render``: images, or a video's frames (sequences), then
+        encoded at ``frame_duration`` ms a frame when ``codec`` is an animated WebP's."""
         from parity.compare import same_within_noise
 
         # bf16/fp16 noise depends on the image: such an image made elsewhere is judged
         # against the floor measured for its own setting here, never a constant.
         assert floor is not None or dtype == "float32", f"{name}: {dtype} needs its floor"
-        result = same_within_noise(reference, render, codec=codec, dtype=dtype, floor=floor)
+        result = same_within_noise(
+            reference, render, codec=codec, dtype=dtype, floor=floor, frame_duration=frame_duration
+        )
         self.checks.append(result)
         assert result.same, f"{name}: {result}"
         return result
 
     def floor(self, settings, render, *, base_model, codec=None):
-        """The noise floor of ``render``, which this process rendered from ``settings``
-        (a RenderSettings or its dict, e.g. from parity preview's effective.json): the
-        same settings rendered once more through the alternate kernel path here, scored
-        with ``codec`` (the stored preview's) when given."""
+        """The noise floor of ``render`` (an image, or a video's frames), which this
+        process rendered from ``settings`` (a RenderSettings or its dict, e.g. from parity
+        preview's effective.json): the same settings rendered once more through the
+        alternate kernel path here, scored with ``codec`` (the stored preview's) when
+        given."""
         import numpy as np
 
-        from parity.compare import measure_floor
+        from parity.compare import frame_ms, measure_floor
         from parity.render.engine import alternate_method
         from parity.settings import RenderSettings
         from parity.testing.jobs import shared_engine
 
         if isinstance(settings, dict):
             settings = RenderSettings.from_dict(settings)
-        engine = shared_engine(base_model)
-        alternate = np.asarray(engine.render(settings, alternate=True).image.convert("RGB"))
+        engine = shared_engine(base_model, family=settings.family)
+        frames = engine.render(settings, alternate=True).frames
+        alternate = [np.asarray(f.convert("RGB")) for f in frames]
         floor = measure_floor(
-            render, alternate, codec=codec, method=alternate_method("cpu"), dtype=settings.dtype
+            render,
+            alternate if settings.video else alternate[0],
+            codec=codec,
+            method=alternate_method("cpu"),
+            dtype=settings.dtype,
+            frame_duration=frame_ms(settings.fps) if len(frames) > 1 else None,
         )
         self.floors.append(floor)
         return floor

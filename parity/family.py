@@ -288,6 +288,10 @@ class Family:
     expert_lora_suffixes:
         The file name endings of a LoRA pair, in :attr:`experts` order
         (``("_high_noise", "_low_noise")``); empty for one transformer.
+    lora_module_name:
+        A LoRA file's module name -> the transformer's (Wan: ai-toolkit saves the
+        original Wan naming, ``blocks.0.self_attn.q`` for ``blocks.0.attn1.to_q``); what
+        diffusers' loader does on the server side, for ai-toolkit's own network.
     transformer_cast:
         ai-toolkit casts each loaded transformer to the training dtype once more, which
         rounds what loading kept in float32 (Wan's ``time_embedder``, norms and
@@ -326,6 +330,7 @@ class Family:
     experts: tuple[str, ...] = ("transformer",)
     expert_lora_suffixes: tuple[str, ...] = ()
     transformer_cast: bool = False
+    lora_module_name: Callable[[str], str] = lambda name: name
 
     @property
     def video(self) -> bool:

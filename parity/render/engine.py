@@ -390,7 +390,10 @@ class RenderEngine:
             state = read_lora(path)
             if rounding_seed is not None:
                 state = perturb_within_rounding(state, seed=rounding_seed)
-            deltas = module_deltas(state)
+            deltas = {
+                self.family.lora_module_name(name): delta
+                for name, delta in module_deltas(state).items()
+            }
             if not deltas:
                 audit = audit_keys(state)
                 why = audit.refused or "no lora_A/lora_B, lora_down/lora_up or lokr_w1/lokr_w2"

@@ -45,16 +45,17 @@ AITK_REAL_CAUSES: dict[int, dict[int, list[str]]] = {
     20: {0: ["cfg"], 1: ["snapping"], 2: ["lora_scale"], 3: [], 4: ["cfg", "snapping"]},
 }
 
-_ENGINES: dict[tuple[str, str], Any] = {}
+_ENGINES: dict[tuple[str, str, str | None], Any] = {}
 
 
-def shared_engine(base_model: str | Path, device: str = "cpu") -> Any:
-    """One RenderEngine per base folder for the whole process (tests share them)."""
+def shared_engine(base_model: str | Path, device: str = "cpu", family: str | None = None) -> Any:
+    """One RenderEngine per base folder (and family, where two share a transformer class:
+    Wan 2.1 and Wan 2.2) for the whole process (tests share them)."""
     from parity.render.engine import RenderEngine
 
-    key = (str(Path(base_model).resolve()), device)
+    key = (str(Path(base_model).resolve()), device, family)
     if key not in _ENGINES:
-        _ENGINES[key] = RenderEngine(key[0], device=device)
+        _ENGINES[key] = RenderEngine(key[0], device=device, family=family)
     return _ENGINES[key]
 
 

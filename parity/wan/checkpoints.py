@@ -15,6 +15,43 @@ WAN21_14B_HUB_ID = "Wan-AI/Wan2.1-T2V-14B-Diffusers"
 WAN22_HUB_ID = "Wan-AI/Wan2.2-T2V-A14B-Diffusers"
 WAN22_TRANSFORMER_HUB_ID = "ai-toolkit/Wan2.2-T2V-A14B-Diffusers-bf16"
 
+#: Modules of the original Wan naming (ai-toolkit saves Wan LoRAs in it) -> diffusers'
+#: ``WanTransformer3DModel`` names, per block and outside the blocks.
+_BLOCK_MODULES = {
+    "self_attn.q": "attn1.to_q",
+    "self_attn.k": "attn1.to_k",
+    "self_attn.v": "attn1.to_v",
+    "self_attn.o": "attn1.to_out.0",
+    "cross_attn.q": "attn2.to_q",
+    "cross_attn.k": "attn2.to_k",
+    "cross_attn.v": "attn2.to_v",
+    "cross_attn.o": "attn2.to_out.0",
+    "ffn.0": "ffn.net.0.proj",
+    "ffn.2": "ffn.net.2",
+}
+_OTHER_MODULES = {
+    "head.head": "proj_out",
+    "text_embedding.0": "condition_embedder.text_embedder.linear_1",
+    "text_embedding.2": "condition_embedder.text_embedder.linear_2",
+    "time_embedding.0": "condition_embedder.time_embedder.linear_1",
+    "time_embedding.2": "condition_embedder.time_embedder.linear_2",
+    "time_projection.1": "condition_embedder.time_proj",
+}
+
+
+def diffusers_module_name(name: str) -> str:
+    """A LoRA module's name in the transformer: ``blocks.3.self_attn.q`` (the original
+    Wan naming ai-toolkit saves) -> ``blocks.3.attn1.to_q``; a name already in diffusers'
+    naming, or of no module listed, unchanged."""
+    if name in _OTHER_MODULES:
+        return _OTHER_MODULES[name]
+    head, _, rest = name.partition(".")
+    number, _, module = rest.partition(".")
+    if head == "blocks" and number.isdigit() and module in _BLOCK_MODULES:
+        return f"blocks.{number}.{_BLOCK_MODULES[module]}"
+    return name
+
+
 #: ``_class_name`` of a Wan transformer's ``config.json`` (both experts of Wan 2.2 too).
 TRANSFORMER_CLASS = "WanTransformer3DModel"
 

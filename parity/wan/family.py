@@ -12,7 +12,12 @@ from __future__ import annotations
 
 from parity.family import Family
 from parity.wan import aitk, pipeline, server
-from parity.wan.checkpoints import HUB_SCHEDULERS, TRANSFORMER_CLASS, WAN21_SCHEDULER
+from parity.wan.checkpoints import (
+    HUB_SCHEDULERS,
+    TRANSFORMER_CLASS,
+    WAN21_SCHEDULER,
+    diffusers_module_name,
+)
 
 #: The VAE's tile (``AutoencoderKLWan.tile_sample_min_height`` / ``_width``), px.
 VAE_TILE_SIZE = 256
@@ -40,6 +45,7 @@ _SHARED = dict(
     pipeline_frames=aitk.pipeline_frames,
     # ai-toolkit casts each loaded transformer to the training dtype (``.to(dtype)``).
     transformer_cast=True,
+    lora_module_name=diffusers_module_name,
     pipeline=pipeline,  # a module implementing the protocol
 )
 

@@ -1,0 +1,263 @@
+"""The Wan 2.1 text-to-video family end to end, on a real ai-toolkit Wan 2.1 job and the
+reference server's own renders of its prompts.
+
+Ground truth that parity did not produce (``fixtures/aitk_wan21``; its README says how
+each file was made):
+
+- 9-frame animated WebP previews rendered by ai-toolkit's own trainer, every frame also
+  kept lossless (``lossless_previews/<preview>/<frame>.png``), with the call log of every
+  ``WanPipeline`` call (``calls.jsonl``: size, frames, steps, guidance, seed, the
+  scheduler's class, config and sigmas, the LoRA's multiplier, how the WebP was written);
+- the same prompts rendered by the server's ``wan21_1b`` class (``server/<step>/``: the
+  request, every frame returned and the WebP its executor wrote).
+
+The expected causes are derived by hand from the two sides' rules
+(``docs/families/wan.md``), never from parity's output: ai-toolkit samples with its
+FlowMatch Euler training scheduler (shift 3), the server with the checkpoint's UniPC, so
+every preview differs by ``scheduler``; item 2 runs at multiplier 0.5 where the server's
+request (one scale) runs 1.0, once a LoRA exists.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import corrected_index
+
+from parity.cli import main
+from parity.compare import frame_ms, inspect_codec, load_clip, load_rgb
+from parity.job import read_job
+from parity.plan.sides import as_configured_request, pair_for
+from parity.testing.jobs import FIXTURES
+
+WAN = FIXTURES / "aitk_wan21"
+JOB = WAN / "output" / "aitk_wan21"
+BASE = WAN / "tiny_wan21"
+HUB_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+
+CAUSES: dict[tuple[int, int], list[str]] = {
+    (step, i): ["scheduler"] for step in (0, 10, 20) for i in range(6)
+}
+CAUSES[(10, 2)] = CAUSES[(20, 2)] = ["scheduler", "lora_scale"]
+
+
+def _calls() -> dict[str, dict]:
+    """ai-toolkit's WanPipeline calls by preview file name."""
+    lines = (WAN / "calls.jsonl").read_text(encoding="utf-8").splitlines()
+    calls = [json.loads(line) for line in lines]
+    return {Path(c["preview"]).name: c for c in calls}
+
+
+def _frames(folder: Path) -> list[np.ndarray]:
+    """The lossless frames ``<folder>/<n>.png`` in play order."""
+    paths = sorted(folder.glob("*.png"), key=lambda p: int(p.stem))
+    return [load_rgb(p) for p in paths]
+
+
+def _preview(step: int, index: int) -> Path:
+    (path,) = (JOB / "samples").glob(f"*__{step:09d}_{index}.webp")
+    return path
+
+
+def _rows(results: Path) -> dict[tuple[int, int], dict]:
+    rows = json.loads(results.read_text(encoding="utf-8"))
+    return {(r["step"], r["index"]): r for r in rows}
+
+
+# ------------------------------------------------------------------------- the job
+
+
+def test_the_family_and_its_server_model_come_from_the_config():
+    job = read_job(JOB)
+    assert (job.family, job.arch, job.reference_model) == ("wan21", "wan21", "wan21_1b")
+    assert job.merged_lora is False  # one item has its own multiplier
+    assert [len(c.paths) for c in job.checkpoints] == [1, 1]
+    assert [(s.num_frames, s.fps) for s in job.samples] == [
+        (9, 16), (1, 16), (9, 16), (9, 16), (9, 16), (9, 8)
+    ]  # fmt: skip
+
+
+def test_preview_settings_are_what_ai_toolkit_gave_wan_pipeline():
+    """Each preview's settings against the call log of the pipeline call that made it."""
+    job = read_job(JOB)
+    calls = _calls()
+    assert len(calls) == len(job.previews) == 18
+    for preview in job.previews:
+        call = calls[preview.path.name]
+        checkpoint = job.checkpoint_for_step(preview.step)
+        request = as_configured_request(job, checkpoint)
+        pair = pair_for(job, job.samples[preview.index], checkpoint, request=request,
+                        request_index=preview.index)  # fmt: skip
+        p = pair.preview
+        assert [p.width, p.height] == [call["width"], call["height"]], preview.path.name
+        assert (p.num_frames, p.steps) == (call["num_frames"], call["num_inference_steps"])
+        assert p.seed == call["generator"]["initial_seed"]
+        assert p.pipeline_guidance == call["guidance_scale"]  # unchanged
+        assert p.fps == call["preview_encoding"]["fps"]
+        scheduler = call["scheduler"]
+        assert scheduler["class"].endswith("FlowMatchEulerDiscreteScheduler")
+        assert p.scheduler_class == "FlowMatchEulerDiscreteScheduler"
+        assert p.scheduler_shift == scheduler["config"]["shift"] == 3.0
+        assert p.dynamic_shift is None and not scheduler["config"]["use_dynamic_shifting"]
+        network = call["lora"]["transformer"]["networks"]
+        if checkpoint is not None:
+            assert p.lora is not None and p.lora.scale == network[0]["multiplier"]
+            assert p.lora.merged is network[0]["is_merged_in"] is False
+        r = pair.reference
+        assert r.scheduler_class == "UniPCMultistepScheduler" and r.scheduler_shift is None
+        assert dict(r.scheduler_options)["flow_shift"] == 3.0
+        assert sorted(pair.differences) == sorted(CAUSES[(preview.step, preview.index)])
+
+
+def test_a_frame_count_the_pipeline_rounds_is_rendered_as_it_rounds():
+    """WanPipeline renders 4k + 1 frames: another count becomes ``n // 4 * 4 + 1`` on both
+    sides (the fixture README measured 10 -> 9 and 8 -> 9)."""
+    from parity.families import family
+
+    frames = family("wan21").pipeline_frames
+    assert frames is not None
+    assert [frames(n) for n in (1, 8, 9, 10, 41)] == [1, 9, 9, 9, 41]
+
+
+# ------------------------------------------------------------------ previews, server
+
+
+def test_preview_reproduces_every_stored_preview_frame_by_frame(tmp_path: Path, float_noise):
+    out = tmp_path / "previews"
+    args = ["preview", str(JOB), "--base-model", str(BASE), "--device", "cpu"]
+    assert main([*args, "--out", str(out)]) == 0
+    effective = json.loads((out / "effective.json").read_text(encoding="utf-8"))
+    assert len(effective) == 18
+    for entry in effective:
+        assert entry["settings"]["family"] == "wan21"
+        stored = _preview(entry["step"], entry["index"])
+        render = load_clip(out / entry["image"])
+        lossless = _frames(WAN / "lossless_previews" / stored.stem)
+        assert len(render) == len(lossless) == (1 if entry["index"] == 1 else 9)
+        float_noise.check(f"{stored.name} before WebP", lossless, list(render.frames))
+        float_noise.check(
+            stored.name,
+            list(load_clip(stored).frames),
+            list(render.frames),
+            codec=inspect_codec(stored),
+            frame_duration=frame_ms(entry["settings"]["fps"]) if len(render) > 1 else None,
+        )
+
+
+@pytest.mark.parametrize("step", [10, 20])
+def test_server_renders_are_reproduced(step: int, tmp_path: Path, float_noise):
+    """The server's own ``wan21_1b`` rendered ``server/<step>/request.json``: ``parity
+    render`` of the same file gives the same frames, and written as the server writes
+    them, the same WebP pixels."""
+    folder = WAN / "server" / str(step)
+    out = tmp_path / "render"
+    args = ["render", str(folder / "request.json"), "--lora-root", str(WAN / "output")]
+    assert main([*args, "--base-model", str(BASE), "--out", str(out)]) == 0
+    effective = json.loads((out / "effective.json").read_text(encoding="utf-8"))
+    assert len(effective) == 6
+    for i, entry in enumerate(effective):
+        assert entry["settings"]["scheduler_class"] == "UniPCMultistepScheduler"
+        render = list(load_clip(out / entry["image"]).frames)
+        float_noise.check(f"server {step}/{i}", _frames(folder / str(i)), render)
+        served = folder / f"{i}.webp"
+        float_noise.check(
+            f"server {step}/{i}.webp",
+            list(load_clip(served).frames),
+            render,
+            codec=inspect_codec(served),
+            frame_duration=load_clip(served).frame_ms,
+        )
+
+
+def test_the_server_default_of_41_frames_at_16_fps(tmp_path: Path):
+    """A prompt without ``num_frames`` and ``fps``: the server's defaults, which parity
+    plans (the server rendered ``server/defaults/``)."""
+    from parity.server import load_request, server_prompts
+
+    request = load_request(WAN / "server" / "defaults" / "request.json")
+    prompt = server_prompts(request)[0]
+    assert (prompt.num_frames, prompt.fps) == (41, 16)
+    (served,) = (WAN / "server" / "defaults").glob("*.webp")
+    clip = load_clip(served)
+    assert (len(clip), clip.frame_ms) == (41, frame_ms(16))
+
+
+# ------------------------------------------------------------------------ the run
+
+
+@pytest.fixture(scope="module")
+def wan_run(tmp_path_factory) -> tuple[Path, dict, int]:
+    """``parity run`` with the Wan 2.1 hub id mapped to the tiny checkpoint."""
+    out = tmp_path_factory.mktemp("wan-run") / "run"
+    args = ["run", str(JOB), "--model-map", f"{HUB_ID}={BASE}", "--device", "cpu"]
+    code = main([*args, "--out", str(out), "--no-history"])
+    return out, _rows(out / "results.json"), code
+
+
+def test_every_preview_gets_the_causes_the_two_sides_imply(wan_run):
+    """``scheduler`` everywhere, confirmed by its counterfactual (the reference rendered
+    with the preview's scheduler); with every cause switched each preview is reproduced
+    frame by frame, so no other cause hides."""
+    out, rows, code = wan_run
+    assert code == 1
+    assert set(rows) == set(CAUSES)
+    for key, row in rows.items():
+        expected = sorted(CAUSES[key])
+        assert row["verdict"] == "mismatch", key
+        assert row["causes"] == expected and row["explained"] is True, (key, row["detail"])
+        confirmed = sorted(c["cause"] for c in row["counterfactuals"] if c["confirmed"])
+        assert confirmed == expected, key
+        everything = next(c for c in row["counterfactuals"] if c["cause"] == "all")
+        assert everything["match"] and everything["ssim"] > 0.999, key
+        video = row["video"]
+        frames = 1 if key[1] == 1 else 9
+        assert (video["frames_preview"], video["frames_render"]) == (frames, frames)
+        assert len(video["frames"]) == frames
+        worst = video["frames"][video["worst_frame"]]
+        assert worst["ssim"] == row["ssim"] == min(f["ssim"] for f in video["frames"])
+        assert video["frame_ms_preview"] == video["frame_ms_render"]
+    csv_header = (out / "results.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert csv_header.endswith(",worst_frame")
+
+
+def test_corrected_requests_say_no_request_chooses_the_scheduler(wan_run):
+    """Every preview is in ``cannot_reproduce`` with the scheduler as the reason, and its
+    closest request sets everything a request can to what ai-toolkit's pipeline received
+    (the call log): size, frames, fps, seed, steps, guidance and the LoRA scale."""
+    out, rows, _ = wan_run
+    calls = _calls()
+    for step in (10, 20):
+        index = corrected_index(out, step)
+        assert index["placement"] == {}
+        for i in range(6):
+            reasons = index["cannot_reproduce"][str(i)]
+            assert "UniPCMultistepScheduler" in reasons[0] and "cannot change it" in reasons[0]
+            place = index["closest"][str(i)]
+            request = json.loads((out / "corrected_requests" / place["file"]).read_text())
+            prompt = request["prompts"][place["prompt"]]
+            call = calls[_preview(step, i).name]
+            assert (prompt["width"], prompt["height"]) == (call["width"], call["height"])
+            assert prompt["num_frames"] == call["num_frames"]
+            assert prompt["fps"] == call["preview_encoding"]["fps"]
+            assert (prompt["seed"], prompt["sample_steps"]) == (
+                call["generator"]["initial_seed"], call["num_inference_steps"]
+            )  # fmt: skip
+            assert prompt["guidance_scale"] == call["guidance_scale"]
+            multiplier = call["lora"]["transformer"]["networks"][0]["multiplier"]
+            assert request["loras"][0]["network_multiplier"] == multiplier
+
+
+def test_explain_shows_both_sigma_schedules(capsys, tmp_path: Path):
+    """The preview's Euler sigmas and the server's UniPC sigmas, as the call logs list
+    them (6 steps)."""
+    common = ["--base-model", str(BASE), "--device", "cpu", "--out", str(tmp_path)]
+    assert main(["explain", str(JOB), "--step", "10", "--index", "0", *common]) == 1
+    out = capsys.readouterr().out
+    assert "causes: scheduler; explanation complete" in out
+    call = _calls()[_preview(10, 0).name]
+    server = json.loads((WAN / "server" / "10" / "calls.jsonl").read_text().splitlines()[0])
+    for sigmas in (call["scheduler"]["sigmas"], server["scheduler"]["sigmas"]):
+        assert f"{sigmas[1]:.3f}" in out and f"{sigmas[-2]:.3f}" in out, (sigmas, out)
