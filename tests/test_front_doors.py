@@ -3,8 +3,8 @@ images the server returned, through ``parity run``, ``parity run --workers 1``,
 ``parity run --ray local`` and ``pytest --parity-job`` from an empty folder (no
 pyproject.toml, no conftest.py), gives the same verdicts, causes, served verdicts and
 exit status. For each family: the real Z-Image job with a request a user writes, and the
-real FLUX.1 and Qwen-Image jobs with the request the server's own code answered and its
-images."""
+real FLUX.1, Qwen-Image and Wan 2.1 jobs with the request the server's own code answered
+and its images (the Wan job's are videos)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,15 @@ QWEN_SERVED = QWEN_JOB.parents[1] / "server" / "20"
 QWEN_CAUSES = {(20, i): [] for i in range(6)}
 QWEN_CAUSES[(20, 1)] = QWEN_CAUSES[(20, 4)] = ["snapping"]
 QWEN_CAUSES[(20, 2)] = ["lora_scale"]
+
+#: The real Wan 2.1 job and the server's answer for its step 20 (fixtures/aitk_wan21/
+#: server/20, animated WebP): every preview differs by the scheduler no request can
+#: choose (ai-toolkit's Euler against the checkpoint's UniPC), item 2 by its scale too.
+WAN_JOB = AITK_FLUX_JOB.parents[2] / "aitk_wan21" / "output" / "aitk_wan21"
+WAN_BASE = WAN_JOB.parents[1] / "tiny_wan21"
+WAN_SERVED = WAN_JOB.parents[1] / "server" / "20"
+WAN_CAUSES = {(20, i): ["scheduler"] for i in range(6)}
+WAN_CAUSES[(20, 2)] = ["lora_scale", "scheduler"]
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CI": "1"}
 ENV.pop("PYTEST_ADDOPTS", None)
@@ -171,6 +180,22 @@ def test_every_front_door_decides_the_same_for_qwen_image(tmp_path: Path) -> Non
     rows, _ = outcomes["parity run"]
     assert {key: row[1] for key, row in rows.items()} == QWEN_CAUSES
     assert {row[0] for key, row in rows.items() if not QWEN_CAUSES[key]} == {"match"}
+    assert {row[2] for row in rows.values()} == {"same"}
+    for door, (door_rows, door_code) in outcomes.items():
+        assert door_rows == rows, door
+        assert door_code == 1, door
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("Ray is not installed (the extra parity[ray]); 3 of 4 front doors checked")
+
+
+def test_every_front_door_decides_the_same_for_wan(tmp_path: Path) -> None:
+    """A video job: the server's own WebP clips are parity's reference renders ("same"),
+    and every door names the same causes, the scheduler first among them."""
+    request = WAN_SERVED / "request.json"
+    outcomes = _doors(tmp_path, request, WAN_SERVED, job=WAN_JOB, base=WAN_BASE)
+    rows, _ = outcomes["parity run"]
+    assert {key: row[1] for key, row in rows.items()} == WAN_CAUSES
+    assert {row[0] for row in rows.values()} == {"mismatch"}
     assert {row[2] for row in rows.values()} == {"same"}
     for door, (door_rows, door_code) in outcomes.items():
         assert door_rows == rows, door
