@@ -223,12 +223,17 @@ def _reference_settings(job_dir: Path, engine: Any, device: str) -> Any:
 
 
 def same_pixels(a_dir: Path, b_dir: Path, sub: str = "renders") -> bool:
-    """Whether two runs rendered identical images (the PNGs under ``sub``, all of them)."""
+    """Whether two runs rendered identical images and videos (the PNGs and the lossless
+    WebPs under ``sub``, all of them, every frame)."""
     import numpy as np
-    from PIL import Image
+    from PIL import Image, ImageSequence
 
-    a_files = sorted((a_dir / sub).rglob("*.png"))
-    b_files = sorted((b_dir / sub).rglob("*.png"))
+    def frames(path: Path) -> list[np.ndarray]:
+        with Image.open(path) as im:
+            return [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)]
+
+    a_files = sorted(p for ext in ("png", "webp") for p in (a_dir / sub).rglob(f"*.{ext}"))
+    b_files = sorted(p for ext in ("png", "webp") for p in (b_dir / sub).rglob(f"*.{ext}"))
     if len(a_files) != len(b_files):
         return False
     if not a_files:
@@ -237,9 +242,9 @@ def same_pixels(a_dir: Path, b_dir: Path, sub: str = "renders") -> bool:
         other = b_dir / path.relative_to(a_dir)
         if not other.is_file():
             return False
-        with Image.open(path) as x, Image.open(other) as y:
-            if not np.array_equal(np.asarray(x.convert("RGB")), np.asarray(y.convert("RGB"))):
-                return False
+        a, b = frames(path), frames(other)
+        if len(a) != len(b) or not all(np.array_equal(x, y) for x, y in zip(a, b, strict=True)):
+            return False
     return True
 
 

@@ -38,12 +38,14 @@ against the seconds spent rendering, for (b) and (c) on the benchmark's float32 
 (which needs none: its comparisons are exact or far from the thresholds) and for (c) on
 the real bf16 UI-preset job ``fixtures/aitk_ui_zimage`` (one per preview).
 
-The real ai-toolkit Qwen-Image job (``fixtures/aitk_qwen``, 3 steps x 6 previews, true
-CFG) runs (a) and (b) in the same rounds: the bare loop above, through the Qwen-Image
-adapter, renders parity's reference images pixel for pixel (checked), and
-``qwen-image ratio: parity/bare=<b/a>`` is printed.
+The real ai-toolkit jobs of other families run (a) and (b) in the same rounds: the
+Qwen-Image job (``fixtures/aitk_qwen``, 3 steps x 6 previews, true CFG) and the Wan 2.1
+video job (``fixtures/aitk_wan21``, 3 steps x 6 previews of 9 frames, 6 steps each). The
+bare loop above, through each family's adapter, renders parity's reference images and
+videos pixel for pixel (checked), and ``qwen-image ratio: parity/bare=<b/a>`` and
+``wan21 ratio: parity/bare=<b/a>`` are printed.
 
-On CPU the lines before the last are ``qwen-image ratio: ...`` and
+On CPU the lines before the last are those family ratio lines and
 ``render ratio: parity-render/bare=<e/f>``; the last line of the output is always
 ``ratios: parity/bare=<b/a> attribute/bare=<c/a> server/bare=<d/a>``.
 
@@ -252,29 +254,35 @@ def bare_loop(
         arguments = adapter.call_arguments(encode(s.prompt), negative, s.pipeline_guidance)
         if s.sigmas is not None:
             arguments["sigmas"] = list(s.sigmas)
-        image = _call(pipe, s, device, arguments)
-        path = out_dir / "renders" / str(step) / f"{index}.png"
+        frames = _call(pipe, s, device, arguments)
+        path = out_dir / "renders" / str(step) / f"{index}.{'webp' if s.video else 'png'}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path)
+        if s.video:  # every frame lossless, as a browser plays it
+            frames[0].save(path, lossless=True, save_all=True, append_images=frames[1:])
+        else:
+            frames[0].save(path)
         renders += 1
     return renders
 
 
-def _call(pipe: Any, s: Any, device: str, arguments: dict[str, Any]) -> Any:
-    """One pipeline call at the settings' size, steps and seed (CPU generator)."""
+def _call(pipe: Any, s: Any, device: str, arguments: dict[str, Any]) -> list[Any]:
+    """One pipeline call at the settings' size, steps, seed (CPU generator) and, for a
+    video, frames; the PIL frames (one for an image)."""
     import torch
 
+    video = {"num_frames": s.num_frames, "output_type": "pil"} if s.video else {}
     with torch.no_grad():
         out = pipe(
             height=s.height,
             width=s.width,
             num_inference_steps=s.steps,
             generator=torch.Generator("cpu").manual_seed(int(s.seed)),
+            **video,
             **arguments,
         )
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return out.images[0]
+    return list(out.frames[0]) if s.video else [out.images[0]]
 
 
 def write_request(job_dir: Path, path: Path) -> Path:
@@ -484,19 +492,32 @@ def bf16_noise_floor(runs: Path, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-#: The real ai-toolkit Qwen-Image job (fp32 sd_trainer, 3 steps x 6 samples) and its base.
-QWEN_JOB = Path("fixtures") / "aitk_qwen" / "output" / "aitk_qwen"
-QWEN_BASE = Path("fixtures") / "aitk_qwen" / "tiny_qwen"
-#: Its variants: the bare loop (a) and ``parity run --no-attribution`` (b).
-QWEN_VARIANTS = ("bare", "parity")
+#: The real ai-toolkit jobs of other families (fp32 sd_trainer, 3 steps x 6 samples
+#: each), by the name their ratio line prints: (label, job, base checkpoint).
+FAMILY_JOBS: dict[str, tuple[str, Path, Path]] = {
+    "qwen-image": (
+        "Qwen-Image",
+        Path("fixtures") / "aitk_qwen" / "output" / "aitk_qwen",
+        Path("fixtures") / "aitk_qwen" / "tiny_qwen",
+    ),
+    "wan21": (
+        "Wan 2.1 video",
+        Path("fixtures") / "aitk_wan21" / "output" / "aitk_wan21",
+        Path("fixtures") / "aitk_wan21" / "tiny_wan21",
+    ),
+}
+#: Their variants: the bare loop (a) and ``parity run --no-attribution`` (b).
+FAMILY_VARIANTS = ("bare", "parity")
 
 
-def qwen_args(args: argparse.Namespace) -> argparse.Namespace:
-    return argparse.Namespace(**{**vars(args), "base_model": str(REPO / QWEN_BASE)})
+def family_args(args: argparse.Namespace, base: Path) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(args), "base_model": str(REPO / base)})
 
 
-def qwen_summary(runs: Path, by_variant: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Medians of the Qwen-Image job's (a) and (b), their ratios, and whether the bare loop
+def family_summary(
+    name: str, runs: Path, by_variant: dict[str, list[dict[str, Any]]]
+) -> dict[str, Any]:
+    """Medians of a family job's (a) and (b), their ratios, and whether the bare loop
     rendered parity's reference images pixel for pixel."""
     table = {
         v: {
@@ -507,17 +528,22 @@ def qwen_summary(runs: Path, by_variant: dict[str, list[dict[str, Any]]]) -> dic
         }
         for v, rs in by_variant.items()
     }
+    label, job, _ = FAMILY_JOBS[name]
     return {
-        "job": QWEN_JOB.as_posix(),
+        "name": name,
+        "label": label,
+        "job": job.as_posix(),
         "table": table,
         "ratio": table["parity"]["wall_s"] / table["bare"]["wall_s"],
         "cpu_ratio": table["parity"]["cpu_s"] / table["bare"]["cpu_s"],
-        "bare_equals_parity_renders": same_pixels(runs / "qwen-bare-0", runs / "qwen-parity-0"),
+        "bare_equals_parity_renders": same_pixels(
+            runs / f"{name}-bare-0", runs / f"{name}-parity-0"
+        ),
     }
 
 
-def qwen_ratio_line(qwen: dict[str, Any]) -> str:
-    return f"qwen-image ratio: parity/bare={qwen['ratio']:.3f}"
+def family_ratio_line(summary: dict[str, Any]) -> str:
+    return f"{summary['name']} ratio: parity/bare={summary['ratio']:.3f}"
 
 
 def render_ratio_line(ratios: dict[str, float]) -> str:
@@ -543,8 +569,7 @@ def cpu_benchmark(args: argparse.Namespace) -> int:
     request = write_request(job, runs / "request.json")
     print(f"request {request} (the job's as-configured request, last checkpoint)", flush=True)
     by_variant: dict[str, list[dict[str, Any]]] = {v: [] for v in ALL_VARIANTS}
-    by_qwen: dict[str, list[dict[str, Any]]] = {v: [] for v in QWEN_VARIANTS}
-    qwen_job, q_args = REPO / QWEN_JOB, qwen_args(args)
+    by_family = {name: {v: [] for v in FAMILY_VARIANTS} for name in FAMILY_JOBS}
     for r in range(args.repeat):
         for variant in ALL_VARIANTS:  # interleaved, so load changes hit every variant alike
             result = spawn_variant(variant, job, runs / f"{variant}-{r}", args, request)
@@ -554,14 +579,20 @@ def cpu_benchmark(args: argparse.Namespace) -> int:
                 f"{result['wall_s']:.2f} s wall, {result['renders']} renders",
                 flush=True,
             )
-        for variant in QWEN_VARIANTS:  # the Qwen-Image job, in the same rounds
-            result = spawn_variant(variant, qwen_job, runs / f"qwen-{variant}-{r}", q_args)
-            by_qwen[variant].append(result)
-            print(
-                f"repeat {r + 1}/{args.repeat} Qwen-Image ({LETTERS[variant]}) {variant}: "
-                f"{result['wall_s']:.2f} s wall, {result['renders']} renders",
-                flush=True,
-            )
+        for name, (label, family_job, base) in FAMILY_JOBS.items():  # in the same rounds
+            for variant in FAMILY_VARIANTS:
+                result = spawn_variant(
+                    variant,
+                    REPO / family_job,
+                    runs / f"{name}-{variant}-{r}",
+                    family_args(args, base),
+                )
+                by_family[name][variant].append(result)
+                print(
+                    f"repeat {r + 1}/{args.repeat} {label} ({LETTERS[variant]}) {variant}: "
+                    f"{result['wall_s']:.2f} s wall, {result['renders']} renders",
+                    flush=True,
+                )
     identical = same_pixels(runs / "bare-0", runs / "parity-0")
     render_identical = same_pixels(runs / "bare-request-0", runs / "render-0", sub=".")
     summary = summarize(by_variant, "wall_s")
@@ -572,8 +603,10 @@ def cpu_benchmark(args: argparse.Namespace) -> int:
     summary["bare_request_equals_render"] = render_identical
     summary["request"] = str(request)
     summary["runs"] = by_variant
-    summary["qwen_image"] = qwen = qwen_summary(runs, by_qwen)
-    qwen["runs"] = by_qwen
+    summary["families"] = families = {
+        name: {**family_summary(name, runs, runs_of), "runs": runs_of}
+        for name, runs_of in by_family.items()
+    }
     print(f"bare renders identical to parity's reference renders: {identical}")
     print(f"bare request renders identical to parity render's: {render_identical}")
     print_table(
@@ -591,16 +624,18 @@ def cpu_benchmark(args: argparse.Namespace) -> int:
         f"attribute/bare={cpu['attribute']:.3f} server/bare={cpu['server']:.3f} "
         f"parity-render/bare={cpu['render']:.3f}"
     )
-    q = qwen["table"]
-    print(
-        f"Qwen-Image job {qwen['job']}: bare renders identical to parity's reference "
-        f"renders: {qwen['bare_equals_parity_renders']}; (a) bare {q['bare']['wall_s']:.2f} s, "
-        f"(b) parity {q['parity']['wall_s']:.2f} s wall, {q['bare']['renders']} renders; "
-        f"cpu-time parity/bare={qwen['cpu_ratio']:.3f}"
-    )
+    for family in families.values():
+        t = family["table"]
+        print(
+            f"{family['label']} job {family['job']}: bare renders identical to parity's "
+            f"reference renders: {family['bare_equals_parity_renders']}; (a) bare "
+            f"{t['bare']['wall_s']:.2f} s, (b) parity {t['parity']['wall_s']:.2f} s wall, "
+            f"{t['bare']['renders']} renders; cpu-time parity/bare={family['cpu_ratio']:.3f}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    print(qwen_ratio_line(qwen))
+    for family in families.values():
+        print(family_ratio_line(family))
     print(render_ratio_line(summary["ratios"]))
     print(ratios_line(summary["ratios"]))
     return 0

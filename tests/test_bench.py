@@ -22,6 +22,11 @@ RATIOS = re.compile(
 
 RENDER_RATIO = re.compile(r"^render ratio: parity-render/bare=\d+\.\d{3}$")
 QWEN_RATIO = re.compile(r"^qwen-image ratio: parity/bare=\d+\.\d{3}$")
+WAN_RATIO = re.compile(r"^wan21 ratio: parity/bare=\d+\.\d{3}$")
+WAN_IDENTICAL = (
+    "Wan 2.1 video job fixtures/aitk_wan21/output/aitk_wan21: bare renders identical to "
+    "parity's reference renders: True"
+)
 QWEN_IDENTICAL = (
     "Qwen-Image job fixtures/aitk_qwen/output/aitk_qwen: bare renders identical to "
     "parity's reference renders: True"
@@ -62,6 +67,9 @@ def test_quick_benchmark_prints_render_ratio_then_ratios_line(tmp_path: Path) ->
     # parity run in the same rounds and renders parity's reference images exactly.
     assert QWEN_IDENTICAL in proc.stdout, proc.stdout[-3000:]
     assert any(QWEN_RATIO.match(line) for line in lines[:-1]), proc.stdout[-3000:]
+    # The same for the real Wan 2.1 video job: 9-frame clips, every frame the same.
+    assert WAN_IDENTICAL in proc.stdout, proc.stdout[-3000:]
+    assert any(WAN_RATIO.match(line) for line in lines[:-1]), proc.stdout[-3000:]
     # What the noise floors cost beside the renders: none on the float32 job, one
     # alternate-kernel render per preview on the real bf16 UI job (9 previews).
     floors = [line for line in lines if line.startswith("noise floor ")]

@@ -26,6 +26,38 @@ def encode_latent(rgb: np.ndarray, encode: Callable[[Any], Any]) -> Any:
     return z.detach().to("cpu", torch.float64).flatten()
 
 
+#: Frames encoded in one VAE call by :func:`encode_latents` (bounds its memory).
+LATENT_BATCH = 8
+
+
+def encode_latents(frames: list[np.ndarray], encode: Callable[[Any], Any]) -> list[Any]:
+    """:func:`encode_latent` of each of several ``uint8`` RGB images of one size (a
+    video's frames), :data:`LATENT_BATCH` to a VAE call: a video VAE encodes a batch of
+    one-frame clips in about the time of one."""
+    import torch
+
+    out: list[Any] = []
+    for start in range(0, len(frames), LATENT_BATCH):
+        batch = torch.cat(
+            [_to_model_input(np.asarray(f)) for f in frames[start : start + LATENT_BATCH]]
+        )
+        with torch.no_grad():
+            z = torch.as_tensor(encode(batch)).detach().to("cpu", torch.float64)
+        out.extend(latent.flatten() for latent in z)
+    return out
+
+
+def cosine_distance(za: Any, zb: Any) -> float:
+    """``1 - cos(za, zb)`` of two flattened latents, in ``[0, 2]`` (float64)."""
+    import torch
+
+    na, nb = float(torch.linalg.vector_norm(za)), float(torch.linalg.vector_norm(zb))
+    if na == 0.0 or nb == 0.0:
+        return 0.0 if na == nb else 1.0
+    cosine = float(torch.dot(za, zb)) / (na * nb)
+    return float(min(max(1.0 - cosine, 0.0), 2.0))
+
+
 def latent_distance(
     a: np.ndarray,
     b: np.ndarray,
@@ -54,17 +86,10 @@ def latent_distance(
         ``1 - cos(z_a, z_b)`` of the flattened latents, in ``[0, 2]``; 0 for identical
         images, about 1 for unrelated ones. Computed in float64.
     """
-    import torch
-
     a, b, _ = align_sizes(np.asarray(a), np.asarray(b))
     a, b = _check_pair(a, b)
     za = encode_latent(a, encode) if a_latent is None else a_latent
-    zb = encode_latent(b, encode)
-    na, nb = float(torch.linalg.vector_norm(za)), float(torch.linalg.vector_norm(zb))
-    if na == 0.0 or nb == 0.0:
-        return 0.0 if na == nb else 1.0
-    cosine = float(torch.dot(za, zb)) / (na * nb)
-    return float(min(max(1.0 - cosine, 0.0), 2.0))
+    return cosine_distance(za, encode_latent(b, encode))
 
 
 def make_vae_encoder(vae: Any, *, normalize: bool = True) -> Callable[[Any], Any]:
@@ -90,7 +115,7 @@ def make_vae_encoder(vae: Any, *, normalize: bool = True) -> Callable[[Any], Any
     Returns
     -------
     callable
-        ``encode(x)`` for a ``float32`` tensor ``(1, 3, H, W)`` in ``[-1, 1]``; runs under
+        ``encode(x)`` for a ``float32`` tensor ``(N, 3, H, W)`` in ``[-1, 1]``; runs under
         ``torch.no_grad()`` on the VAE's device and in its dtype, and returns the latents
         (float32, CPU).
     """
@@ -108,7 +133,7 @@ def make_vae_encoder(vae: Any, *, normalize: bool = True) -> Callable[[Any], Any
         with torch.no_grad():
             x = x.to(device=vae.device, dtype=vae.dtype)
             if video:
-                x = x.unsqueeze(2)  # (1, 3, 1, H, W): one frame
+                x = x.unsqueeze(2)  # (N, 3, 1, H, W): N one-frame clips
             mean = vae.encode(x).latent_dist.mean
             if normalize and channel_mean is not None and channel_std is not None:
                 view = (1, -1) + (1,) * (mean.dim() - 2)

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from parity.compare.codec import Codec, encode_like
 from parity.compare.images import _check_pair, align_sizes
-from parity.compare.latent import encode_latent, latent_distance
+from parity.compare.latent import (
+    cosine_distance,
+    encode_latent,
+    encode_latents,
+    latent_distance,
+)
 from parity.compare.lpips import lpips_distance
 from parity.compare.metrics import PSNR_IDENTICAL_DB, _ssim_psnr_many
 
@@ -305,7 +310,7 @@ def compare_clips(
             device=device,
         )
     if encode is not None and preview_latents is None:
-        preview_latents = [encode_latent(frame, encode) for frame in preview.frames]
+        preview_latents = encode_latents(list(preview.frames), encode)
     out = []
     for frames, ms in zip(renders, frame_ms_renders, strict=True):
         # One frame is written as a still image: it has no duration.
@@ -316,15 +321,15 @@ def compare_clips(
             scored = encode_frames_like(scored, codec, ms)
         count = min(len(preview), len(scored))
         per_frame = [
-            compare_many(
-                preview.frames[i],
-                [scored[i]],
-                encode=encode,
-                preview_latent=preview_latents[i] if preview_latents else None,
-                device=device,
-            )[0]
-            for i in range(count)
+            compare_many(preview.frames[i], [scored[i]], device=device)[0] for i in range(count)
         ]
+        if encode is not None and preview_latents is not None:
+            # Every frame of the render in a few VAE calls, not one call a frame.
+            latents = encode_latents(scored[:count], encode)
+            per_frame = [
+                replace(c, latent_distance=cosine_distance(za, zb))
+                for c, za, zb in zip(per_frame, preview_latents, latents, strict=False)
+            ]
         out.append(
             _clip_comparison(
                 per_frame,

@@ -286,8 +286,11 @@ class RenderEngine:
                 casts = self.family.text_encoders
                 if self.family.transformer_cast:
                     casts = (*casts, *self.family.experts)
-                for name in casts:
-                    getattr(pipe, name).to(dtype=_torch_dtype(dtype))
+                # diffusers warns that this rounds what it keeps in float32: that rounding
+                # is ai-toolkit's, and the point of the cast.
+                with _quiet_diffusers():
+                    for name in casts:
+                        getattr(pipe, name).to(dtype=_torch_dtype(dtype))
             if adapter is not None:
                 self._merge_adapter(pipe, adapter, dtype)
             if quantization.active:

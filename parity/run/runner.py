@@ -515,7 +515,7 @@ class _CaseScorer:
     def __init__(
         self, runner: Runner, case: Case, preview: Clip, codec: Codec, encode: Any
     ) -> None:
-        from parity.compare import encode_latent
+        from parity.compare.latent import encode_latents
 
         self.runner = runner
         self.case = case
@@ -523,9 +523,7 @@ class _CaseScorer:
         self.codec = codec
         self.encode = encode
         # The preview is encoded once per case, not once per counterfactual.
-        self.preview_latents = (
-            [encode_latent(frame, encode) for frame in preview.frames] if encode else None
-        )
+        self.preview_latents = encode_latents(list(preview.frames), encode) if encode else None
         self.floor: NoiseFloor | None = None
         self.alternate: Any = None  # the render the floor was measured on, alternate path
         self.images: dict[str, Any] = {}
