@@ -1,7 +1,9 @@
 """Tests of the tiny Wan text-to-video checkpoints (parity.wan.tiny): deterministic
 bytes, the real layouts and scheduler files, diffusers' WanPipeline renders short clips
 from them on a CPU (the same pixels twice, reacting to its settings), the two-expert
-layout switches experts at the boundary, and the VAE's hub-cache copy loads offline."""
+layout switches experts at the boundary, the VAE's hub-cache copy loads offline; the real
+Wan fixtures' checkpoints are this builder's, and ai-toolkit's step-0 Wan 2.1 previews are
+plain renders of it with a flow-match Euler at shift 3.0."""
 
 from __future__ import annotations
 
@@ -225,3 +227,89 @@ def test_vae_hub_cache_loads_offline(built: Path, tmp_path: Path, monkeypatch) -
     assert write_vae_hub_cache(built, tmp_path / "hub") == snapshot  # same bytes, same name
     vae = AutoencoderKLWan.from_pretrained(VAE_HUB_ID, cache_dir=tmp_path / "hub")
     assert vae.config.z_dim == 16
+
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+#: Configs record the library version that wrote them; a newer transformers or diffusers
+#: changes only that stamp, so it is left out of the comparison.
+_VERSION_KEYS = ("transformers_version", "_diffusers_version")
+
+#: Weights come from float arithmetic (initialisation bounds, kernel smoothing): a
+#: rebuild on a CPU with other kernels may differ from the committed bytes by float noise.
+WEIGHT_NOISE = 1e-6
+
+
+def _config_digest(path: Path) -> str:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if "scheduler" not in path.parts:  # the scheduler files carry the real checkpoint's stamp
+        for key in _VERSION_KEYS:
+            data.pop(key, None)
+    return json.dumps(data, sort_keys=True)
+
+
+@pytest.mark.parametrize(
+    ("which", "committed"),
+    [("built", "aitk_wan21/tiny_wan21"), ("built_two", "aitk_wan22/tiny_wan22")],
+)
+def test_rebuild_gives_the_committed_base_of_the_real_jobs(request, which, committed) -> None:
+    """The fixtures' tiny checkpoints are this builder's output: configs and tokenizer
+    equal, weights within float noise (exact on the machine that made them)."""
+    from safetensors.torch import load_file
+
+    built, committed = request.getfixturevalue(which), FIXTURES / committed
+    ours, theirs = _file_hashes(built), _file_hashes(committed)
+    assert ours.keys() == theirs.keys()
+    for part in ours:
+        if part.endswith(".json") and "tokenizer/" not in part:
+            assert _config_digest(built / part) == _config_digest(committed / part), part
+        elif part.endswith(".safetensors"):
+            a, b = load_file(built / part), load_file(committed / part)
+            assert a.keys() == b.keys(), part
+            for key in a:
+                limit = WEIGHT_NOISE * float(b[key].abs().max())
+                assert float((a[key].double() - b[key].double()).abs().max()) <= limit, key
+        else:
+            assert ours[part] == theirs[part], part
+
+
+def test_real_step0_previews_are_plain_wan_renders_with_euler_shift_3() -> None:
+    """ai-toolkit's step-0 Wan 2.1 previews (LoRA B = 0) are `WanPipeline` renders of the
+    base with a static flow-match Euler at shift 3.0 instead of the checkpoint's UniPC,
+    with the texts and the arguments its call log recorded, within 1/255 in every frame."""
+    import torch
+    import yaml
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+    from PIL import Image
+
+    fixture = FIXTURES / "aitk_wan21"
+    process = yaml.safe_load((fixture / "output" / "aitk_wan21" / "config.yaml").read_text())
+    process = process["config"]["process"][0]
+    items = process["sample"]["samples"]
+    calls = [json.loads(line) for line in (fixture / "calls.jsonl").open()][: len(items)]
+    pipe = WanPipeline.from_pretrained(fixture / "tiny_wan21")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False
+    )
+    for item, call in zip(items, calls, strict=True):
+        prompt = item["prompt"].split("--")[0].strip()
+        frames = pipe(
+            prompt=prompt.replace("[trigger]", process["trigger_word"]),
+            negative_prompt=item.get("neg", process["sample"]["neg"]),
+            guidance_scale=call["guidance_scale"],
+            width=call["width"],
+            height=call["height"],
+            num_frames=call["num_frames"],
+            num_inference_steps=call["num_inference_steps"],
+            generator=torch.Generator("cpu").manual_seed(call["generator"]["initial_seed"]),
+            output_type="pil",
+        ).frames[0]
+        assert len(frames) == call["frames"]["count"], call["preview"]
+        for i, frame in enumerate(frames):
+            ours = np.asarray(frame, dtype=np.int16)
+            theirs = np.asarray(
+                Image.open(fixture / call["frames"]["folder"] / f"{i}.png"), dtype=np.int16
+            )
+            assert ours.shape == theirs.shape, call["preview"]
+            assert int(np.abs(ours - theirs).max()) <= 1, (call["preview"], i)
