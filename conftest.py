@@ -76,9 +76,10 @@ class FloatNoiseRecorder:
         engine = shared_engine(base_model, family=settings.family)
         frames = engine.render(settings, alternate=True).frames
         alternate = [np.asarray(f.convert("RGB")) for f in frames]
+        still = not isinstance(render, list | tuple) and np.asarray(render).ndim == 3
         floor = measure_floor(
             render,
-            alternate if settings.video else alternate[0],
+            alternate[0] if still else alternate,
             codec=codec,
             method=alternate_method("cpu"),
             dtype=settings.dtype,

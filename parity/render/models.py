@@ -142,8 +142,11 @@ def resolve_job_model(
 
 def resolve_reference_model(model_id: str, model_map: ModelMap) -> ModelSource:
     """Resolve a reference server model id (``zimage``, ``zimage_turbo``,
-    ``zimage_deturbo``, ``flux``) to its checkpoints, each hub id going through
-    ``model_map``.
+    ``zimage_deturbo``, ``flux``...) to its checkpoints, each hub id going through
+    ``model_map``. A model whose transformer comes from another checkpoint than its other
+    parts (``wan22_14b_t2v``) takes those parts from the transformer's folder too when
+    that folder is a full checkpoint (it has ``text_encoder/``) and their own hub id is
+    not mapped.
 
     Raises
     ------
@@ -157,6 +160,15 @@ def resolve_reference_model(model_id: str, model_map: ModelMap) -> ModelSource:
     model = SERVER_MODELS[model_id]
     transformer = model_map.resolve(model.transformer_hub_id)
     components = model_map.resolve(model.hub_id)
+    if (
+        components == model.hub_id
+        and model.hub_id != model.transformer_hub_id
+        and _is_local(transformer)
+        and os.path.isdir(os.path.join(transformer, "text_encoder"))
+    ):
+        # The transformer's folder is a full checkpoint (as a job's is read): the model's
+        # other parts come from it unless its own hub id is mapped elsewhere.
+        components = transformer
     return ModelSource(
         transformer=transformer,
         components=components,
