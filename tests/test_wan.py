@@ -44,9 +44,9 @@ CAUSES: dict[tuple[int, int], list[str]] = {
 CAUSES[(10, 2)] = CAUSES[(20, 2)] = ["scheduler", "lora_scale"]
 
 
-def _calls() -> dict[str, dict]:
-    """ai-toolkit's WanPipeline calls by preview file name."""
-    lines = (WAN / "calls.jsonl").read_text(encoding="utf-8").splitlines()
+def _calls(fixture: Path = WAN) -> dict[str, dict]:
+    """ai-toolkit's WanPipeline calls of a fixture by preview file name."""
+    lines = (fixture / "calls.jsonl").read_text(encoding="utf-8").splitlines()
     calls = [json.loads(line) for line in lines]
     return {Path(c["preview"]).name: c for c in calls}
 
@@ -292,8 +292,7 @@ def test_ui_preset_settings_follow_the_call_log():
     job = read_job(UI_JOB)
     assert job.vae_tiling is True  # low_vram
     assert (job.quantization.qtype, job.quantization.qtype_te) == ("qfloat8", "qfloat8")
-    lines = (UI / "calls.jsonl").read_text(encoding="utf-8").splitlines()
-    calls = {Path(c["preview"]).name: c for c in map(json.loads, lines)}
+    calls = _calls(UI)
     for preview in job.previews:
         call = calls[preview.path.name]
         checkpoint = job.checkpoint_for_step(preview.step)
@@ -399,8 +398,7 @@ def test_wan22_reads_each_lora_pair_as_one_checkpoint():
 
 def test_wan22_preview_settings_follow_the_call_log():
     job = read_job(WAN22_JOB)
-    lines = (WAN22 / "calls.jsonl").read_text(encoding="utf-8").splitlines()
-    calls = {Path(c["preview"]).name: c for c in map(json.loads, lines)}
+    calls = _calls(WAN22)
     assert len(calls) == len(job.previews) == 12
     for preview in job.previews:
         call = calls[preview.path.name]

@@ -9,9 +9,7 @@ from typing import Any
 import numpy as np
 
 from parity.compare.codec import inspect_codec
-from parity.compare.images import load_rgb
 from parity.compare.noise import FLOAT_NOISE_LEVELS, NoiseFloor, same_within_noise
-from parity.compare.scores import compare
 
 
 @dataclass(frozen=True)
@@ -87,71 +85,28 @@ def check_served(
     ValueError
         A bf16 or fp16 render without ``alternate_rgb``.
     """
-    if not isinstance(render_rgb, np.ndarray) or render_rgb.ndim == 4:
-        return _check_served_clip(
-            served_path, list(render_rgb), dtype=dtype, alternate=alternate_rgb, method=method
-        )
-    served = load_rgb(served_path)
-    codec = inspect_codec(served_path)
-    render_rgb = np.asarray(render_rgb)
-    scores = compare(served, render_rgb, codec=codec)
-    served_size = (int(served.shape[1]), int(served.shape[0]))
-    render_size = (int(render_rgb.shape[1]), int(render_rgb.shape[0]))
-    floor = None
-    if alternate_rgb is not None:
-        from parity.compare.noise import measure_floor
-
-        floor = measure_floor(
-            render_rgb, np.asarray(alternate_rgb), codec=codec, method=method, dtype=dtype
-        )
-    if served.shape != render_rgb.shape:
-        return ServedCheck(
-            False,
-            scores.ssim,
-            scores.psnr,
-            None,
-            FLOAT_NOISE_LEVELS,
-            served_size,
-            render_size,
-            floor,
-        )
-    noise = same_within_noise(served, render_rgb, codec=codec, dtype=dtype, floor=floor)
-    return ServedCheck(
-        noise.same,
-        scores.ssim,
-        scores.psnr,
-        noise.max_abs_diff,
-        noise.limit,
-        served_size,
-        render_size,
-        floor,
-    )
-
-
-def _check_served_clip(
-    served_path: str | os.PathLike[str],
-    frames: list[np.ndarray],
-    *,
-    dtype: str,
-    alternate: Any,
-    method: str,
-) -> ServedCheck:
-    """:func:`check_served` of a video: every frame, encoded all at once like the file."""
     from parity.compare.clips import load_clip
     from parity.compare.noise import measure_floor
     from parity.compare.scores import compare_clips
 
     served = load_clip(served_path)
     codec = inspect_codec(served_path)
+    video = not isinstance(render_rgb, np.ndarray) or render_rgb.ndim == 4
+    frames = [np.asarray(f) for f in render_rgb] if video else [np.asarray(render_rgb)]
     scores = compare_clips(served, [frames], codec=codec, frame_ms_renders=[served.frame_ms])[0]
     height, width = served.frames[0].shape[:2]
     served_size = (int(width), int(height))
     render_size = (int(frames[0].shape[1]), int(frames[0].shape[0]))
+
+    def one(images: Any) -> Any:  # an image is judged as itself, a video as its frames
+        return list(images) if video else images[0]
+
     floor = None
-    if alternate is not None:
+    if alternate_rgb is not None:
+        alternate = [np.asarray(f) for f in alternate_rgb] if video else [alternate_rgb]
         floor = measure_floor(
-            frames,
-            list(alternate),
+            one(frames),
+            one(alternate),
             codec=codec,
             method=method,
             dtype=dtype,
@@ -169,8 +124,8 @@ def _check_served_clip(
             floor,
         )
     noise = same_within_noise(
-        served.frames,
-        frames,
+        one(served.frames),
+        one(frames),
         codec=codec,
         dtype=dtype,
         floor=floor,

@@ -55,12 +55,18 @@ import string
 from pathlib import Path
 
 from parity.tiny_parts import building, write_json
+from parity.wan.checkpoints import (
+    WAN21_1B_HUB_ID,
+    WAN21_SCHEDULER_CONFIG,
+    WAN22_HUB_ID,
+    WAN22_SCHEDULER_CONFIG,
+)
 
 logger = logging.getLogger(__name__)
 
 #: Hub ids of the models the tiny checkpoints stand in for.
-HUB_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
-HUB_ID_TWO_EXPERTS = "Wan-AI/Wan2.2-T2V-A14B-Diffusers"
+HUB_ID = WAN21_1B_HUB_ID
+HUB_ID_TWO_EXPERTS = WAN22_HUB_ID
 
 #: The hub repository ai-toolkit's Wan 2.2 14B loader reads the VAE from.
 VAE_HUB_ID = "ai-toolkit/wan2.1-vae"
@@ -68,41 +74,13 @@ VAE_HUB_ID = "ai-toolkit/wan2.1-vae"
 #: Timestep fraction below which the Wan 2.2 A14B pipeline switches to ``transformer_2``.
 BOUNDARY_RATIO = 0.875
 
-#: The scheduler settings of Wan2.1-T2V-1.3B-Diffusers' ``scheduler/scheduler_config.json``,
-#: key for key (the same dict as ai-toolkit's Wan 2.1 ``scheduler_configUniPC``).
+#: The scheduler settings of the real checkpoints' ``scheduler/scheduler_config.json``,
+#: key for key (:mod:`parity.wan.checkpoints`), without the class name written beside them.
 SCHEDULER_CONFIG: dict[str, object] = {
-    "beta_end": 0.02,
-    "beta_schedule": "linear",
-    "beta_start": 0.0001,
-    "disable_corrector": [],
-    "dynamic_thresholding_ratio": 0.995,
-    "final_sigmas_type": "zero",
-    "flow_shift": 3.0,
-    "lower_order_final": True,
-    "num_train_timesteps": 1000,
-    "predict_x0": True,
-    "prediction_type": "flow_prediction",
-    "rescale_betas_zero_snr": False,
-    "sample_max_value": 1.0,
-    "solver_order": 2,
-    "solver_p": None,
-    "solver_type": "bh2",
-    "steps_offset": 0,
-    "thresholding": False,
-    "timestep_spacing": "linspace",
-    "trained_betas": None,
-    "use_beta_sigmas": False,
-    "use_exponential_sigmas": False,
-    "use_flow_sigmas": True,
-    "use_karras_sigmas": False,
+    k: v for k, v in WAN21_SCHEDULER_CONFIG.items() if k != "_class_name"
 }
-
-#: Wan2.2-T2V-A14B-Diffusers' scheduler file: the same, plus two keys of newer diffusers
-#: (as ai-toolkit's Wan 2.2 ``scheduler_configUniPC`` has them).
 SCHEDULER_CONFIG_TWO_EXPERTS: dict[str, object] = {
-    **SCHEDULER_CONFIG,
-    "time_shift_type": "exponential",
-    "use_dynamic_shifting": False,
+    k: v for k, v in WAN22_SCHEDULER_CONFIG.items() if k != "_class_name"
 }
 
 #: The ``_diffusers_version`` stamps of the real scheduler files.
