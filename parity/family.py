@@ -282,6 +282,10 @@ class Family:
         A video family's pipeline rule for frame counts: ``requested -> rendered``
         (WanPipeline: ``n // 4 * 4 + 1`` unless ``n`` is already ``4k + 1``); None for an
         image family. Both sides run it, so settings carry the rendered count.
+    preview_frames:
+        ``(model section, requested) -> rendered``: the frames ai-toolkit's previews have,
+        where its sampling pipeline has its own rule (Wan 2.1 under ``low_vram``);
+        None for an image family.
     experts:
         The pipeline's denoisers a LoRA reaches, in the order of a LoRA pair: one
         ``("transformer",)``, or two for a model with high- and low-noise experts.
@@ -327,6 +331,7 @@ class Family:
     vae_tile_size: int | None = None
     wrong_checkpoint_error: type[Exception] = WrongCheckpointError
     pipeline_frames: Callable[[int], int] | None = None
+    preview_frames: Callable[[Mapping[str, Any], int], int] | None = None
     experts: tuple[str, ...] = ("transformer",)
     expert_lora_suffixes: tuple[str, ...] = ()
     transformer_cast: bool = False

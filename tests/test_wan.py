@@ -122,6 +122,31 @@ def test_a_frame_count_the_pipeline_rounds_is_rendered_as_it_rounds():
     assert [frames(n) for n in (1, 8, 9, 10, 41)] == [1, 9, 9, 9, 41]
 
 
+def test_low_vram_previews_keep_a_count_wan_pipeline_would_round(tmp_path: Path):
+    """Under ``low_vram`` ai-toolkit's own pipeline draws ``(n - 1) // 4 + 1`` latent
+    frames and does not round ``n``: the tiny VAE decodes 10 latent frames (n = 40) to 37
+    frames, where the server's ``WanPipeline`` renders 41, a ``frames`` cause."""
+    import shutil
+
+    import torch
+    from diffusers import AutoencoderKLWan
+
+    vae = AutoencoderKLWan.from_pretrained(BASE / "vae")
+    latents = torch.zeros(1, vae.config.z_dim, (40 - 1) // 4 + 1, 8, 8)
+    with torch.no_grad():
+        decoded = vae.decode(latents).sample
+    ui_job = FIXTURES / "aitk_wan21_ui" / "output" / "aitk_wan21_ui"
+    job_dir = Path(shutil.copytree(ui_job, tmp_path / "job"))
+    config = (job_dir / "config.yaml").read_text(encoding="utf-8")
+    (job_dir / "config.yaml").write_text(config.replace("num_frames: 41", "num_frames: 40"))
+    job = read_job(job_dir)
+    checkpoint = job.checkpoint_for_step(10)
+    request = as_configured_request(job, checkpoint)
+    pair = pair_for(job, job.samples[0], checkpoint, request=request, request_index=0)
+    assert pair.preview.num_frames == decoded.shape[2] == 37
+    assert pair.reference.num_frames == 41 and "frames" in pair.differences
+
+
 # ------------------------------------------------------------------ previews, server
 
 

@@ -70,6 +70,9 @@ class SampleSpec:
     #: Frames and frame rate of the item (a video family's; 1 frame for an image).
     num_frames: int = 1
     fps: int = 16
+    #: The frames ai-toolkit's pipeline rendered for ``num_frames`` (the family's rule,
+    #: :attr:`parity.family.Family.preview_frames`); None for an image family.
+    rendered_frames: int | None = None
     #: Settings written in the config (sample level, item level or prompt flag), as
     #: opposed to ai-toolkit defaults: a user copying the config copies only these.
     written: frozenset[str] = frozenset()
@@ -839,6 +842,11 @@ def read_job(
         raise JobError(f"{config_path}: {e}") from None
     if not samples:
         raise JobError(f"{config_path}: the sample section lists no prompts")
+    if family.preview_frames is not None:
+        samples = tuple(
+            dataclasses.replace(s, rendered_frames=family.preview_frames(model, s.num_frames))
+            for s in samples
+        )
 
     multipliers = {s.network_multiplier for s in samples if s.error is None}
     problems: list[str] = []

@@ -122,7 +122,7 @@ def preview_settings(
         # Tiling changes pixels only where the image is larger than the VAE's tile.
         vae_tiling=job.vae_tiling and rules.tiling_acts(width, height),
         family=rules.name,
-        num_frames=rules.pipeline_frames(sample.num_frames) if rules.pipeline_frames else None,
+        num_frames=sample.rendered_frames,
         fps=sample.fps if rules.video else None,
         lora_2=lora_2,
     )

@@ -43,6 +43,23 @@ def pipeline_frames(requested: int) -> int:
     return requested if requested % 4 == 1 else requested // 4 * 4 + 1
 
 
+def wan21_preview_frames(model_config: Mapping[str, Any], requested: int) -> int:
+    """The frames of a Wan 2.1 preview for ``requested``: :func:`pipeline_frames`, except
+    under ``low_vram``, where ai-toolkit samples with its own ``WanPipeline`` subclass
+    (``AggressiveWanUnloadPipeline``), which does not round the count: it draws
+    ``(n - 1) // 4 + 1`` latent frames, which the VAE decodes to ``(n - 1) // 4 * 4 + 1``
+    frames (40 gives 37, where ``WanPipeline`` gives 41)."""
+    if model_config.get("low_vram", False):
+        return (requested - 1) // 4 * 4 + 1
+    return pipeline_frames(requested)
+
+
+def wan22_preview_frames(model_config: Mapping[str, Any], requested: int) -> int:
+    """The frames of a Wan 2.2 14B preview: ai-toolkit's ``Wan22Pipeline`` rounds as
+    ``WanPipeline`` does, ``low_vram`` or not."""
+    return pipeline_frames(requested)
+
+
 def preview_era(version: str | None) -> Era:
     """The preview semantics of an ai-toolkit release for Wan.
 

@@ -63,6 +63,7 @@ WAN21 = Family(
     arch_names="wan21",
     server_models=server.WAN21_SERVER_MODELS,
     quantize_exclude=aitk.QUANTIZE_EXCLUDE_WAN21,
+    preview_frames=aitk.wan21_preview_frames,
     preview_scheduler=aitk.PREVIEW_SCHEDULER_WAN21,
     reference_model=wan21_reference_model,
     **_SHARED,  # type: ignore[arg-type]
@@ -75,6 +76,7 @@ WAN22 = Family(
     arch_names="wan22_14b (text to video)",
     server_models=server.WAN22_SERVER_MODELS,
     quantize_exclude=aitk.QUANTIZE_EXCLUDE_WAN22,
+    preview_frames=aitk.wan22_preview_frames,
     preview_scheduler=aitk.PREVIEW_SCHEDULER_WAN22,
     reference_model=lambda arch_tag, name_or_path: "wan22_14b_t2v",
     experts=("transformer", "transformer_2"),
