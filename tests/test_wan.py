@@ -497,3 +497,10 @@ def test_wan22_causes_and_corrected_pairs(tmp_path: Path):
     ) == (80, 64)
     reasons = " ".join(index["cannot_reproduce"]["2"])
     assert "not a multiple of 32" in reasons and "UniPCMultistepScheduler" in reasons
+
+
+def test_inspect_shows_frames_and_rate(capsys):
+    assert main(["inspect", str(JOB)]) == 0
+    table = capsys.readouterr().out
+    assert "frames" in table.splitlines()[4]
+    assert "9@16fps" in table and "1@16fps" in table and "9@8fps" in table

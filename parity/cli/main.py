@@ -170,6 +170,9 @@ def _format_table(rows: list[dict]) -> str:
         # Dynamic shifting (FLUX.1) moves the shift with the image size.
         ("shift", _shift_text),
     ]
+    if any(row["aitk"] and row["aitk"].get("num_frames") is not None for row in rows):
+        # A video job: frames and frames per second.
+        fields.insert(1, ("frames", lambda s: f"{s['num_frames']}@{s['fps']}fps"))
     header = (
         f"{'step':>6} {'idx':>3}  "
         + "  ".join(f"{name:>15}" for name, _ in fields)
