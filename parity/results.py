@@ -49,7 +49,8 @@ CSV_COLUMNS: tuple[str, ...] = (
     "noise_floor_mean_abs_diff",
     "noise_floor_ssim",
     "noise_floor_psnr",
-    # Added with video previews: the frame whose figures ssim and psnr are (else empty).
+    # Added with video previews: the frame of the lowest SSIM, 0-based (else empty); a
+    # video's ssim, psnr and latent_distance are each that metric's worst over its frames.
     "worst_frame",
 )
 

@@ -680,7 +680,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job")
     p.add_argument("--step", default="all", help="N, last or all (default all)")
     p.add_argument(
-        "--out", required=True, help="output folder: <step>/<index>.png and effective.json"
+        "--out",
+        required=True,
+        help="output folder: <step>/<index>.png (a video: .webp) and effective.json",
     )
     _add_options(p, "preview")
     p.set_defaults(func=cmd_preview)
@@ -689,7 +691,11 @@ def build_parser() -> argparse.ArgumentParser:
         "render", parents=[verbose], help="render an API request the way the reference server does"
     )
     p.add_argument("request_file", metavar="REQUEST", help="request JSON (the server's schema)")
-    p.add_argument("--out", required=True, help="output folder: <i>.png and effective.json")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder: <i>.png (a video: <i>.webp) and effective.json",
+    )
     # The request's LoRA paths resolve under --lora-root, by default the request's folder.
     _add_options(p, "render")
     p.set_defaults(func=cmd_render)

@@ -99,4 +99,6 @@ HUB_SCHEDULERS: dict[str, SchedulerConfig] = {
     WAN21_1B_HUB_ID: WAN21_SCHEDULER,
     WAN21_14B_HUB_ID: WAN21_SCHEDULER,
     WAN22_HUB_ID: WAN22_SCHEDULER,
+    # ai-toolkit's bf16 copy of the experts stands for the same checkpoint.
+    WAN22_TRANSFORMER_HUB_ID: WAN22_SCHEDULER,
 }
