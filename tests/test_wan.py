@@ -459,7 +459,11 @@ def test_wan22_previews_reproduced(tmp_path: Path, float_noise):
     for entry in json.loads((out / "effective.json").read_text(encoding="utf-8")):
         (stored,) = (WAN22_JOB / "samples").glob(f"*__{entry['step']:09d}_{entry['index']}.webp")
         render = list(load_clip(out / entry["image"]).frames)
-        float_noise.check(stored.name, _frames(WAN22 / "lossless_previews" / stored.stem), render)
+        # ai-toolkit's merge already moves a few values by a level here; another CPU's
+        # kernels add their own noise, which the clip's measured floor allows for.
+        floor = float_noise.floor(entry["settings"], render, base_model=WAN22_BASE)
+        lossless = _frames(WAN22 / "lossless_previews" / stored.stem)
+        float_noise.check(stored.name, lossless, render, floor=floor)
 
 
 @pytest.mark.parametrize("server", ["server", "server_no_compile"])
@@ -475,7 +479,8 @@ def test_wan22_server_renders_are_reproduced(server: str, tmp_path: Path, float_
     assert effective[2]["settings"]["width"] == 64  # 80 floored to 32
     for i, entry in enumerate(effective):
         render = list(load_clip(out / entry["image"]).frames)
-        float_noise.check(f"{server} 20/{i}", _frames(folder / str(i)), render)
+        floor = float_noise.floor(entry["settings"], render, base_model=WAN22_BASE)
+        float_noise.check(f"{server} 20/{i}", _frames(folder / str(i)), render, floor=floor)
 
 
 def test_wan22_causes_and_corrected_pairs(tmp_path: Path):
