@@ -135,22 +135,12 @@ def encode_frames_like(
         JPEG frame by frame (:func:`~parity.compare.encode_like`); lossless formats
         unchanged.
     """
-    from PIL import Image
-
     if codec.lossless or not frames:
         return [np.asarray(f).copy() for f in frames]
     if codec.format.upper() != "WEBP":
         return [encode_like(np.asarray(f), codec) for f in frames]
-    images = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in frames]
-    buffer = io.BytesIO()
-    options: dict[str, Any] = {"format": "WEBP", "quality": WEBP_QUALITY}
-    if len(images) > 1:
-        options.update(
-            save_all=True, append_images=images[1:], duration=frame_duration or 0, loop=0
-        )
-    images[0].save(buffer, **options)
-    buffer.seek(0)
-    return list(load_clip_bytes(buffer.getvalue()).frames)
+    frames = [np.asarray(f, dtype=np.uint8) for f in frames]
+    return list(load_clip_bytes(encode_clip(frames, frame_duration, lossless=False)).frames)
 
 
 def load_clip_bytes(data: bytes) -> Clip:

@@ -204,59 +204,18 @@ def measure_floor(
         For a video, each level, SSIM and PSNR the worst over the frames, the mean level
         over all of them, and the SSIM and PSNR means (:attr:`NoiseFloor.mean_ssim`).
     """
-    if _is_clip(default):
-        return _measure_clip_floor(
-            list(default),
-            list(alternate),
-            codec=codec,
-            method=method,
-            dtype=dtype,
-            render=render,
-            frame_duration=frame_duration,
-        )
-    a, b = _check_pair(default, alternate)
-    worst, mean = _levels(a, b)
-    encoded_worst = encoded_mean = None
-    if codec is not None and not codec.lossless:
-        a, b = encode_like(a, codec), encode_like(b, codec)
-        encoded_worst, encoded_mean = _levels(a, b)
-    return NoiseFloor(
-        method=method,
-        dtype=str(dtype),
-        render=render,
-        max_abs_diff=worst,
-        mean_abs_diff=mean,
-        ssim=ssim(a, b),
-        psnr=min(psnr(a, b), PSNR_IDENTICAL_DB),
-        encoded_max_abs_diff=encoded_worst,
-        encoded_mean_abs_diff=encoded_mean,
-    )
-
-
-def _is_clip(frames: Any) -> bool:
-    """Frames of a video: a sequence of images, or one (N, H, W, 3) array."""
-    return not isinstance(frames, np.ndarray) or frames.ndim == 4
-
-
-def _measure_clip_floor(
-    default: list[np.ndarray],
-    alternate: list[np.ndarray],
-    *,
-    codec: Codec | None,
-    method: str,
-    dtype: str,
-    render: str,
-    frame_duration: int | None,
-) -> NoiseFloor:
-    """:func:`measure_floor` of a video, frame by frame (see there)."""
     from parity.compare.clips import encode_frames_like
 
-    if len(default) != len(alternate):
-        raise ValueError(f"{len(default)} frames against {len(alternate)}")
-    pairs = [_check_pair(a, b) for a, b in zip(default, alternate, strict=True)]
+    video = _is_clip(default)
+    defaults = list(default) if video else [default]
+    alternates = list(alternate) if video else [alternate]
+    if len(defaults) != len(alternates):
+        raise ValueError(f"{len(defaults)} frames against {len(alternates)}")
+    pairs = [_check_pair(a, b) for a, b in zip(defaults, alternates, strict=True)]
     levels = [_levels(a, b) for a, b in pairs]
     encoded_levels = None
     if codec is not None and not codec.lossless:
+        # A video's frames are encoded at once, as its file was (an image alone).
         a_enc = encode_frames_like([a for a, _ in pairs], codec, frame_duration)
         b_enc = encode_frames_like([b for _, b in pairs], codec, frame_duration)
         pairs = list(zip(a_enc, b_enc, strict=True))
@@ -276,9 +235,14 @@ def _measure_clip_floor(
             float(np.mean([m for _, m in encoded_levels])) if encoded_levels else None
         ),
         frames=len(pairs),
-        mean_ssim=float(np.mean(ssims)),
-        mean_psnr=float(np.mean(psnrs)),
+        mean_ssim=float(np.mean(ssims)) if video else None,
+        mean_psnr=float(np.mean(psnrs)) if video else None,
     )
+
+
+def _is_clip(frames: Any) -> bool:
+    """Frames of a video: a sequence of images, or one (N, H, W, 3) array."""
+    return not isinstance(frames, np.ndarray) or frames.ndim == 4
 
 
 def _levels(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
@@ -509,17 +473,15 @@ def _noise_check(
 
 def _spread(
     rgb: np.ndarray,
-    codec: Codec,
     *,
+    encode: Callable[[np.ndarray], np.ndarray],
     levels: int,
     draws: int,
     seed: int,
-    encode: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[int, float]:
-    """Largest and mean difference between ``encode_like(rgb)`` and encodings of
-    ``rgb`` plus uniform integer noise in ``[-levels, levels]``, over ``draws`` draws
-    (``encode``: another way to encode ``rgb``, e.g. a video's frames at once)."""
-    encode = encode or (lambda image: encode_like(image, codec))
+    """Largest and mean difference between ``encode(rgb)`` and encodings of ``rgb`` plus
+    uniform integer noise in ``[-levels, levels]``, over ``draws`` draws (``encode``: as
+    the file was encoded, e.g. a video's frames at once)."""
     base = encode(rgb)
     rng = np.random.default_rng(seed)
     worst, mean = levels, 0.0
@@ -570,7 +532,11 @@ def codec_spread(
     """
     if codec.lossless:
         return levels
-    return _spread(rgb, codec, levels=levels, draws=draws, seed=seed)[0]
+
+    def encode(image: np.ndarray) -> np.ndarray:
+        return encode_like(image, codec)
+
+    return _spread(rgb, encode=encode, levels=levels, draws=draws, seed=seed)[0]
 
 
 def same_within_noise(
@@ -631,42 +597,47 @@ def same_within_noise(
     of frames (or an ``(N, H, W, 3)`` array) of the same count, encoded all at once at
     ``frame_duration`` ms a frame, and the levels are taken over every frame.
     """
-    if _is_clip(reference):
-        from parity.compare.clips import encode_frames_like
-
-        frames_a, frames_b = np.asarray(list(reference)), np.asarray(list(render))
-        if frames_a.shape != frames_b.shape:
-            raise ValueError(
-                f"videos differ in frames or size: {frames_a.shape} vs {frames_b.shape}"
-            )
-
-        def encode_clip_like(frames: np.ndarray) -> np.ndarray:
-            return np.concatenate(encode_frames_like(list(frames), codec, frame_duration))
-
+    if not _is_clip(reference):
         return _same_within_noise(
-            np.concatenate(frames_a),
-            np.concatenate(frames_b),
+            reference,
+            render,
+            join=lambda image: image,
+            encode=lambda image: encode_like(image, codec),
             codec=codec,
             dtype=dtype,
             floor=floor,
-            spread_of=frames_b,
-            encode=encode_clip_like if codec is not None else None,
         )
-    return _same_within_noise(reference, render, codec=codec, dtype=dtype, floor=floor)
+    from parity.compare.clips import encode_frames_like
+
+    frames_a, frames_b = np.asarray(list(reference)), np.asarray(list(render))
+    if frames_a.shape != frames_b.shape:
+        raise ValueError(f"videos differ in frames or size: {frames_a.shape} vs {frames_b.shape}")
+    return _same_within_noise(
+        np.concatenate(frames_a),
+        frames_b,
+        join=np.concatenate,
+        encode=lambda frames: np.concatenate(
+            encode_frames_like(list(frames), codec, frame_duration)
+        ),
+        codec=codec,
+        dtype=dtype,
+        floor=floor,
+    )
 
 
 def _same_within_noise(
     reference: np.ndarray,
     render: np.ndarray,
     *,
+    join: Callable[[np.ndarray], np.ndarray],
+    encode: Callable[[np.ndarray], np.ndarray],
     codec: Codec | None,
     dtype: str,
     floor: NoiseFloor | None,
-    spread_of: np.ndarray | None = None,
-    encode: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> NoiseCheck:
-    """:func:`same_within_noise` of two images (a video's frames stacked into one);
-    ``spread_of`` and ``encode``: a video's frames and how they are encoded at once."""
+    """:func:`same_within_noise` of ``reference`` (an image, or a video's frames stacked
+    into one) and ``render``: ``join`` stacks ``render`` like it, ``encode`` encodes
+    ``render`` as the reference's file was and stacks it."""
     half = is_half(dtype)
     if half and floor is None:
         raise ValueError(
@@ -679,15 +650,7 @@ def _same_within_noise(
         rule = Rule(
             max_abs_diff=FLOAT_NOISE_LEVELS, mean_abs_diff=FLOAT_NOISE_LEVELS if half else None
         )
-        return _noise_check(reference, render, rule, floor)
-    worst, mean = _spread(
-        render if spread_of is None else spread_of,
-        codec,
-        levels=FLOAT_NOISE_LEVELS,
-        draws=4,
-        seed=0,
-        encode=encode,
-    )
+        return _noise_check(reference, join(render), rule, floor)
+    worst, mean = _spread(render, encode=encode, levels=FLOAT_NOISE_LEVELS, draws=4, seed=0)
     rule = Rule(max_abs_diff=worst, mean_abs_diff=mean if half else None)
-    encoded = encode_like(render, codec) if encode is None else encode(spread_of)
-    return _noise_check(reference, encoded, rule, floor, encoded=True)
+    return _noise_check(reference, encode(render), rule, floor, encoded=True)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from parity.compare.codec import inspect_codec
-from parity.compare.noise import FLOAT_NOISE_LEVELS, NoiseFloor, same_within_noise
+from parity.compare.noise import FLOAT_NOISE_LEVELS, NoiseFloor, _is_clip, same_within_noise
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def check_served(
 
     served = load_clip(served_path)
     codec = inspect_codec(served_path)
-    video = not isinstance(render_rgb, np.ndarray) or render_rgb.ndim == 4
+    video = _is_clip(render_rgb)
     frames = [np.asarray(f) for f in render_rgb] if video else [np.asarray(render_rgb)]
     scores = compare_clips(served, [frames], codec=codec, frame_ms_renders=[served.frame_ms])[0]
     height, width = served.frames[0].shape[:2]
