@@ -74,8 +74,7 @@ class FloatNoiseRecorder:
         if isinstance(settings, dict):
             settings = RenderSettings.from_dict(settings)
         engine = shared_engine(base_model, family=settings.family)
-        frames = engine.render(settings, alternate=True).frames
-        alternate = [np.asarray(f.convert("RGB")) for f in frames]
+        alternate = engine.render(settings, alternate=True).frames_rgb
         still = not isinstance(render, list | tuple) and np.asarray(render).ndim == 3
         floor = measure_floor(
             render,
@@ -83,7 +82,7 @@ class FloatNoiseRecorder:
             codec=codec,
             method=alternate_method("cpu"),
             dtype=settings.dtype,
-            frame_duration=frame_ms(settings.fps) if len(frames) > 1 else None,
+            frame_duration=frame_ms(settings.fps) if len(alternate) > 1 else None,
         )
         self.floors.append(floor)
         return floor

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -57,6 +58,7 @@ from parity.settings import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import torch
     from PIL import Image
 
@@ -80,6 +82,20 @@ class RenderOutput:
     def image(self) -> Image.Image:
         """The first frame: the image of an image family's render."""
         return self.frames[0]
+
+    @functools.cached_property
+    def frames_rgb(self) -> tuple[np.ndarray, ...]:
+        """Every frame as ``uint8`` RGB ``(H, W, 3)``, converted once."""
+        import numpy as np
+
+        return tuple(np.asarray(frame.convert("RGB")) for frame in self.frames)
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """The render's pixels: an image's ``(H, W, 3)``, a video's frames ``(N, H, W, 3)``."""
+        import numpy as np
+
+        return np.stack(self.frames_rgb) if self.settings.video else self.frames_rgb[0]
 
     @property
     def lora_not_applied(self) -> bool:

@@ -121,19 +121,13 @@ def measure_job_noise(
 def _measure(
     engine: RenderEngine, case: Any, side: str, settings: Any, codec: Any, thresholds: Any
 ) -> CaseNoise:
-    import numpy as np
-
     from parity.compare import frame_ms, measure_floor, widened
     from parity.render.engine import alternate_method
 
     started = time.perf_counter()
     # A video's floor is measured over all its frames.
-    default, alternate = (
-        np.stack([np.asarray(f.convert("RGB")) for f in out.frames])
-        if settings.video
-        else np.asarray(out.image.convert("RGB"))
-        for out in (engine.render(settings), engine.render(settings, alternate=True))
-    )
+    default = engine.render(settings).rgb
+    alternate = engine.render(settings, alternate=True).rgb
     seconds = time.perf_counter() - started
     floor = measure_floor(
         default,

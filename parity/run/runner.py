@@ -222,7 +222,7 @@ class Runner:
             lpips=c.lpips,
             resized_for_comparison=c.resized,
             jpeg_floor=(
-                compare.jpeg_floor(_to_rgb(ref_out.image), codec)
+                compare.jpeg_floor(ref_out.rgb, codec)
                 if not codec.lossless and not c.video
                 else None
             ),
@@ -232,7 +232,7 @@ class Runner:
             noise_floor=scorer.floor,
         )
         if case.served is not None:
-            row = self._check_served(row, case, _rgb_of(ref_out), scorer.alternate)
+            row = self._check_served(row, case, ref_out.rgb, scorer.alternate)
         return row
 
     def _attribute(
@@ -326,9 +326,9 @@ class Runner:
         alternate = self.engine.render(planned.settings, alternate=True)
         self.floor_renders += 1
         self.floor_seconds += alternate.seconds
-        rgb = _rgb_of(alternate)
+        rgb = alternate.rgb
         floor = measure_floor(
-            _rgb_of(output),
+            output.rgb,
             rgb,
             codec=codec,
             method=alternate_method(self.engine.device),
@@ -376,7 +376,7 @@ class Runner:
             1.0 - c.ssim
             for c in compare.compare_clips(
                 center,
-                [list(_frames_rgb(out)) for _, (_, out) in results],
+                [list(out.frames_rgb) for _, (_, out) in results],
                 codec=codec,
                 frame_ms_renders=[center.frame_ms] * len(results),
             )
@@ -546,7 +546,7 @@ class _CaseScorer:
             save_render(out.frames, runner.out_dir / path, fps=out.settings.fps)
         scores = compare.compare_clips(
             self.preview,
-            [list(_frames_rgb(out)) for out in outputs],
+            [list(out.frames_rgb) for out in outputs],
             codec=self.codec,
             frame_ms_renders=[compare.frame_ms(out.settings.fps) for out in outputs],
             encode=self.encode,
@@ -554,7 +554,7 @@ class _CaseScorer:
             device=runner.engine.device,
         )
         for p, out, c in zip(planned, outputs, scores, strict=True):
-            self.images[p.name] = _rgb_of(out)
+            self.images[p.name] = out.rgb
             if self.floor is None and runner.needs_floor(p, c, self.case):
                 self.floor, self.alternate = runner.measure_case_floor(p, out, self.codec)
         return [
@@ -706,27 +706,6 @@ RESIDUAL_NOTE = "unexplained residual"
 ROUNDING_DRAWS = 3
 #: A residual up to this many times the rounding renders' largest spread is the rounding's.
 ROUNDING_SLACK = 2.0
-
-
-def _to_rgb(image: Any) -> Any:
-    import numpy as np
-
-    return np.asarray(image.convert("RGB"))
-
-
-def _frames_rgb(output: RenderOutput) -> tuple[Any, ...]:
-    """A render's frames as ``uint8`` RGB arrays."""
-    return tuple(_to_rgb(frame) for frame in output.frames)
-
-
-def _rgb_of(output: RenderOutput) -> Any:
-    """A render's pixels: the image of an image render, a video's ``(N, H, W, 3)``
-    frames."""
-    import numpy as np
-
-    if output.settings.video:
-        return np.stack(_frames_rgb(output))
-    return _to_rgb(output.image)
 
 
 def progress_enabled(enabled: bool | None = None) -> bool:
