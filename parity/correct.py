@@ -18,7 +18,7 @@ from typing import Any
 from parity.attribute import Attribution, UnconfirmedCause, scheduler_text
 from parity.families import SERVER_MODELS, family_of_model
 from parity.job import Checkpoint, Job
-from parity.plan.sides import schedule_fields
+from parity.plan.sides import checkpoint_loras, schedule_fields
 from parity.server import (
     FPS_BOUNDS,
     FRAMES_BOUNDS,
@@ -164,21 +164,16 @@ def lora_items(
     *,
     path: str | None = None,
 ) -> list[LoraItem]:
-    """The request's LoRA items for ``checkpoint`` at ``scale``: one, or a two-expert
-    model's pair (``transformer: high`` and ``low``, each at ``scale``, as ai-toolkit
-    applied one multiplier to both). ``path``: how the user's own request names the one
-    file (default: :func:`request_lora_path`)."""
-    if checkpoint.path_2 is None:
-        name = path or request_lora_path(checkpoint.path, job, lora_root)
-        return [LoraItem(path=name, network_multiplier=scale)]
-    return [
-        LoraItem(
-            path=request_lora_path(file, job, lora_root),
-            transformer=expert,
-            network_multiplier=scale,
-        )
-        for file, expert in zip(checkpoint.paths, ("high", "low"), strict=True)
-    ]
+    """The request's LoRA items for ``checkpoint`` at ``scale``
+    (:func:`parity.plan.sides.checkpoint_loras`), each file named relative to the LoRA
+    root; ``path``: how the user's own request names a checkpoint of one file."""
+
+    def name(file: Path) -> str:
+        if path and checkpoint.path_2 is None:
+            return path
+        return request_lora_path(file, job, lora_root)
+
+    return checkpoint_loras(checkpoint, scale, name)
 
 
 def _num(x: float) -> float | int:

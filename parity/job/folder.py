@@ -661,16 +661,17 @@ def _scan_checkpoints(
             continue
         version = aitk_version_from_metadata(metadata)
         found.append(Checkpoint(path, step, is_final, metadata, version, dtype, audit))
+    # The first expert's file -> the second's, for each pair (None: that file is missing).
+    second: dict[Path, Path | None] = {}
     for logical, experts in pairs.items():
-        if 0 not in experts:
+        if 0 in experts:
+            second[experts[0]] = experts.get(1)
+        else:
             problems.append(
                 f"{root / logical}: only {experts[1].name} of the expert pair is here; skipped"
             )
     found = [
-        dataclasses.replace(c, path_2=pairs[expert_file(c.path.name, expert_suffixes)[0]].get(1))
-        if expert_file(c.path.name, expert_suffixes)[1] is not None
-        else c
-        for c in found
+        dataclasses.replace(c, path_2=second[c.path]) if c.path in second else c for c in found
     ]
     # Pickled checkpoints (torch.save) are never read: name them so the step's error says why.
     for path in sorted(root.iterdir()):

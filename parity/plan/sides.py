@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,18 +250,24 @@ def as_configured_request(job: Job, checkpoint: Checkpoint | None) -> InferenceR
     loras = []
     if checkpoint is not None:
         mult = request_number(float(cfg.get("network_multiplier", 1)))
-        if checkpoint.path_2 is not None:
-            loras.append(
-                LoraItem(path=checkpoint.path.name, transformer="high", network_multiplier=mult)
-            )
-            loras.append(
-                LoraItem(path=checkpoint.path_2.name, transformer="low", network_multiplier=mult)
-            )
-        else:
-            loras.append(LoraItem(path=checkpoint.path.name, network_multiplier=mult))
+        loras = checkpoint_loras(checkpoint, mult, lambda file: file.name)
     return InferenceRequest(
         model=job.reference_model, trigger_word=job.trigger_word, loras=loras, prompts=prompts
     )
+
+
+def checkpoint_loras(
+    checkpoint: Checkpoint, scale: float | int, name: Callable[[Path], str]
+) -> list[LoraItem]:
+    """A request's LoRA items for ``checkpoint`` at ``scale``, each file named by ``name``:
+    one, or a two-expert model's pair (``transformer: high`` and ``low``, each at
+    ``scale``, as ai-toolkit applied one multiplier to both experts)."""
+    if checkpoint.path_2 is None:
+        return [LoraItem(path=name(checkpoint.path), network_multiplier=scale)]
+    return [
+        LoraItem(path=name(file), transformer=expert, network_multiplier=scale)
+        for file, expert in zip(checkpoint.paths, ("high", "low"), strict=True)
+    ]
 
 
 @dataclass(frozen=True)
