@@ -18,6 +18,7 @@ RANKS: dict[str, int] = {
     "parity.stack": 0,
     "parity.logs": 0,
     "parity.tiny_parts": 0,
+    "parity.pipeline_parts": 0,
     "parity.model_map": 0,
     "parity.aitk": 0,
     "parity.family": 0,
@@ -67,6 +68,7 @@ FAMILY_MAY_IMPORT = (
     "parity.errors",
     "parity.family",
     "parity.settings",
+    "parity.pipeline_parts",
     "parity.stack",
     "parity.tiny_parts",
 )

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from parity.pipeline_parts import load_from_parts
+
 if TYPE_CHECKING:
     import torch
     from diffusers import FluxPipeline
@@ -55,19 +57,16 @@ def load(
     finally:
         transformers_logging.set_verbosity(verbosity)
 
-    parts: dict[str, Any] = {}
-    if transformer_ref != components:
-        parts["transformer"] = FluxTransformer2DModel.from_pretrained(
-            transformer_ref, subfolder="transformer", dtype=dtype
-        )
-    if scheduler_ref is not None and scheduler_ref != components:
-        parts["scheduler"] = FlowMatchEulerDiscreteScheduler.from_pretrained(
-            scheduler_ref, subfolder="scheduler"
-        )
-    pipe = FluxPipeline.from_pretrained(components, dtype=dtype, **parts)
-    pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return load_from_parts(
+        FluxPipeline,
+        FluxTransformer2DModel,
+        FlowMatchEulerDiscreteScheduler,
+        transformer_ref,
+        components,
+        scheduler_ref,
+        dtype=dtype,
+        device=device,
+    )
 
 
 def encode(pipe: Any, text: str, device: Any) -> tuple[Any, Any]:

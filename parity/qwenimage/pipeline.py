@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from parity.pipeline_parts import load_from_parts
+
 if TYPE_CHECKING:
     import torch
     from diffusers import QwenImagePipeline
@@ -44,19 +46,16 @@ def load(
         QwenImageTransformer2DModel,
     )
 
-    parts: dict[str, Any] = {}
-    if transformer_ref != components:
-        parts["transformer"] = QwenImageTransformer2DModel.from_pretrained(
-            transformer_ref, subfolder="transformer", dtype=dtype
-        )
-    if scheduler_ref is not None and scheduler_ref != components:
-        parts["scheduler"] = FlowMatchEulerDiscreteScheduler.from_pretrained(
-            scheduler_ref, subfolder="scheduler"
-        )
-    pipe = QwenImagePipeline.from_pretrained(components, dtype=dtype, **parts)
-    pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return load_from_parts(
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+        FlowMatchEulerDiscreteScheduler,
+        transformer_ref,
+        components,
+        scheduler_ref,
+        dtype=dtype,
+        device=device,
+    )
 
 
 def encode(pipe: Any, text: str, device: Any) -> tuple[Any, Any]:

@@ -18,6 +18,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from parity.pipeline_parts import load_from_parts
+
 if TYPE_CHECKING:
     import torch
     from diffusers import WanPipeline
@@ -58,23 +60,18 @@ def load(
     """
     from diffusers import UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 
-    parts: dict[str, Any] = {}
-    if transformer_ref != components:
-        experts = ["transformer"]
-        if _has_second_expert(components) or _has_second_expert(transformer_ref):
-            experts.append("transformer_2")
-        for expert in experts:
-            parts[expert] = WanTransformer3DModel.from_pretrained(
-                transformer_ref, subfolder=expert, dtype=dtype
-            )
-    if scheduler_ref is not None and scheduler_ref != components:
-        parts["scheduler"] = UniPCMultistepScheduler.from_pretrained(
-            scheduler_ref, subfolder="scheduler"
-        )
-    pipe = WanPipeline.from_pretrained(components, dtype=dtype, **parts)
-    pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    two = _has_second_expert(components) or _has_second_expert(transformer_ref)
+    return load_from_parts(
+        WanPipeline,
+        WanTransformer3DModel,
+        UniPCMultistepScheduler,
+        transformer_ref,
+        components,
+        scheduler_ref,
+        dtype=dtype,
+        device=device,
+        experts=("transformer", "transformer_2") if two else ("transformer",),
+    )
 
 
 def encode(pipe: Any, text: str, device: Any) -> Any:
